@@ -1,0 +1,43 @@
+"""The environment variables maeltrace reads, each in one place with what it means."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "MAELTRACE_DISABLED",
+    "MAELTRACE_OUTPUT_DIR",
+    "MAELTRACE_RUN_ID",
+    "env_flag",
+]
+
+MAELTRACE_DISABLED = "MAELTRACE_DISABLED"
+"""``1``, ``true``, ``yes`` or ``on`` makes every `Timer` built afterwards a no-op, as if it were
+built with ``enabled=False``. Read when a timer is built, never on the hot path."""
+
+MAELTRACE_OUTPUT_DIR = "MAELTRACE_OUTPUT_DIR"
+"""Folder that runs write their files into; default ``./maeltrace-out``. Each run writes into a
+subfolder named by its run id."""
+
+MAELTRACE_RUN_ID = "MAELTRACE_RUN_ID"
+"""The run id, shared by every process of one run. When unset, the launcher's id is used
+(``TORCHELASTIC_RUN_ID``, ``SLURM_JOB_ID`` with ``SLURM_STEP_ID``), else a new one."""
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def env_flag(name: str) -> bool:
+    """Reads a boolean environment variable.
+
+    Raises:
+        ValueError: the variable holds something other than a yes/no word, named in the message.
+    """
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(
+        f"{name}={os.environ[name]!r} is not a boolean; use one of 1/0, true/false, yes/no, on/off"
+    )

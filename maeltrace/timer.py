@@ -1,0 +1,525 @@
+"""The `Timer`: records regions of code on the calling thread's log, off any lock."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from time import perf_counter_ns
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, ParamSpec, TypeVar
+
+from maeltrace.clock import ClockAnchor
+from maeltrace.environment import MAELTRACE_DISABLED, env_flag
+from maeltrace.errors import RegionError
+from maeltrace.keys import Key, TimeType, canonical_key
+from maeltrace.records import (
+    CHUNK_VALUES,
+    NO_DEVICE_TIME,
+    NO_PARENT,
+    STATUS_FAILED,
+    STATUS_OK,
+    Records,
+    ThreadLog,
+)
+from maeltrace.stats import TimeStats, compute_stats
+
+if TYPE_CHECKING:
+    from maeltrace.report import Summary
+
+__all__ = ["Timer"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class Region:
+    """The context manager `Timer.region` returns: one per key and timer, reusable.
+
+    It keeps no state of its own between ``__enter__`` and ``__exit__`` (the open region lives
+    in the thread's log), so the same object serves every thread and every iteration.
+    """
+
+    __slots__ = ("_close", "_fail", "_key_id", "_open", "key")
+
+    def __init__(
+        self,
+        key: Key,
+        key_id: int,
+        open_region: Callable[[int], None],
+        close_region: Callable[[int, int], int],
+        fail: Callable[[int, BaseException | None], None],
+    ) -> None:
+        self.key = key
+        self._key_id = key_id
+        self._open = open_region
+        self._close = close_region
+        self._fail = fail
+
+    def __enter__(self) -> Region:
+        self._open(self._key_id)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self._close(self._key_id, STATUS_OK)
+        else:
+            self._fail(self._key_id, exc)
+
+    def __repr__(self) -> str:
+        return f"Region({self.key!r})"
+
+
+class _NullRegion:
+    """What `Timer.region` returns on a disabled timer."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> _NullRegion:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NULL_REGION = _NullRegion()
+
+
+def _noop(key: Key) -> None:
+    return None
+
+
+_TIMERS: weakref.WeakSet[Timer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for tmr in list(_TIMERS):
+        tmr._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Timer:
+    """Times regions of code on the monotonic CPU clock.
+
+    Each region is opened and closed under a key (a `TimeType` or any non-empty string). Regions
+    of different keys nest and overlap freely; each thread has its own open regions, and the
+    region that was innermost open on the thread when another opened becomes its parent. The
+    hot path is two clock reads and an append to the thread's own log: no lock, no object that
+    outlives the region.
+
+    Args:
+        enabled: ``False`` makes every call a no-op, chosen here once; the default is ``True``
+            unless the ``MAELTRACE_DISABLED`` environment variable is set.
+        warmup: default number of first samples of each key that the steady-state statistics
+            skip (the reports then show both); 0 shows all samples only.
+
+    Raises:
+        ValueError: ``warmup`` is negative, or ``MAELTRACE_DISABLED`` holds no yes/no word.
+
+    Example:
+        >>> import maeltrace
+        >>> tmr = maeltrace.Timer()
+        >>> for epoch in range(2):
+        ...     with tmr.region(maeltrace.TimeType.EPOCH):
+        ...         for batch in tmr.iterate(range(3)):
+        ...             with tmr.region("batch"):
+        ...                 pass
+        >>> tmr.get_time_stats("batch").count
+        6
+    """
+
+    def __init__(self, *, enabled: bool | None = None, warmup: int = 0) -> None:
+        self.warmup = _check_warmup(warmup)
+        self.enabled = (not env_flag(MAELTRACE_DISABLED)) if enabled is None else bool(enabled)
+        self.anchor = ClockAnchor.take()
+        self._lock = threading.Lock()
+        self._key_ids: dict[Key, int] = {}
+        self._keys: list[Key] = []
+        self._regions: dict[Key, Region] = {}
+        self._failures: dict[int, str] = {}
+        self._logs: list[ThreadLog] = []
+        self._local = threading.local()
+        if self.enabled:
+            self._bind_hot_path()
+            _TIMERS.add(self)
+        else:
+            self.start = _noop  # type: ignore[method-assign]  # bound no-op, chosen at build
+            self.end = _noop  # type: ignore[method-assign]  # bound no-op, chosen at build
+
+    # -- the hot path --------------------------------------------------------------------------
+
+    def _bind_hot_path(self) -> None:
+        """Builds start/end as closures over local state: no attribute look-ups per call."""
+        local = self._local
+        key_ids = self._key_ids
+        next_seq = itertools.count().__next__
+        clock = perf_counter_ns
+        key_id_of = self._key_id
+        new_log = self._new_log
+        failures = self._failures
+
+        def open_region(key_id: int) -> None:
+            try:
+                log = local.log
+            except AttributeError:
+                log = new_log()
+            regions_open = log.open
+            if key_id in regions_open:
+                raise RegionError(
+                    f"region {self._keys[key_id]!r} is already open on this thread; "
+                    "end it before starting it again"
+                )
+            stack = log.stack
+            seq = next_seq()
+            regions_open[key_id] = (seq, stack[-1] if stack else NO_PARENT, clock())
+            stack.append(seq)
+
+        def close_region(key_id: int, status: int) -> int:
+            now = clock()
+            try:
+                log = local.log
+            except AttributeError:
+                log = new_log()
+            entry = log.open.pop(key_id, None)
+            if entry is None:
+                raise RegionError(
+                    f"region {self._keys[key_id]!r} was ended but is not open on this thread"
+                )
+            seq, parent, started = entry
+            stack = log.stack
+            if stack[-1] == seq:
+                stack.pop()
+            else:
+                stack.remove(seq)
+            chunk = log.current
+            if len(chunk) >= CHUNK_VALUES:
+                chunk = log.new_chunk()
+            chunk.extend((key_id, seq, parent, started, now, status, NO_DEVICE_TIME))
+            return seq
+
+        def start(key: Key) -> None:
+            try:
+                key_id = key_ids[key]
+            except (KeyError, TypeError):
+                key_id = key_id_of(key)
+            open_region(key_id)
+
+        def end(key: Key) -> None:
+            now = clock()
+            try:
+                key_id = key_ids[key]
+            except (KeyError, TypeError):
+                key_id = key_id_of(key)
+            try:
+                log = local.log
+            except AttributeError:
+                log = new_log()
+            entry = log.open.pop(key_id, None)
+            if entry is None:
+                raise RegionError(f"region {key!r} was ended but is not open on this thread")
+            seq, parent, started = entry
+            stack = log.stack
+            if stack[-1] == seq:
+                stack.pop()
+            else:
+                stack.remove(seq)
+            chunk = log.current
+            if len(chunk) >= CHUNK_VALUES:
+                chunk = log.new_chunk()
+            chunk.extend((key_id, seq, parent, started, now, STATUS_OK, NO_DEVICE_TIME))
+
+        def discard_region(key_id: int) -> None:
+            log = local.log
+            seq = log.open.pop(key_id)[0]
+            log.stack.remove(seq)
+
+        def fail(key_id: int, exc: BaseException | None) -> None:
+            seq = close_region(key_id, STATUS_FAILED)
+            failures[seq] = repr(exc)
+
+        self.start = start  # type: ignore[method-assign]  # closure bound once, see docstring
+        self.end = end  # type: ignore[method-assign]  # closure bound once, see docstring
+        self._open_region = open_region
+        self._close_region = close_region
+        self._discard_region = discard_region
+        self._fail = fail
+
+    def _new_log(self) -> ThreadLog:
+        log = ThreadLog(threading.current_thread())
+        with self._lock:
+            self._logs.append(log)
+        self._local.log = log
+        return log
+
+    def _key_id(self, key: object) -> int:
+        """The id of a key, registering (and validating) it on first use."""
+        canonical = canonical_key(key)
+        with self._lock:
+            key_id = self._key_ids.get(canonical)
+            if key_id is None:
+                key_id = len(self._keys)
+                self._keys.append(canonical)
+                self._key_ids[canonical] = key_id
+        return key_id
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: start from an empty store; the parent's copy is untouched."""
+        self._lock = threading.Lock()
+        self._failures.clear()
+        log = getattr(self._local, "log", None)
+        self._logs = []
+        if log is not None:
+            log.open.clear()
+            log.stack.clear()
+            log.clear_records()
+            log.ident = threading.get_ident()
+            log.native_id = threading.get_native_id()
+            self._logs.append(log)
+
+    # -- the public recording API --------------------------------------------------------------
+
+    def start(self, key: Key) -> None:
+        """Opens a region of ``key`` on the calling thread.
+
+        Raises:
+            RegionError: ``key`` is already open on this thread.
+            TypeError: ``key`` is not a string.
+            ValueError: ``key`` is empty or `TimeType.ALL`.
+        """
+
+    def end(self, key: Key) -> None:
+        """Closes the calling thread's open region of ``key`` and records it.
+
+        Raises:
+            RegionError: ``key`` is not open on this thread.
+            TypeError: ``key`` is not a string.
+            ValueError: ``key`` is empty or `TimeType.ALL`.
+        """
+
+    def region(self, key: Key) -> Region | _NullRegion:
+        """A context manager timing its body under ``key``.
+
+        A body that raises is recorded with a failed status, and the exception propagates.
+        The returned object is cached per key and may be reused.
+
+        Raises:
+            TypeError: ``key`` is not a string.
+            ValueError: ``key`` is empty or `TimeType.ALL`.
+        """
+        try:
+            return self._regions[key]
+        except (KeyError, TypeError):
+            pass
+        if not self.enabled:
+            canonical_key(key)
+            return _NULL_REGION
+        key_id = self._key_id(key)
+        region = Region(
+            self._keys[key_id], key_id, self._open_region, self._close_region, self._fail
+        )
+        self._regions[self._keys[key_id]] = region
+        return region
+
+    def timed(self, key: Key) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """A decorator timing every call of the function under ``key``.
+
+        A call that raises is recorded with a failed status, and the exception propagates. A
+        recursive call of the function opens the key again and raises `RegionError`.
+
+        Raises:
+            TypeError: ``key`` is not a string, or the decorated function is a coroutine or
+                generator function (whose calls return before their work is done).
+            ValueError: ``key`` is empty or `TimeType.ALL`.
+        """
+        region = self.region(key)
+
+        def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+            if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
+                raise TypeError(
+                    f"{fn.__qualname__} returns before its work is done; time its body with "
+                    "Timer.region instead"
+                )
+            if not self.enabled:
+                return fn
+
+            @functools.wraps(fn)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                with region:
+                    return fn(*args, **kwargs)
+
+            return wrapper
+
+        return decorate
+
+    def iterate(self, iterable: Iterable[T], key: Key = TimeType.IO) -> Iterator[T]:
+        """Yields the items of ``iterable``, timing each fetch of the next one under ``key``.
+
+        This is the IO row of the seed's tables: one region per item, covering the time the
+        loop waited for it. The final fetch that finds the iterable exhausted is not recorded,
+        so the count equals the number of items (its time, such as a data loader shutting down
+        its workers, is not in the IO row). A fetch that raises is recorded as failed.
+
+        Raises:
+            TypeError: ``key`` is not a string, or ``iterable`` is not iterable.
+            ValueError: ``key`` is empty or `TimeType.ALL`.
+        """
+        iterator = iter(iterable)
+        if not self.enabled:
+            canonical_key(key)
+            return iterator
+        return self._iterate(iterator, self._key_id(key))
+
+    def _iterate(self, iterator: Iterator[T], key_id: int) -> Iterator[T]:
+        open_region = self._open_region
+        close_region = self._close_region
+        while True:
+            open_region(key_id)
+            try:
+                item = next(iterator)
+            except StopIteration:
+                self._discard_region(key_id)
+                return
+            except BaseException as exc:
+                self._fail(key_id, exc)
+                raise
+            close_region(key_id, STATUS_OK)
+            yield item
+
+    def reset(self) -> None:
+        """Drops every recorded region. Regions open now stay open and are recorded when they
+        end; keys keep their first-use order."""
+        with self._lock:
+            for log in self._logs:
+                log.clear_records()
+            self._failures.clear()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def records(self) -> Records:
+        """A snapshot of every closed region, as columns in start order."""
+        with self._lock:
+            logs = list(self._logs)
+            keys = tuple(self._keys)
+        return Records.merge(logs, keys)
+
+    def failures(self) -> dict[int, str]:
+        """The exceptions of failed regions, by the region's sequence number."""
+        return dict(self._failures)
+
+    def keys(self) -> list[Key]:
+        """The keys with at least one completed region, in order of first use."""
+        records = self.records()
+        done = {k for k, s in zip(records.key_id, records.status, strict=True) if s == STATUS_OK}
+        return [key for key_id, key in enumerate(records.keys) if key_id in done]
+
+    def _durations_ns(self, key: Key, warmup: int | None) -> list[int]:
+        canonical = canonical_key(key)
+        records = self.records()
+        key_id = self._key_ids.get(canonical)
+        durations: list[int] = []
+        if key_id is not None:
+            start, end, status = records.start_ns, records.end_ns, records.status
+            durations = [
+                end[i] - start[i] for i in records.rows(key_id) if status[i] == STATUS_OK
+            ]
+        if not durations:
+            timed = [str(k) for k in self.keys()]
+            raise KeyError(
+                f"no region was completed under {canonical!r}; timed keys: {timed or 'none'}"
+            )
+        skip = self.warmup if warmup is None else _check_warmup(warmup)
+        return durations[skip:]
+
+    def get_time(self, key: Key, *, warmup: int | None = None) -> list[float]:
+        """The durations of ``key``'s completed regions in seconds, in start order.
+
+        Args:
+            key: the region key.
+            warmup: first samples to skip; default the timer's ``warmup``.
+
+        Returns:
+            A new list, which the caller may change.
+
+        Raises:
+            KeyError: no region of ``key`` completed; the message names the keys that did.
+            ValueError: ``warmup`` is negative.
+        """
+        return [d / 1e9 for d in self._durations_ns(key, warmup)]
+
+    def get_time_stats(self, key: Key, *, warmup: int | None = None) -> TimeStats:
+        """The statistics of ``key``'s completed regions.
+
+        Args:
+            key: the region key.
+            warmup: first samples to skip; default the timer's ``warmup``.
+
+        Raises:
+            KeyError: no region of ``key`` completed; the message names the keys that did.
+            ValueError: ``warmup`` is negative or skips every sample.
+        """
+        durations = self._durations_ns(key, warmup)
+        if not durations:
+            raise ValueError(f"warmup skips every sample of {key!r}")
+        return compute_stats(durations)
+
+    def summary(self, *, warmup: int | None = None) -> Summary:
+        """Statistics of every key, in first-use order, as the reports print them."""
+        from maeltrace.report import Summary
+
+        skip = self.warmup if warmup is None else _check_warmup(warmup)
+        return Summary.from_records(self.records(), warmup=skip, anchor=self.anchor)
+
+    def print_all_time_stats(self, file: IO[str] | None = None, *, warmup: int | None = None) -> None:
+        """Prints the seed's table of every key (and the steady-state table when warmup is set).
+
+        Args:
+            file: text stream to print to; default standard output.
+            warmup: first samples of each key to leave out of the steady-state table.
+        """
+        print(self.summary(warmup=warmup).to_markdown(), file=file, end="")
+
+    def save_all_time_stats(
+        self,
+        filename: str | os.PathLike[str],
+        *,
+        exist_ok: bool = True,
+        warmup: int | None = None,
+    ) -> None:
+        """Writes the statistics of every key to a file, atomically.
+
+        The format follows the suffix: ``.txt`` and ``.md`` get the printed table, ``.csv``
+        one row per key and sample set, ``.json`` every field with units and run metadata.
+
+        Args:
+            filename: where to write; its folder must exist.
+            exist_ok: ``False`` refuses to replace an existing file, as Deep500's timer did.
+            warmup: first samples of each key to leave out of the steady-state rows.
+
+        Raises:
+            ValueError: the suffix names no supported format.
+            FileExistsError: the file exists and ``exist_ok`` is false.
+        """
+        self.summary(warmup=warmup).save(filename, exist_ok=exist_ok)
+
+    def __repr__(self) -> str:
+        state = "enabled" if self.enabled else "disabled"
+        return f"<Timer {state}, {len(self._keys)} keys, warmup={self.warmup}>"
+
+
+def _check_warmup(warmup: int) -> int:
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative int, not {warmup!r}")
+    return warmup
+
