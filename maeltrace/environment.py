@@ -7,6 +7,7 @@ import os
 __all__ = [
     "MAELTRACE_DISABLED",
     "MAELTRACE_OUTPUT_DIR",
+    "MAELTRACE_PURE_PYTHON",
     "MAELTRACE_RUN_ID",
     "env_flag",
 ]
@@ -14,6 +15,10 @@ __all__ = [
 MAELTRACE_DISABLED = "MAELTRACE_DISABLED"
 """``1``, ``true``, ``yes`` or ``on`` makes every `Timer` built afterwards a no-op, as if it were
 built with ``enabled=False``. Read when a timer is built, never on the hot path."""
+
+MAELTRACE_PURE_PYTHON = "MAELTRACE_PURE_PYTHON"
+"""``1`` makes timers built afterwards use the pure-Python recorder even where the compiled one
+(``maeltrace._hotpath``) is installed; it records the same things, more slowly."""
 
 MAELTRACE_OUTPUT_DIR = "MAELTRACE_OUTPUT_DIR"
 """Folder that runs write their files into; default ``./maeltrace-out``. Each run writes into a

@@ -14,7 +14,7 @@ from maeltrace._version import __version__
 from maeltrace.clock import ClockAnchor
 from maeltrace.environment import MAELTRACE_RUN_ID
 
-__all__ = ["run_id_from_environment", "run_metadata"]
+__all__ = ["new_run_id", "run_id_from_environment", "run_metadata"]
 
 _FRAMEWORKS = ("torch", "tensorflow", "keras", "jax", "jaxlib", "numpy")
 
@@ -42,7 +42,7 @@ def new_run_id() -> str:
     return f"{stamp}-{uuid.uuid4().hex[:8]}"
 
 
-def run_metadata(anchor: ClockAnchor, run_id: str | None = None) -> dict[str, Any]:
+def run_metadata(anchor: ClockAnchor, run_id: str) -> dict[str, Any]:
     """Metadata for stats files: reads ``sys.modules`` for framework versions, imports none."""
     versions = {"maeltrace": __version__, "python": platform.python_version()}
     for name in _FRAMEWORKS:
@@ -52,7 +52,7 @@ def run_metadata(anchor: ClockAnchor, run_id: str | None = None) -> dict[str, An
             versions[name] = version
     started = dt.datetime.fromtimestamp(anchor.wall_time_unix_nano / 1e9, dt.UTC)
     return {
-        "run_id": run_id or run_id_from_environment(),
+        "run_id": run_id,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "platform": platform.platform(),

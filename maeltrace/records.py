@@ -1,16 +1,14 @@
-"""The record store: compact, columnar, per-thread logs of closed regions.
+"""The record layout, and `Records`: every closed region of a timer as columns.
 
-Each thread appends to its own log, so recording takes no lock. A log is a list of
-``array('q')`` chunks of `CHUNK_REGIONS` regions; a region is `FIELDS` consecutive int64
-values (see the ``F_*`` offsets), 56 bytes in all. Reading merges the logs into columns,
-off the hot path.
+A recorder (compiled in maeltrace._hotpath, or maeltrace._recorder in pure Python) keeps one
+log per thread: chunks of `CHUNK_REGIONS` regions, each region `FIELDS` int64 values, 56 bytes
+in all. Reading merges the logs into columns, off the hot path.
 """
 
 from __future__ import annotations
 
-import threading
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +20,7 @@ __all__ = [
     "STATUS_FAILED",
     "STATUS_OK",
     "Records",
-    "ThreadLog",
+    "ThreadInfo",
 ]
 
 F_KEY, F_SEQ, F_PARENT, F_START, F_END, F_STATUS, F_DEVICE = range(7)
@@ -31,9 +29,7 @@ FIELDS = 7
 (ns, `time.perf_counter_ns`), status, device duration (ns)."""
 
 CHUNK_REGIONS = 4096
-"""Regions per chunk: a log grows by one chunk of 224 KiB at a time."""
-
-CHUNK_VALUES = CHUNK_REGIONS * FIELDS
+"""Regions per chunk: a thread's log grows by 224 KiB at a time."""
 
 NO_PARENT = -1
 """Parent sequence number of a region that had no enclosing open region on its thread."""
@@ -42,49 +38,10 @@ NO_DEVICE_TIME = -1
 """Device duration of a region that has none (yet)."""
 
 STATUS_OK = 0
+"""The region's body completed."""
+
 STATUS_FAILED = 1
-
-
-class ThreadLog:
-    """What one thread has open and what it has recorded.
-
-    Only its own thread writes to it. ``open`` maps a key id to ``(seq, parent, start_ns)``;
-    ``stack`` lists the sequence numbers of the open regions, innermost last, to find parents.
-    """
-
-    __slots__ = ("chunks", "current", "ident", "name", "native_id", "open", "stack")
-
-    def __init__(self, thread: threading.Thread) -> None:
-        self.ident = thread.ident
-        self.native_id = thread.native_id
-        self.name = thread.name
-        self.open: dict[int, tuple[int, int, int]] = {}
-        self.stack: list[int] = []
-        self.current = array("q")
-        self.chunks: list[array[int]] = [self.current]
-
-    def new_chunk(self) -> array[int]:
-        """Starts the next chunk once the current one is full, and returns it."""
-        self.current = array("q")
-        self.chunks.append(self.current)
-        return self.current
-
-    def clear_records(self) -> None:
-        """Drops the recorded regions; open regions stay open."""
-        self.current = array("q")
-        self.chunks = [self.current]
-
-    def values(self) -> array[int]:
-        """A copy of every value recorded so far, whole regions only."""
-        out = array("q")
-        for chunk in list(self.chunks):
-            out.extend(chunk)
-        del out[len(out) - len(out) % FIELDS :]
-        return out
-
-    def nbytes(self) -> int:
-        """Bytes held by the chunks' buffers."""
-        return sum(c.buffer_info()[1] * c.itemsize for c in self.chunks)
+"""The region's body raised; the region is kept but left out of the statistics."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,22 +88,18 @@ class Records:
         """Row indices of one key, in start order."""
         return (i for i, k in enumerate(self.key_id) if k == key_id)
 
-    def durations_ns(self, key_id: int) -> list[int]:
-        """CPU durations of one key's regions, in start order."""
-        start, end = self.start_ns, self.end_ns
-        return [end[i] - start[i] for i in self.rows(key_id)]
-
     @classmethod
-    def merge(cls, logs: list[ThreadLog], keys: tuple[Any, ...]) -> Records:
-        """Merges per-thread logs into columns sorted by sequence number."""
+    def merge(
+        cls,
+        logs: Sequence[tuple[tuple[int | None, int | None, str], bytes]],
+        keys: tuple[Any, ...],
+    ) -> Records:
+        """Merges per-thread logs (thread info, native int64 bytes) into sorted columns."""
         flat = array("q")
         thread = array("q")
-        infos = []
-        for index, log in enumerate(logs):
-            values = log.values()
-            flat.extend(values)
-            thread.extend([index] * (len(values) // FIELDS))
-            infos.append(ThreadInfo(log.ident, log.native_id, log.name))
+        for index, (_, data) in enumerate(logs):
+            flat.frombytes(data)
+            thread.extend([index] * (len(data) // (FIELDS * flat.itemsize)))
         columns = [flat[f::FIELDS] for f in range(FIELDS)]
         # Logs hold regions in order of their end; readers want them in order of their start.
         seq = columns[F_SEQ]
@@ -164,5 +117,5 @@ class Records:
             device_ns=columns[F_DEVICE],
             thread=thread,
             keys=keys,
-            threads=tuple(infos),
+            threads=tuple(ThreadInfo(*info) for info, _ in logs),
         )

@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maeltrace.clock import ClockAnchor
 from maeltrace.files import atomic_write_text
 from maeltrace.keys import Key, key_label
-from maeltrace.metadata import run_metadata
 from maeltrace.records import STATUS_OK, Records
 from maeltrace.stats import TimeStats, compute_stats
 
@@ -75,7 +73,9 @@ class Summary:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_records(cls, records: Records, *, warmup: int, anchor: ClockAnchor) -> Summary:
+    def from_records(
+        cls, records: Records, *, warmup: int, metadata: dict[str, Any] | None = None
+    ) -> Summary:
         """Summarises a record snapshot in one pass over its rows."""
         done: dict[int, list[int]] = {}
         failed: dict[int, int] = {}
@@ -101,7 +101,7 @@ class Summary:
                     failed=failed.get(key_id, 0),
                 )
             )
-        return cls(rows=tuple(rows), warmup=warmup, metadata=run_metadata(anchor))
+        return cls(rows=tuple(rows), warmup=warmup, metadata=metadata or {})
 
     # -- rendering -----------------------------------------------------------------------------
 
@@ -132,10 +132,8 @@ class Summary:
                 sets.append(("steady", self.warmup, row.steady))
             for name, skipped, stats in sets:
                 values = [repr(getattr(stats, f)) for f in fields]
-                writer.writerow(
-                    [row.label, str(row.key), row.clock, name, skipped, stats.count, row.failed]
-                    + values
-                )
+                head = [row.label, str(row.key), row.clock, name, skipped, stats.count, row.failed]
+                writer.writerow([*head, *values])
         return buffer.getvalue()
 
     def to_dict(self) -> dict[str, Any]:
@@ -196,10 +194,10 @@ def _table(rows: Sequence[tuple[str, TimeStats | None]]) -> str:
 
     def line(values: Sequence[str]) -> str:
         first, *rest = values
-        padded = [first.ljust(widths[0])] + [v.rjust(w) for v, w in zip(rest, widths[1:])]
+        padded = [first.ljust(widths[0])] + [
+            v.rjust(w) for v, w in zip(rest, widths[1:], strict=True)
+        ]
         return "| " + " | ".join(padded) + " |\n"
 
-    rule = "|" + "|".join(
-        "-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)
-    ) + "|\n"
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|\n"
     return line(cells[0]) + rule + "".join(line(r) for r in cells[1:])

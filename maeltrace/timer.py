@@ -4,31 +4,24 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from time import perf_counter_ns
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, ParamSpec, TypeVar
+from typing import IO, TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
+from maeltrace._recorder import PyRecorder
 from maeltrace.clock import ClockAnchor
-from maeltrace.environment import MAELTRACE_DISABLED, env_flag
+from maeltrace.environment import MAELTRACE_DISABLED, MAELTRACE_PURE_PYTHON, env_flag
 from maeltrace.errors import RegionError
 from maeltrace.keys import Key, TimeType, canonical_key
-from maeltrace.records import (
-    CHUNK_VALUES,
-    NO_DEVICE_TIME,
-    NO_PARENT,
-    STATUS_FAILED,
-    STATUS_OK,
-    Records,
-    ThreadLog,
-)
+from maeltrace.metadata import new_run_id, run_id_from_environment, run_metadata
+from maeltrace.records import STATUS_OK, Records
 from maeltrace.stats import TimeStats, compute_stats
 
 if TYPE_CHECKING:
+    from maeltrace import _hotpath
     from maeltrace.report import Summary
 
 __all__ = ["Timer"]
@@ -38,52 +31,38 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-class Region:
-    """The context manager `Timer.region` returns: one per key and timer, reusable.
+class Region(Protocol):
+    """The context manager `Timer.region` returns: one per key and timer, reusable, and shared
+    by threads (the open region lives in the thread's log, not in this object)."""
 
-    It keeps no state of its own between ``__enter__`` and ``__exit__`` (the open region lives
-    in the thread's log), so the same object serves every thread and every iteration.
-    """
+    @property
+    def key(self) -> Key:
+        """The region key."""
 
-    __slots__ = ("_close", "_fail", "_key_id", "_open", "key")
-
-    def __init__(
-        self,
-        key: Key,
-        key_id: int,
-        open_region: Callable[[int], None],
-        close_region: Callable[[int, int], int],
-        fail: Callable[[int, BaseException | None], None],
-    ) -> None:
-        self.key = key
-        self._key_id = key_id
-        self._open = open_region
-        self._close = close_region
-        self._fail = fail
-
-    def __enter__(self) -> Region:
-        self._open(self._key_id)
-        return self
+    def __enter__(self) -> Region: ...
 
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self._close(self._key_id, STATUS_OK)
-        else:
-            self._fail(self._key_id, exc)
+    ) -> None: ...
 
-    def __repr__(self) -> str:
-        return f"Region({self.key!r})"
+
+def _hotpath_recorder() -> type[_hotpath.Recorder] | None:
+    """The compiled recorder type, or None where the extension was not built."""
+    try:
+        from maeltrace import _hotpath
+    except ImportError:
+        return None
+    return _hotpath.Recorder
 
 
 class _NullRegion:
     """What `Timer.region` returns on a disabled timer."""
 
     __slots__ = ()
+    key = ""
 
     def __enter__(self) -> _NullRegion:
         return self
@@ -97,6 +76,11 @@ _NULL_REGION = _NullRegion()
 
 def _noop(key: Key) -> None:
     return None
+
+
+def _thread_info() -> tuple[int | None, int | None, str]:
+    thread = threading.current_thread()
+    return (thread.ident, thread.native_id, thread.name)
 
 
 _TIMERS: weakref.WeakSet[Timer] = weakref.WeakSet()
@@ -140,8 +124,11 @@ class Timer:
         6
     """
 
-    def __init__(self, *, enabled: bool | None = None, warmup: int = 0) -> None:
+    def __init__(
+        self, *, enabled: bool | None = None, warmup: int = 0, run_id: str | None = None
+    ) -> None:
         self.warmup = _check_warmup(warmup)
+        self.run_id = run_id or run_id_from_environment() or new_run_id()
         self.enabled = (not env_flag(MAELTRACE_DISABLED)) if enabled is None else bool(enabled)
         self.anchor = ClockAnchor.take()
         self._lock = threading.Lock()
@@ -149,8 +136,8 @@ class Timer:
         self._keys: list[Key] = []
         self._regions: dict[Key, Region] = {}
         self._failures: dict[int, str] = {}
-        self._logs: list[ThreadLog] = []
-        self._local = threading.local()
+        self.implementation = "disabled"
+        """Which recorder records: ``compiled``, ``python`` or ``disabled``."""
         if self.enabled:
             self._bind_hot_path()
             _TIMERS.add(self)
@@ -161,107 +148,20 @@ class Timer:
     # -- the hot path --------------------------------------------------------------------------
 
     def _bind_hot_path(self) -> None:
-        """Builds start/end as closures over local state: no attribute look-ups per call."""
-        local = self._local
-        key_ids = self._key_ids
-        next_seq = itertools.count().__next__
-        clock = perf_counter_ns
-        key_id_of = self._key_id
-        new_log = self._new_log
-        failures = self._failures
-
-        def open_region(key_id: int) -> None:
-            try:
-                log = local.log
-            except AttributeError:
-                log = new_log()
-            regions_open = log.open
-            if key_id in regions_open:
-                raise RegionError(
-                    f"region {self._keys[key_id]!r} is already open on this thread; "
-                    "end it before starting it again"
-                )
-            stack = log.stack
-            seq = next_seq()
-            regions_open[key_id] = (seq, stack[-1] if stack else NO_PARENT, clock())
-            stack.append(seq)
-
-        def close_region(key_id: int, status: int) -> int:
-            now = clock()
-            try:
-                log = local.log
-            except AttributeError:
-                log = new_log()
-            entry = log.open.pop(key_id, None)
-            if entry is None:
-                raise RegionError(
-                    f"region {self._keys[key_id]!r} was ended but is not open on this thread"
-                )
-            seq, parent, started = entry
-            stack = log.stack
-            if stack[-1] == seq:
-                stack.pop()
-            else:
-                stack.remove(seq)
-            chunk = log.current
-            if len(chunk) >= CHUNK_VALUES:
-                chunk = log.new_chunk()
-            chunk.extend((key_id, seq, parent, started, now, status, NO_DEVICE_TIME))
-            return seq
-
-        def start(key: Key) -> None:
-            try:
-                key_id = key_ids[key]
-            except (KeyError, TypeError):
-                key_id = key_id_of(key)
-            open_region(key_id)
-
-        def end(key: Key) -> None:
-            now = clock()
-            try:
-                key_id = key_ids[key]
-            except (KeyError, TypeError):
-                key_id = key_id_of(key)
-            try:
-                log = local.log
-            except AttributeError:
-                log = new_log()
-            entry = log.open.pop(key_id, None)
-            if entry is None:
-                raise RegionError(f"region {key!r} was ended but is not open on this thread")
-            seq, parent, started = entry
-            stack = log.stack
-            if stack[-1] == seq:
-                stack.pop()
-            else:
-                stack.remove(seq)
-            chunk = log.current
-            if len(chunk) >= CHUNK_VALUES:
-                chunk = log.new_chunk()
-            chunk.extend((key_id, seq, parent, started, now, STATUS_OK, NO_DEVICE_TIME))
-
-        def discard_region(key_id: int) -> None:
-            log = local.log
-            seq = log.open.pop(key_id)[0]
-            log.stack.remove(seq)
-
-        def fail(key_id: int, exc: BaseException | None) -> None:
-            seq = close_region(key_id, STATUS_FAILED)
-            failures[seq] = repr(exc)
-
-        self.start = start  # type: ignore[method-assign]  # closure bound once, see docstring
-        self.end = end  # type: ignore[method-assign]  # closure bound once, see docstring
-        self._open_region = open_region
-        self._close_region = close_region
-        self._discard_region = discard_region
-        self._fail = fail
-
-    def _new_log(self) -> ThreadLog:
-        log = ThreadLog(threading.current_thread())
-        with self._lock:
-            self._logs.append(log)
-        self._local.log = log
-        return log
+        """Builds the recorder and binds its methods: no Python frame between user and store."""
+        compiled = None if env_flag(MAELTRACE_PURE_PYTHON) else _hotpath_recorder()
+        recorder_type: type[_hotpath.Recorder] | type[PyRecorder] = compiled or PyRecorder
+        self.implementation = "python" if compiled is None else "compiled"
+        self._recorder = recorder = recorder_type(
+            key_ids=self._key_ids,
+            keys=self._keys,
+            register_key=self._key_id,
+            region_error=RegionError,
+            on_failure=self._record_failure,
+            thread_info=_thread_info,
+        )
+        self.start = recorder.start  # type: ignore[method-assign]  # bound once, see docstring
+        self.end = recorder.end  # type: ignore[method-assign]  # bound once, see docstring
 
     def _key_id(self, key: object) -> int:
         """The id of a key, registering (and validating) it on first use."""
@@ -274,19 +174,15 @@ class Timer:
                 self._key_ids[canonical] = key_id
         return key_id
 
+    def _record_failure(self, seq: int, exc: BaseException | None) -> None:
+        # A description, not the exception: that would keep its traceback's frames alive.
+        self._failures[seq] = "failed" if exc is None else f"{type(exc).__name__}: {exc}"
+
     def _forget_after_fork(self) -> None:
         """In a forked child: start from an empty store; the parent's copy is untouched."""
         self._lock = threading.Lock()
         self._failures.clear()
-        log = getattr(self._local, "log", None)
-        self._logs = []
-        if log is not None:
-            log.open.clear()
-            log.stack.clear()
-            log.clear_records()
-            log.ident = threading.get_ident()
-            log.native_id = threading.get_native_id()
-            self._logs.append(log)
+        self._recorder.after_fork()
 
     # -- the public recording API --------------------------------------------------------------
 
@@ -308,7 +204,7 @@ class Timer:
             ValueError: ``key`` is empty or `TimeType.ALL`.
         """
 
-    def region(self, key: Key) -> Region | _NullRegion:
+    def region(self, key: Key) -> Region:
         """A context manager timing its body under ``key``.
 
         A body that raises is recorded with a failed status, and the exception propagates.
@@ -326,9 +222,7 @@ class Timer:
             canonical_key(key)
             return _NULL_REGION
         key_id = self._key_id(key)
-        region = Region(
-            self._keys[key_id], key_id, self._open_region, self._close_region, self._fail
-        )
+        region = self._recorder.region(self._keys[key_id], key_id)
         self._regions[self._keys[key_id]] = region
         return region
 
@@ -382,17 +276,18 @@ class Timer:
         return self._iterate(iterator, self._key_id(key))
 
     def _iterate(self, iterator: Iterator[T], key_id: int) -> Iterator[T]:
-        open_region = self._open_region
-        close_region = self._close_region
+        recorder = self._recorder
+        open_region = recorder.open
+        close_region = recorder.close
         while True:
             open_region(key_id)
             try:
                 item = next(iterator)
             except StopIteration:
-                self._discard_region(key_id)
+                recorder.discard(key_id)
                 return
             except BaseException as exc:
-                self._fail(key_id, exc)
+                recorder.fail(key_id, exc)
                 raise
             close_region(key_id, STATUS_OK)
             yield item
@@ -400,19 +295,20 @@ class Timer:
     def reset(self) -> None:
         """Drops every recorded region. Regions open now stay open and are recorded when they
         end; keys keep their first-use order."""
-        with self._lock:
-            for log in self._logs:
-                log.clear_records()
-            self._failures.clear()
+        if self.enabled:
+            with self._lock:
+                self._recorder.clear_records()
+                self._failures.clear()
 
     # -- reading -------------------------------------------------------------------------------
 
     def records(self) -> Records:
         """A snapshot of every closed region, as columns in start order."""
+        if not self.enabled:
+            return Records.merge([], ())
         with self._lock:
-            logs = list(self._logs)
             keys = tuple(self._keys)
-        return Records.merge(logs, keys)
+        return Records.merge(self._recorder.snapshot(), keys)
 
     def failures(self) -> dict[int, str]:
         """The exceptions of failed regions, by the region's sequence number."""
@@ -431,13 +327,11 @@ class Timer:
         durations: list[int] = []
         if key_id is not None:
             start, end, status = records.start_ns, records.end_ns, records.status
-            durations = [
-                end[i] - start[i] for i in records.rows(key_id) if status[i] == STATUS_OK
-            ]
+            durations = [end[i] - start[i] for i in records.rows(key_id) if status[i] == STATUS_OK]
         if not durations:
             timed = [str(k) for k in self.keys()]
             raise KeyError(
-                f"no region was completed under {canonical!r}; timed keys: {timed or 'none'}"
+                f"no region was completed under {str(canonical)!r}; timed keys: {timed or 'none'}"
             )
         skip = self.warmup if warmup is None else _check_warmup(warmup)
         return durations[skip:]
@@ -479,9 +373,13 @@ class Timer:
         from maeltrace.report import Summary
 
         skip = self.warmup if warmup is None else _check_warmup(warmup)
-        return Summary.from_records(self.records(), warmup=skip, anchor=self.anchor)
+        return Summary.from_records(
+            self.records(), warmup=skip, metadata=run_metadata(self.anchor, self.run_id)
+        )
 
-    def print_all_time_stats(self, file: IO[str] | None = None, *, warmup: int | None = None) -> None:
+    def print_all_time_stats(
+        self, file: IO[str] | None = None, *, warmup: int | None = None
+    ) -> None:
         """Prints the seed's table of every key (and the steady-state table when warmup is set).
 
         Args:
@@ -522,4 +420,3 @@ def _check_warmup(warmup: int) -> int:
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative int, not {warmup!r}")
     return warmup
-

@@ -1,0 +1,674 @@
+"""Per-region overhead of maeltrace, against a floor and the timers a user would otherwise pick.
+
+What it measures:
+    The median wall-clock nanoseconds that one region (one open and one close around an empty
+    body) costs, for
+
+    * floors: two ``time.perf_counter_ns`` reads and a list append (the reference), the same
+      storing a ``(start, end)`` tuple, and a call of an empty function (the call cost that the
+      ``@timed`` figure carries on top of its region);
+    * maeltrace: ``start``/``end``, ``with tmr.region(key)`` (looked up every time, as users
+      write it, and hoisted out of the loop), the ``@tmr.timed`` decorator on an empty function
+      (reported as is, call included), ``tmr.iterate`` over a range, and a disabled timer;
+    * peers: torchtnt's ``Timer().time(name)``, Lightning's ``SimpleProfiler().profile(name)``,
+      ``torch.profiler.record_function(name)`` with no profiler running, and an OpenTelemetry
+      SDK span (``tracer.start_as_current_span``) on a ``TracerProvider`` whose
+      ``BatchSpanProcessor`` feeds an exporter that drops everything.
+
+How it measures:
+    Every candidate times a batch of ``--batch`` regions (default 20,000) in a tight loop, with
+    one ``perf_counter_ns`` read on each side of the whole batch. The candidates run
+    round-robin for ``--rounds`` rounds (default 30) after one untimed warm-up round, in an
+    order rotated each round so that none always follows the same neighbour. A round's figure
+    is batch time / batch size; the table reports the median over rounds. Whatever accumulates
+    records (maeltrace's Timer, torchtnt's Timer, Lightning's SimpleProfiler) is built fresh for
+    every round, outside the timed section, and garbage is collected before each batch. The
+    ``for _ in range(n)`` loop costs the same in every figure, floor included, and is not
+    subtracted. Each round also checks, untimed, that the tool kept one record per region.
+
+    The figures are only comparable within one run: the machine, its load and the Python
+    build all move them. Nothing here asserts a timing; the targets section prints verdicts.
+
+How to run::
+
+    uv run --group bench python benchmarks/overhead.py              # full, under a minute
+    uv run --group bench python benchmarks/overhead.py --quick      # a few seconds
+    uv run --group bench python benchmarks/overhead.py --json overhead.json
+    uv run --group bench python benchmarks/overhead.py --no-peers   # skip importing peers
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import types
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter_ns
+from typing import Any
+
+import maeltrace
+
+KEY = "step"
+"""The key (or action/span name) every candidate times under."""
+
+DEFAULT_BATCH = 20_000
+DEFAULT_ROUNDS = 30
+QUICK_BATCH = 2_000
+QUICK_ROUNDS = 3
+
+TARGET_VS_PEER = 0.6
+"""Every maeltrace form costs at most this times the fastest peer timer."""
+TARGET_VS_OTEL = 1 / 30
+"""Every maeltrace form costs at most this fraction of an OpenTelemetry span."""
+TARGET_VS_FLOOR = 5.0
+GOAL_VS_FLOOR = 3.0
+
+FLOOR = "floor: 2 clock reads + append"
+EMPTY_CALL = "floor: empty function call"
+OTEL = "OpenTelemetry SDK span"
+
+GROUP_FLOOR = "floor"
+GROUP_MAELTRACE = "maeltrace"
+GROUP_DISABLED = "maeltrace (disabled)"
+GROUP_PEER = "peer timer"
+GROUP_OTHER = "other peer"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One timed batch.
+
+    Attributes:
+        elapsed_ns: wall-clock ns of the batch's loop.
+        recorded: regions the tool says it kept, or ``None`` where it keeps nothing to count.
+    """
+
+    elapsed_ns: int
+    recorded: int | None
+
+
+BatchFn = Callable[[int], Outcome]
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One way of timing a region, and what it measured.
+
+    Attributes:
+        name: the row's label.
+        group: which part of the table it belongs to (one of the ``GROUP_*`` names).
+        run: times a batch of ``n`` regions; ``None`` when the tool could not be imported.
+        expected: regions per batch it should report keeping: ``"n"`` for one per region,
+            ``0`` for none, ``None`` for no check.
+        note: why ``run`` is ``None``, or a remark printed under the table.
+        quiet: silences warnings around the batch (peers may warn; maeltrace must not).
+        samples: ns per region, one per timed round.
+        mismatches: rounds where the tool reported a record count other than expected.
+    """
+
+    name: str
+    group: str
+    run: BatchFn | None
+    expected: str | int | None = "n"
+    note: str = ""
+    quiet: bool = False
+    samples: list[float] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def median(self) -> float | None:
+        """Median ns per region over the timed rounds, or ``None`` if it never ran."""
+        return statistics.median(self.samples) if self.samples else None
+
+
+# -- floors ---------------------------------------------------------------------------------
+
+
+def _floor(n: int) -> Outcome:
+    # Locals, not module look-ups: the floor is the cheapest way to take and keep a duration.
+    clock = perf_counter_ns
+    out: list[int] = []
+    append = out.append
+    t0 = perf_counter_ns()
+    for _ in range(n):
+        started = clock()
+        append(clock() - started)
+    elapsed = perf_counter_ns() - t0
+    return Outcome(elapsed, len(out))
+
+
+def _floor_tuple(n: int) -> Outcome:
+    # Keeps both stamps, as a timer that reports start times must; the tuples are real objects.
+    clock = perf_counter_ns
+    out: list[tuple[int, int]] = []
+    append = out.append
+    t0 = perf_counter_ns()
+    for _ in range(n):
+        started = clock()
+        append((started, clock()))
+    elapsed = perf_counter_ns() - t0
+    return Outcome(elapsed, len(out))
+
+
+def _empty() -> None:
+    return None
+
+
+def _empty_call(n: int) -> Outcome:
+    fn = _empty
+    t0 = perf_counter_ns()
+    for _ in range(n):
+        fn()
+    return Outcome(perf_counter_ns() - t0, None)
+
+
+# -- maeltrace ------------------------------------------------------------------------------
+
+
+def _recorded(tmr: maeltrace.Timer) -> int:
+    return len(tmr.records())
+
+
+def _mt_start_end(n: int) -> Outcome:
+    # enabled=True: MAELTRACE_DISABLED in the environment must not turn the benchmark into
+    # a measurement of the disabled path.
+    tmr = maeltrace.Timer(enabled=True)
+    key = KEY
+    t0 = perf_counter_ns()
+    for _ in range(n):
+        tmr.start(key)
+        tmr.end(key)
+    elapsed = perf_counter_ns() - t0
+    return Outcome(elapsed, _recorded(tmr))
+
+
+def _mt_region(n: int) -> Outcome:
+    tmr = maeltrace.Timer(enabled=True)
+    key = KEY
+    t0 = perf_counter_ns()
+    for _ in range(n):
+        with tmr.region(key):
+            pass
+    elapsed = perf_counter_ns() - t0
+    return Outcome(elapsed, _recorded(tmr))
+
+
+def _mt_region_hoisted(n: int) -> Outcome:
+    tmr = maeltrace.Timer(enabled=True)
+    region = tmr.region(KEY)
+    t0 = perf_counter_ns()
+    for _ in range(n):
+        with region:
+            pass
+    elapsed = perf_counter_ns() - t0
+    return Outcome(elapsed, _recorded(tmr))
+
+
+def _mt_timed(n: int) -> Outcome:
+    tmr = maeltrace.Timer(enabled=True)
+
+    @tmr.timed(KEY)
+    def step() -> None:
+        return None
+
+    t0 = perf_counter_ns()
+    for _ in range(n):
+        step()
+    elapsed = perf_counter_ns() - t0
+    return Outcome(elapsed, _recorded(tmr))
+
+
+def _mt_iterate(n: int) -> Outcome:
+    tmr = maeltrace.Timer(enabled=True)
+    t0 = perf_counter_ns()
+    for _ in tmr.iterate(range(n), KEY):
+        pass
+    elapsed = perf_counter_ns() - t0
+    return Outcome(elapsed, _recorded(tmr))
+
+
+def _mt_disabled(n: int) -> Outcome:
+    tmr = maeltrace.Timer(enabled=False)
+    key = KEY
+    t0 = perf_counter_ns()
+    for _ in range(n):
+        tmr.start(key)
+        tmr.end(key)
+    elapsed = perf_counter_ns() - t0
+    return Outcome(elapsed, _recorded(tmr))
+
+
+# -- peers ----------------------------------------------------------------------------------
+
+
+def _import_quietly(module: str) -> types.ModuleType:
+    # Peers warn on import (deprecations); under pytest's filterwarnings=error that would turn
+    # a smoke test into a failure that says nothing about maeltrace.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module(module)
+
+
+def _unavailable(exc: BaseException) -> str:
+    if isinstance(exc, ModuleNotFoundError):
+        return f"not installed ({exc})"
+    return f"import failed: {type(exc).__name__}: {exc}"
+
+
+def _torchtnt_candidate() -> Candidate:
+    name = "torchtnt Timer().time()"
+    shimmed = False
+    try:
+        # torchtnt 0.2.4 imports pkg_resources at import time only for a fallback it never
+        # takes when torch has __version__; setuptools>=81 ships no pkg_resources any more.
+        # An empty stand-in lets the import through without touching the code measured here.
+        if importlib.util.find_spec("pkg_resources") is None:
+            sys.modules["pkg_resources"] = types.ModuleType("pkg_resources")
+            shimmed = True
+        module = _import_quietly("torchtnt.utils.timer")
+    except Exception as exc:
+        return Candidate(name, GROUP_PEER, None, note=_unavailable(exc))
+    finally:
+        if shimmed:
+            sys.modules.pop("pkg_resources", None)
+    tnt_timer_cls = module.Timer
+
+    def run(n: int) -> Outcome:
+        # cuda_sync=False: on a GPU machine its default would add a device sync per region,
+        # which measures the GPU, not the timer.
+        tnt = tnt_timer_cls(cuda_sync=False)
+        key = KEY
+        t0 = perf_counter_ns()
+        for _ in range(n):
+            with tnt.time(key):
+                pass
+        elapsed = perf_counter_ns() - t0
+        return Outcome(elapsed, len(tnt.recorded_durations[key]))
+
+    note = "pkg_resources stubbed for import (see docstring)" if shimmed else ""
+    return Candidate(name, GROUP_PEER, run, note=note, quiet=True)
+
+
+def _lightning_candidate() -> Candidate:
+    name = "Lightning SimpleProfiler.profile()"
+    try:
+        module = _import_quietly("lightning.pytorch.profilers")
+    except Exception as exc:
+        return Candidate(name, GROUP_PEER, None, note=_unavailable(exc))
+    profiler_cls = module.SimpleProfiler
+
+    def run(n: int) -> Outcome:
+        profiler = profiler_cls()
+        key = KEY
+        t0 = perf_counter_ns()
+        for _ in range(n):
+            with profiler.profile(key):
+                pass
+        elapsed = perf_counter_ns() - t0
+        return Outcome(elapsed, len(profiler.recorded_durations[key]))
+
+    return Candidate(name, GROUP_PEER, run, quiet=True)
+
+
+def _record_function_candidate() -> Candidate:
+    name = "torch record_function (no profiler)"
+    try:
+        module = _import_quietly("torch.profiler")
+    except Exception as exc:
+        return Candidate(name, GROUP_OTHER, None, note=_unavailable(exc))
+    record_function = module.record_function
+
+    def run(n: int) -> Outcome:
+        key = KEY
+        t0 = perf_counter_ns()
+        for _ in range(n):
+            with record_function(key):
+                pass
+        return Outcome(perf_counter_ns() - t0, None)
+
+    return Candidate(name, GROUP_OTHER, run, expected=None, quiet=True)
+
+
+class _DropCounter(logging.Filter):
+    """Counts (and silences) the batch processor's "Queue full, dropping" warnings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Queue full"):
+            self.dropped += 1
+            return False
+        return True
+
+
+def _otel_candidate(stack: ExitStack) -> Candidate:
+    try:
+        trace_sdk = _import_quietly("opentelemetry.sdk.trace")
+        export = _import_quietly("opentelemetry.sdk.trace.export")
+    except Exception as exc:
+        return Candidate(OTEL, GROUP_OTHER, None, note=_unavailable(exc))
+
+    class NullExporter(export.SpanExporter):  # type: ignore[misc,name-defined]
+        """Accepts every batch and keeps nothing, so only the SDK's own cost is measured."""
+
+        def __init__(self) -> None:
+            self.exported = 0
+
+        def export(self, spans: Sequence[Any]) -> Any:
+            self.exported += len(spans)
+            return export.SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            return None
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return True
+
+    exporter = NullExporter()
+    provider = trace_sdk.TracerProvider()
+    provider.add_span_processor(export.BatchSpanProcessor(exporter))
+    stack.callback(provider.shutdown)
+    drops = _DropCounter()
+    otel_logger = logging.getLogger("opentelemetry.sdk._shared_internal")
+    otel_logger.addFilter(drops)
+    stack.callback(otel_logger.removeFilter, drops)
+    tracer = provider.get_tracer("maeltrace-benchmark")
+
+    def run(n: int) -> Outcome:
+        before = exporter.exported + drops.dropped
+        key = KEY
+        t0 = perf_counter_ns()
+        for _ in range(n):
+            with tracer.start_as_current_span(key):
+                pass
+        elapsed = perf_counter_ns() - t0
+        # Drained outside the timed section so the worker thread does not run into the next
+        # candidate's batch (this machine may have only two cores).
+        provider.force_flush()
+        return Outcome(elapsed, exporter.exported + drops.dropped - before)
+
+    candidate = Candidate(OTEL, GROUP_OTHER, run, quiet=True)
+
+    def note_drops() -> None:
+        if drops.dropped:
+            candidate.note = f"{drops.dropped} spans dropped by a full queue (counted as kept)"
+
+    # Runs after the rounds (ExitStack unwinds in reverse), before the filter is removed.
+    stack.callback(note_drops)
+    return candidate
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def build_candidates(stack: ExitStack, *, peers: bool) -> list[Candidate]:
+    """Every candidate, in table order; peers that cannot be imported come back with no run.
+
+    Args:
+        stack: receives the clean-ups of peers that hold resources (the OTel provider).
+        peers: ``False`` leaves the peers out without importing them.
+    """
+    candidates = [
+        Candidate(FLOOR, GROUP_FLOOR, _floor),
+        Candidate("floor: 2 reads + append (start, end)", GROUP_FLOOR, _floor_tuple),
+        Candidate(EMPTY_CALL, GROUP_FLOOR, _empty_call, expected=None),
+        Candidate("maeltrace start/end", GROUP_MAELTRACE, _mt_start_end),
+        Candidate("maeltrace with tmr.region(k)", GROUP_MAELTRACE, _mt_region),
+        Candidate("maeltrace with region (hoisted)", GROUP_MAELTRACE, _mt_region_hoisted),
+        Candidate("maeltrace @timed empty function", GROUP_MAELTRACE, _mt_timed),
+        Candidate("maeltrace iterate(range)", GROUP_MAELTRACE, _mt_iterate),
+        Candidate("maeltrace disabled start/end", GROUP_DISABLED, _mt_disabled, expected=0),
+    ]
+    if peers:
+        candidates += [
+            _torchtnt_candidate(),
+            _lightning_candidate(),
+            _record_function_candidate(),
+            _otel_candidate(stack),
+        ]
+    return candidates
+
+
+def measure(candidates: list[Candidate], *, batch: int, rounds: int) -> None:
+    """Runs the round-robin: one warm-up round, then ``rounds`` timed ones.
+
+    Args:
+        candidates: filled in place (``samples``, ``mismatches``).
+        batch: regions per timed batch.
+        rounds: timed rounds.
+    """
+    runnable = [c for c in candidates if c.run is not None]
+    for round_no in range(rounds + 1):
+        # Rotating the order keeps any one candidate from always following the same neighbour
+        # (whose garbage, caches or worker threads it would otherwise inherit every round).
+        shift = round_no % len(runnable) if runnable else 0
+        for cand in runnable[shift:] + runnable[:shift]:
+            assert cand.run is not None
+            gc.collect()
+            with warnings.catch_warnings():
+                if cand.quiet:
+                    warnings.simplefilter("ignore")
+                outcome = cand.run(batch)
+            expected = batch if cand.expected == "n" else cand.expected
+            if expected is not None and outcome.recorded != expected:
+                cand.mismatches.append(f"round {round_no}: {outcome.recorded} != {expected}")
+            if round_no > 0:
+                cand.samples.append(outcome.elapsed_ns / batch)
+
+
+def _ratio(value: float | None, ref: float | None) -> float | None:
+    if value is None or ref is None or ref <= 0:
+        return None
+    return value / ref
+
+
+def _fmt_ratio(ratio: float | None) -> str:
+    if ratio is None:
+        return "n/a"
+    if ratio < 0.1:
+        return f"{ratio:.3f}x (1/{1 / ratio:.0f})"
+    return f"{ratio:.2f}x"
+
+
+def _fmt_ns(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    # Left-align the first column (names), right-align the figures.
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _references(candidates: list[Candidate]) -> tuple[float | None, Candidate | None, float | None]:
+    by_name = {c.name: c for c in candidates}
+    floor = by_name[FLOOR].median
+    peers = [c for c in candidates if c.group == GROUP_PEER and c.median is not None]
+    fastest = min(peers, key=lambda c: c.median or 0.0) if peers else None
+    otel = by_name[OTEL].median if OTEL in by_name else None
+    return floor, fastest, otel
+
+
+def _verdict(ratio: float | None, limit: float) -> str:
+    if ratio is None:
+        return "n/a"
+    return "yes" if ratio <= limit else "NO"
+
+
+def report(candidates: list[Candidate]) -> dict[str, Any]:
+    """Prints the tables and returns the same figures as a JSON-ready dict."""
+    floor, fastest, otel = _references(candidates)
+    fastest_ns = fastest.median if fastest else None
+    rows = []
+    results: dict[str, Any] = {}
+    for cand in candidates:
+        med = cand.median
+        if cand.run is None:
+            rows.append([cand.name, cand.note or "not installed", "", "", "", "", ""])
+        else:
+            rows.append(
+                [
+                    cand.name,
+                    _fmt_ns(med),
+                    _fmt_ns(min(cand.samples) if cand.samples else None),
+                    _fmt_ns(max(cand.samples) if cand.samples else None),
+                    _fmt_ratio(_ratio(med, floor)),
+                    _fmt_ratio(_ratio(med, fastest_ns)),
+                    _fmt_ratio(_ratio(med, otel)),
+                ]
+            )
+        results[cand.name] = {
+            "group": cand.group,
+            "available": cand.run is not None,
+            "note": cand.note,
+            "median_ns_per_region": med,
+            "samples_ns_per_region": cand.samples,
+            "ratio_to_floor": _ratio(med, floor),
+            "ratio_to_fastest_peer_timer": _ratio(med, fastest_ns),
+            "ratio_to_otel_span": _ratio(med, otel),
+            "record_count_mismatches": cand.mismatches,
+        }
+    headers = ["candidate", "median ns", "min ns", "max ns", "x floor", "x fastest peer", "x OTel"]
+    print(_table(headers, rows))
+    print()
+    print(f"floor = {FLOOR!r}; fastest peer timer = {fastest.name if fastest else 'n/a'}")
+    for cand in candidates:
+        if cand.run is not None and cand.note:
+            print(f"note: {cand.name}: {cand.note}")
+        if cand.mismatches:
+            shown = "; ".join(cand.mismatches[:3])
+            print(f"WARNING: {cand.name} kept an unexpected number of records: {shown}")
+
+    print()
+    print(
+        "Targets (issue): every maeltrace form <= "
+        f"{TARGET_VS_PEER}x the fastest peer timer, <= 1/{1 / TARGET_VS_OTEL:.0f} of an OTel "
+        f"span, <= {TARGET_VS_FLOOR:g}x the floor (goal {GOAL_VS_FLOOR:g}x)"
+    )
+    target_rows = []
+    targets: dict[str, Any] = {}
+    for cand in candidates:
+        if cand.group not in (GROUP_MAELTRACE, GROUP_DISABLED) or cand.median is None:
+            continue
+        vs_peer = _ratio(cand.median, fastest_ns)
+        vs_otel = _ratio(cand.median, otel)
+        vs_floor = _ratio(cand.median, floor)
+        verdicts = {
+            "vs_peer": _verdict(vs_peer, TARGET_VS_PEER),
+            "vs_otel": _verdict(vs_otel, TARGET_VS_OTEL),
+            "vs_floor": _verdict(vs_floor, TARGET_VS_FLOOR),
+            "vs_floor_goal": _verdict(vs_floor, GOAL_VS_FLOOR),
+        }
+        target_rows.append(
+            [
+                cand.name,
+                _fmt_ratio(vs_peer),
+                verdicts["vs_peer"],
+                _fmt_ratio(vs_otel),
+                verdicts["vs_otel"],
+                _fmt_ratio(vs_floor),
+                verdicts["vs_floor"],
+                verdicts["vs_floor_goal"],
+            ]
+        )
+        targets[cand.name] = verdicts
+    target_headers = [
+        "maeltrace form",
+        "x peer",
+        f"<={TARGET_VS_PEER}",
+        "x OTel",
+        f"<=1/{1 / TARGET_VS_OTEL:.0f}",
+        "x floor",
+        f"<={TARGET_VS_FLOOR:g}",
+        f"<={GOAL_VS_FLOOR:g} goal",
+    ]
+    print(_table(target_headers, target_rows))
+    empty_call = next((c.median for c in candidates if c.name == EMPTY_CALL), None)
+    print(
+        f"(@timed includes a Python call of the wrapped function, {_fmt_ns(empty_call)} ns "
+        "on its own here; nothing is subtracted.)"
+    )
+    return {"results": results, "targets": targets}
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _environment() -> dict[str, Any]:
+    return {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "maeltrace": maeltrace.__version__,
+        "torch": _version("torch"),
+        "torchtnt": _version("torchtnt"),
+        "lightning": _version("lightning"),
+        "opentelemetry-sdk": _version("opentelemetry-sdk"),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the benchmark and prints its tables.
+
+    Args:
+        argv: command-line arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        The exit status: 0.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small batches and few rounds")
+    parser.add_argument("--batch", type=int, help=f"regions per batch (default {DEFAULT_BATCH})")
+    parser.add_argument("--rounds", type=int, help=f"timed rounds (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--no-peers", action="store_true", help="skip torch, Lightning, OTel")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures as JSON")
+    args = parser.parse_args(argv)
+    batch = args.batch or (QUICK_BATCH if args.quick else DEFAULT_BATCH)
+    rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
+    if batch < 1 or rounds < 1:
+        parser.error("--batch and --rounds must be positive")
+
+    env = _environment()
+    print("maeltrace per-region overhead (ns per open+close, median over rounds)")
+    print(", ".join(f"{k} {v}" for k, v in env.items()))
+    print(f"batch {batch:,} regions x {rounds} rounds (+1 warm-up), round-robin")
+    print()
+    started = perf_counter_ns()
+    with ExitStack() as stack:
+        candidates = build_candidates(stack, peers=not args.no_peers)
+        measure(candidates, batch=batch, rounds=rounds)
+    figures = report(candidates)
+    print(f"\ntook {(perf_counter_ns() - started) / 1e9:.1f} s (peer imports included)")
+    if args.json is not None:
+        payload = {"environment": env, "batch": batch, "rounds": rounds, **figures}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

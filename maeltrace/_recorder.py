@@ -1,0 +1,213 @@
+"""The pure-Python recorder: the fallback for, and the reference of, maeltrace._hotpath.
+
+Both record the same thing the same way; the test suite runs against each. Each thread owns a
+`ThreadLog` found through a `threading.local`, so recording takes no lock. A closed region is
+`FIELDS` int64 values appended to the thread's current ``array('q')`` chunk (see
+`maeltrace.records` for the layout); open regions live in a list ordered by open time, which is
+also the parent stack.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from array import array
+from collections.abc import Callable
+from time import perf_counter_ns
+from types import TracebackType
+
+from maeltrace.keys import Key
+from maeltrace.records import (
+    CHUNK_REGIONS,
+    FIELDS,
+    NO_DEVICE_TIME,
+    NO_PARENT,
+    STATUS_FAILED,
+    STATUS_OK,
+)
+
+__all__ = ["PyRecorder", "PyRegion", "ThreadInfoTuple"]
+
+ThreadInfoTuple = tuple[int | None, int | None, str]
+
+_CHUNK_VALUES = CHUNK_REGIONS * FIELDS
+
+
+class ThreadLog:
+    """What one thread has open and what it has recorded; only its own thread writes to it.
+
+    ``open`` lists ``(key_id, seq, parent_seq, start_ns)`` per open region, oldest first.
+    """
+
+    __slots__ = ("chunks", "current", "info", "open")
+
+    def __init__(self, info: ThreadInfoTuple) -> None:
+        self.info = info
+        self.open: list[tuple[int, int, int, int]] = []
+        self.current = array("q")
+        self.chunks: list[array[int]] = [self.current]
+
+    def clear_records(self) -> None:
+        self.current = array("q")
+        self.chunks = [self.current]
+
+    def values(self) -> bytes:
+        """Every whole region recorded so far, as native int64 bytes."""
+        data = b"".join(chunk.tobytes() for chunk in list(self.chunks))
+        whole = len(data) - len(data) % (FIELDS * 8)
+        return data[:whole]
+
+
+class PyRecorder:
+    """Per-thread region recorder; see the module docstring.
+
+    Args:
+        key_ids: key -> id, shared with the timer, which adds to it through ``register_key``.
+        keys: id -> key, shared with the timer.
+        register_key: validates a key on first use and returns its id.
+        region_error: the exception type for regions opened or closed out of order.
+        on_failure: called with (seq, exception) for each region closed as failed.
+        thread_info: returns (ident, native_id, name) of the calling thread.
+    """
+
+    def __init__(
+        self,
+        key_ids: dict[Key, int],
+        keys: list[Key],
+        register_key: Callable[[object], int],
+        region_error: type[Exception],
+        on_failure: Callable[[int, BaseException | None], None],
+        thread_info: Callable[[], ThreadInfoTuple],
+    ) -> None:
+        self._key_ids = key_ids
+        self._keys = keys
+        self._register_key = register_key
+        self._region_error = region_error
+        self._on_failure = on_failure
+        self._thread_info = thread_info
+        self._local = threading.local()
+        self._logs: list[ThreadLog] = []
+        self._next_seq = itertools.count().__next__  # atomic under the GIL
+
+    def _log(self) -> ThreadLog:
+        try:
+            log: ThreadLog = self._local.log
+        except AttributeError:
+            log = ThreadLog(self._thread_info())
+            self._logs.append(log)
+            self._local.log = log
+        return log
+
+    def _key_id(self, key: object) -> int:
+        try:
+            return self._key_ids[key]  # type: ignore[index]  # any hashable finds or misses
+        except (KeyError, TypeError):
+            return self._register_key(key)
+
+    def _find(self, log: ThreadLog, key_id: int) -> int:
+        regions = log.open
+        for i in range(len(regions) - 1, -1, -1):
+            if regions[i][0] == key_id:
+                return i
+        return -1
+
+    def open(self, key_id: int) -> None:
+        log = self._log()
+        if self._find(log, key_id) >= 0:
+            raise self._region_error(
+                f"region {self._keys[key_id]!r} is already open on this thread; "
+                "end it before starting it again"
+            )
+        regions = log.open
+        seq = self._next_seq()
+        parent = regions[-1][1] if regions else NO_PARENT
+        regions.append((key_id, seq, parent, perf_counter_ns()))
+
+    def close(self, key_id: int, status: int, end: int | None = None) -> int:
+        if end is None:
+            end = perf_counter_ns()
+        log = self._log()
+        i = self._find(log, key_id)
+        if i < 0:
+            raise self._region_error(
+                f"region {self._keys[key_id]!r} was ended but is not open on this thread"
+            )
+        _, seq, parent, start = log.open.pop(i)
+        chunk = log.current
+        if len(chunk) >= _CHUNK_VALUES:
+            chunk = log.current = array("q")
+            log.chunks.append(chunk)
+        chunk.extend((key_id, seq, parent, start, end, status, NO_DEVICE_TIME))
+        return seq
+
+    def fail(self, key_id: int, exc: BaseException | None) -> int:
+        seq = self.close(key_id, STATUS_FAILED, perf_counter_ns())
+        self._on_failure(seq, exc)
+        return seq
+
+    def discard(self, key_id: int) -> None:
+        log = self._log()
+        i = self._find(log, key_id)
+        if i < 0:
+            raise self._region_error(f"region {self._keys[key_id]!r} is not open on this thread")
+        del log.open[i]
+
+    def start(self, key: object) -> None:
+        self.open(self._key_id(key))
+
+    def end(self, key: object) -> None:
+        end = perf_counter_ns()
+        self.close(self._key_id(key), STATUS_OK, end)
+
+    def region(self, key: Key, key_id: int) -> PyRegion:
+        return PyRegion(self, key, key_id)
+
+    def snapshot(self) -> list[tuple[ThreadInfoTuple, bytes]]:
+        return [(log.info, log.values()) for log in list(self._logs)]
+
+    def clear_records(self) -> None:
+        for log in list(self._logs):
+            log.clear_records()
+
+    def after_fork(self) -> None:
+        mine: ThreadLog | None = getattr(self._local, "log", None)
+        self._logs = []
+        if mine is not None:
+            mine.open.clear()
+            mine.clear_records()
+            mine.info = self._thread_info()
+            self._logs.append(mine)
+
+    def nbytes(self) -> int:
+        return sum(c.buffer_info()[1] * c.itemsize for log in self._logs for c in log.chunks)
+
+
+class PyRegion:
+    """Context manager timing its body under one key; reusable, shared by threads."""
+
+    __slots__ = ("_key_id", "_recorder", "key")
+
+    def __init__(self, recorder: PyRecorder, key: Key, key_id: int) -> None:
+        self._recorder = recorder
+        self.key = key
+        self._key_id = key_id
+
+    def __enter__(self) -> PyRegion:
+        self._recorder.open(self._key_id)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        end = perf_counter_ns()
+        if exc_type is None:
+            self._recorder.close(self._key_id, STATUS_OK, end)
+        else:
+            seq = self._recorder.close(self._key_id, STATUS_FAILED, end)
+            self._recorder._on_failure(seq, exc)
+
+    def __repr__(self) -> str:
+        return f"Region({self.key!r})"
