@@ -35,6 +35,7 @@ How to run::
     uv run --group bench python benchmarks/overhead.py --quick      # a few seconds
     uv run --group bench python benchmarks/overhead.py --json overhead.json
     uv run --group bench python benchmarks/overhead.py --no-peers   # skip importing peers
+    uv run --group bench python benchmarks/overhead.py --pure-python  # no compiled recorder
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ GOAL_VS_FLOOR = 3.0
 FLOOR = "floor: 2 clock reads + append"
 EMPTY_CALL = "floor: empty function call"
 OTEL = "OpenTelemetry SDK span"
+
+PURE_PYTHON_ENV = "MAELTRACE_PURE_PYTHON"
+"""Environment variable that makes Timer() skip the compiled recorder."""
 
 GROUP_FLOOR = "floor"
 GROUP_MAELTRACE = "maeltrace"
@@ -490,10 +494,12 @@ def _fmt_ns(value: float | None) -> str:
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
     # Left-align the first column (names), right-align the figures.
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
@@ -617,8 +623,19 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _implementation() -> str:
+    # Which recorder an enabled Timer picks (a compiled extension or the pure-Python one);
+    # older builds have no such attribute, and then the bound method's type tells.
+    tmr = maeltrace.Timer(enabled=True)
+    found = getattr(tmr, "implementation", None)
+    if isinstance(found, str):
+        return found
+    return "compiled" if isinstance(tmr.start, types.BuiltinMethodType) else "python"
+
+
 def _environment() -> dict[str, Any]:
     return {
+        "maeltrace recorder": _implementation(),
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
@@ -646,7 +663,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help=f"timed rounds (default {DEFAULT_ROUNDS})")
     parser.add_argument("--no-peers", action="store_true", help="skip torch, Lightning, OTel")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures as JSON")
+    parser.add_argument(
+        "--pure-python",
+        action="store_true",
+        help=f"set {PURE_PYTHON_ENV}=1 so timers use the pure-Python recorder",
+    )
     args = parser.parse_args(argv)
+    if args.pure_python:
+        # Read by Timer() at construction, so it must be set before any timer is built; put
+        # back afterwards because main() may run inside a test process.
+        saved = os.environ.get(PURE_PYTHON_ENV)
+        os.environ[PURE_PYTHON_ENV] = "1"
+        try:
+            return _run(args, parser)
+        finally:
+            if saved is None:
+                os.environ.pop(PURE_PYTHON_ENV, None)
+            else:
+                os.environ[PURE_PYTHON_ENV] = saved
+    return _run(args, parser)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     batch = args.batch or (QUICK_BATCH if args.quick else DEFAULT_BATCH)
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
     if batch < 1 or rounds < 1:

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import maeltrace
-from maeltrace import RegionError, TimeType, Timer
+from maeltrace import RegionError, Timer, TimeType
 from maeltrace.records import NO_PARENT, STATUS_FAILED, STATUS_OK
 
 BOTH_RECORDERS = True
