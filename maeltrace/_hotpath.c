@@ -4,17 +4,18 @@
  * against both. Each thread owns a ThreadState found through a thread-specific-storage key,
  * so recording takes no lock beyond the GIL that every call already holds. A closed region is
  * FIELDS int64 values appended to the thread's current chunk:
- *   key id, sequence number, parent's sequence number, start ns, end ns, status, device ns.
+ *   key id, sequence number, parent's sequence number, start ns, end ns, status.
  * Open regions live in a small array ordered by open time, which is also the parent stack.
+ * A region opened with gpu=True also holds the handle its device clock returned on open;
+ * the clock's hooks run only for such regions, so CPU-only regions never leave C.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
 
-#define FIELDS 7
+#define FIELDS 6
 #define CHUNK_REGIONS 4096
 #define NO_PARENT (-1)
-#define NO_DEVICE_TIME (-1)
 #define STATUS_OK 0
 #define STATUS_FAILED 1
 
@@ -23,6 +24,7 @@ typedef struct {
     int64_t seq;
     int64_t parent;
     int64_t start;
+    PyObject *device; /* device clock handle, owned; NULL for CPU-only regions */
 } OpenRegion;
 
 typedef struct {
@@ -49,6 +51,9 @@ typedef struct {
     PyObject *region_error; /* exception type */
     PyObject *on_failure;  /* callable(seq, exc) */
     PyObject *thread_info; /* callable() -> (ident, native_id, name) */
+    PyObject *device_open;  /* callable(key_id) -> handle, before a gpu region opens */
+    PyObject *device_close; /* callable(seq, handle, status), after a gpu region closed */
+    PyObject *device_block; /* callable(handle or None, value) -> value, for Region.block */
 } Recorder;
 
 typedef struct {
@@ -56,6 +61,7 @@ typedef struct {
     Recorder *recorder;
     PyObject *key;
     int64_t key_id;
+    int gpu;
 } Region;
 
 static PyTypeObject RecorderType;
@@ -83,6 +89,9 @@ state_free(ThreadState *st)
     }
     for (Py_ssize_t i = 0; i < st->n_chunks; i++) {
         PyMem_RawFree(st->chunks[i]);
+    }
+    for (Py_ssize_t i = 0; i < st->n_open; i++) {
+        Py_XDECREF(st->open[i].device);
     }
     PyMem_RawFree(st->chunks);
     PyMem_RawFree(st->open);
@@ -177,7 +186,7 @@ key_at(Recorder *self, int64_t key_id)
 /* -- open and close ------------------------------------------------------------------------- */
 
 static int
-open_region(Recorder *self, int64_t key_id)
+open_region(Recorder *self, int64_t key_id, int gpu)
 {
     ThreadState *st = state_get(self);
     if (st == NULL) {
@@ -192,10 +201,19 @@ open_region(Recorder *self, int64_t key_id)
             return -1;
         }
     }
+    PyObject *device = NULL;
+    if (gpu) {
+        /* Before the clock read: a device sync or event record is not the region's work. */
+        device = PyObject_CallFunction(self->device_open, "L", (long long)key_id);
+        if (device == NULL) {
+            return -1;
+        }
+    }
     if (st->n_open == st->cap_open) {
         Py_ssize_t cap = st->cap_open ? st->cap_open * 2 : 16;
         OpenRegion *grown = PyMem_RawRealloc(st->open, cap * sizeof(OpenRegion));
         if (grown == NULL) {
+            Py_XDECREF(device);
             PyErr_NoMemory();
             return -1;
         }
@@ -203,6 +221,7 @@ open_region(Recorder *self, int64_t key_id)
         st->cap_open = cap;
     }
     OpenRegion *slot = &st->open[st->n_open++];
+    slot->device = device;
     slot->key_id = key_id;
     slot->seq = self->next_seq++;
     slot->parent = st->n_open > 1 ? st->open[st->n_open - 2].seq : NO_PARENT;
@@ -256,7 +275,15 @@ close_region(Recorder *self, int64_t key_id, int64_t status, int64_t end)
     out[3] = region.start;
     out[4] = end;
     out[5] = status;
-    out[6] = NO_DEVICE_TIME;
+    if (region.device != NULL) {
+        PyObject *r = PyObject_CallFunction(self->device_close, "LOL", (long long)region.seq,
+                                            region.device, (long long)status);
+        Py_DECREF(region.device);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+    }
     return region.seq;
 }
 
@@ -277,11 +304,37 @@ fail_region(Recorder *self, int64_t key_id, PyObject *exc, int64_t end)
 
 /* -- Recorder methods ----------------------------------------------------------------------- */
 
-static PyObject *
-Recorder_start(Recorder *self, PyObject *key)
+/* Parses (first, gpu=False) from a vectorcall; gpu may come by keyword. */
+static int
+parse_first_and_gpu(const char *name, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames, int *gpu)
 {
-    int64_t key_id = key_id_of(self, key);
-    if (key_id < 0 || open_region(self, key_id) < 0) {
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *flag = NULL;
+    if (nargs == 2 && nkw == 0) {
+        flag = args[1];
+    }
+    else if (nargs == 1 && nkw == 1 &&
+             PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "gpu") == 0) {
+        flag = args[1];
+    }
+    else if (!(nargs == 1 && nkw == 0)) {
+        PyErr_Format(PyExc_TypeError, "%s() takes a key and an optional gpu flag", name);
+        return -1;
+    }
+    *gpu = flag != NULL ? PyObject_IsTrue(flag) : 0;
+    return *gpu < 0 ? -1 : 0;
+}
+
+static PyObject *
+Recorder_start(Recorder *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    int gpu;
+    if (parse_first_and_gpu("start", args, PyVectorcall_NARGS(nargs), kwnames, &gpu) < 0) {
+        return NULL;
+    }
+    int64_t key_id = key_id_of(self, args[0]);
+    if (key_id < 0 || open_region(self, key_id, gpu) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -306,10 +359,12 @@ parse_id(PyObject *arg, int64_t *out)
 }
 
 static PyObject *
-Recorder_open(Recorder *self, PyObject *arg)
+Recorder_open(Recorder *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     int64_t key_id;
-    if (parse_id(arg, &key_id) < 0 || open_region(self, key_id) < 0) {
+    int gpu;
+    if (parse_first_and_gpu("open", args, PyVectorcall_NARGS(nargs), kwnames, &gpu) < 0 ||
+        parse_id(args[0], &key_id) < 0 || open_region(self, key_id, gpu) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -360,8 +415,10 @@ Recorder_discard(Recorder *self, PyObject *arg)
     }
     for (Py_ssize_t i = st->n_open - 1; i >= 0; i--) {
         if (st->open[i].key_id == key_id) {
+            PyObject *device = st->open[i].device;
             memmove(&st->open[i], &st->open[i + 1], (st->n_open - i - 1) * sizeof(OpenRegion));
             st->n_open--;
+            Py_XDECREF(device);
             Py_RETURN_NONE;
         }
     }
@@ -371,14 +428,31 @@ Recorder_discard(Recorder *self, PyObject *arg)
 }
 
 static PyObject *
+Recorder_is_open(Recorder *self, PyObject *arg)
+{
+    int64_t key_id;
+    if (parse_id(arg, &key_id) < 0) {
+        return NULL;
+    }
+    ThreadState *st = PyThread_tss_get(self->tss);
+    for (Py_ssize_t i = st != NULL ? st->n_open - 1 : -1; i >= 0; i--) {
+        if (st->open[i].key_id == key_id) {
+            Py_RETURN_TRUE;
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
 Recorder_region(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
 {
     int64_t key_id;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "region(key, key_id)");
+    int gpu = 0;
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "region(key, key_id, gpu=False)");
         return NULL;
     }
-    if (parse_id(args[1], &key_id) < 0) {
+    if (parse_id(args[1], &key_id) < 0 || (nargs == 3 && (gpu = PyObject_IsTrue(args[2])) < 0)) {
         return NULL;
     }
     Region *region = PyObject_GC_New(Region, &RegionType);
@@ -388,6 +462,7 @@ Recorder_region(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     region->recorder = (Recorder *)Py_NewRef(self);
     region->key = Py_NewRef(args[0]);
     region->key_id = key_id;
+    region->gpu = gpu;
     PyObject_GC_Track(region);
     return (PyObject *)region;
 }
@@ -448,6 +523,9 @@ Recorder_after_fork(Recorder *self, PyObject *Py_UNUSED(ignored))
     self->n_states = 0;
     if (mine != NULL) {
         state_clear_records(mine);
+        for (Py_ssize_t i = 0; i < mine->n_open; i++) {
+            Py_XDECREF(mine->open[i].device);
+        }
         mine->n_open = 0;
         PyObject *info = PyObject_CallNoArgs(self->thread_info);
         if (info == NULL) {
@@ -475,12 +553,15 @@ Recorder_nbytes(Recorder *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"key_ids", "keys", "register_key", "region_error",
-                             "on_failure", "thread_info", NULL};
+    static char *kwlist[] = {"key_ids",     "keys",         "register_key",
+                             "region_error", "on_failure",  "thread_info",
+                             "device_open", "device_close", "device_block", NULL};
     PyObject *key_ids, *keys, *register_key, *region_error, *on_failure, *thread_info;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOO", kwlist, &PyDict_Type, &key_ids,
+    PyObject *device_open, *device_close, *device_block;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOOOOO", kwlist, &PyDict_Type, &key_ids,
                                      &PyList_Type, &keys, &register_key, &region_error,
-                                     &on_failure, &thread_info)) {
+                                     &on_failure, &thread_info, &device_open, &device_close,
+                                     &device_block)) {
         return NULL;
     }
     Recorder *self = (Recorder *)type->tp_alloc(type, 0);
@@ -499,6 +580,9 @@ Recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->region_error = Py_NewRef(region_error);
     self->on_failure = Py_NewRef(on_failure);
     self->thread_info = Py_NewRef(thread_info);
+    self->device_open = Py_NewRef(device_open);
+    self->device_close = Py_NewRef(device_close);
+    self->device_block = Py_NewRef(device_block);
     return (PyObject *)self;
 }
 
@@ -511,6 +595,16 @@ Recorder_traverse(Recorder *self, visitproc visit, void *arg)
     Py_VISIT(self->region_error);
     Py_VISIT(self->on_failure);
     Py_VISIT(self->thread_info);
+    Py_VISIT(self->device_open);
+    Py_VISIT(self->device_close);
+    Py_VISIT(self->device_block);
+    for (Py_ssize_t s = 0; s < self->n_states; s++) {
+        ThreadState *st = self->states[s];
+        Py_VISIT(st->info);
+        for (Py_ssize_t i = 0; i < st->n_open; i++) {
+            Py_VISIT(st->open[i].device);
+        }
+    }
     return 0;
 }
 
@@ -523,6 +617,9 @@ Recorder_clear(Recorder *self)
     Py_CLEAR(self->region_error);
     Py_CLEAR(self->on_failure);
     Py_CLEAR(self->thread_info);
+    Py_CLEAR(self->device_open);
+    Py_CLEAR(self->device_close);
+    Py_CLEAR(self->device_block);
     return 0;
 }
 
@@ -544,14 +641,17 @@ Recorder_dealloc(Recorder *self)
 }
 
 static PyMethodDef Recorder_methods[] = {
-    {"start", (PyCFunction)Recorder_start, METH_O, "Open a region of key on this thread."},
+    {"start", (PyCFunction)(void (*)(void))Recorder_start, METH_FASTCALL | METH_KEYWORDS,
+     "Open a region of key on this thread; gpu=True adds a device measurement."},
     {"end", (PyCFunction)Recorder_end, METH_O, "Close this thread's region of key."},
-    {"open", (PyCFunction)Recorder_open, METH_O, "Open a region by key id."},
+    {"open", (PyCFunction)(void (*)(void))Recorder_open, METH_FASTCALL | METH_KEYWORDS,
+     "Open a region by key id; gpu=True adds a device measurement."},
     {"close", (PyCFunction)(void (*)(void))Recorder_close, METH_FASTCALL,
      "Close a region by key id with a status; returns its sequence number."},
     {"fail", (PyCFunction)(void (*)(void))Recorder_fail, METH_FASTCALL,
      "Close a region by key id as failed, reporting the exception."},
     {"discard", (PyCFunction)Recorder_discard, METH_O, "Forget an open region unrecorded."},
+    {"is_open", (PyCFunction)Recorder_is_open, METH_O, "Whether a key id is open here."},
     {"region", (PyCFunction)(void (*)(void))Recorder_region, METH_FASTCALL,
      "A reusable context manager timing its body under key."},
     {"snapshot", (PyCFunction)Recorder_snapshot, METH_NOARGS,
@@ -581,10 +681,28 @@ static PyTypeObject RecorderType = {
 static PyObject *
 Region_enter(Region *self, PyObject *Py_UNUSED(ignored))
 {
-    if (open_region(self->recorder, self->key_id) < 0) {
+    if (open_region(self->recorder, self->key_id, self->gpu) < 0) {
         return NULL;
     }
     return Py_NewRef(self);
+}
+
+static PyObject *
+Region_block(Region *self, PyObject *value)
+{
+    Recorder *rec = self->recorder;
+    ThreadState *st = state_get(rec);
+    if (st == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = st->n_open - 1; i >= 0; i--) {
+        if (st->open[i].key_id == self->key_id) {
+            PyObject *device = st->open[i].device ? st->open[i].device : Py_None;
+            return PyObject_CallFunctionObjArgs(rec->device_block, device, value, NULL);
+        }
+    }
+    PyErr_Format(rec->region_error, "region %R is not open on this thread", self->key);
+    return NULL;
 }
 
 static PyObject *
@@ -639,14 +757,23 @@ Region_get_key(Region *self, void *Py_UNUSED(closure))
     return Py_NewRef(self->key);
 }
 
+static PyObject *
+Region_get_gpu(Region *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->gpu);
+}
+
 static PyGetSetDef Region_getset[] = {
     {"key", (getter)Region_get_key, NULL, "The region key.", NULL},
+    {"gpu", (getter)Region_get_gpu, NULL, "Whether the region is measured on the device.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyMethodDef Region_methods[] = {
     {"__enter__", (PyCFunction)Region_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Region_exit, METH_FASTCALL, NULL},
+    {"block", (PyCFunction)Region_block, METH_O,
+     "Wait until value (the region's outputs) is computed; returns value."},
     {NULL, NULL, 0, NULL},
 };
 

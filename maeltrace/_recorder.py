@@ -15,12 +15,12 @@ from array import array
 from collections.abc import Callable
 from time import perf_counter_ns
 from types import TracebackType
+from typing import TypeVar
 
 from maeltrace.keys import Key
 from maeltrace.records import (
     CHUNK_REGIONS,
     FIELDS,
-    NO_DEVICE_TIME,
     NO_PARENT,
     STATUS_FAILED,
     STATUS_OK,
@@ -29,6 +29,7 @@ from maeltrace.records import (
 __all__ = ["PyRecorder", "PyRegion", "ThreadInfoTuple"]
 
 ThreadInfoTuple = tuple[int | None, int | None, str]
+T = TypeVar("T")
 
 _CHUNK_VALUES = CHUNK_REGIONS * FIELDS
 
@@ -36,14 +37,15 @@ _CHUNK_VALUES = CHUNK_REGIONS * FIELDS
 class ThreadLog:
     """What one thread has open and what it has recorded; only its own thread writes to it.
 
-    ``open`` lists ``(key_id, seq, parent_seq, start_ns)`` per open region, oldest first.
+    ``open`` lists ``(key_id, seq, parent_seq, start_ns, device)`` per open region, oldest
+    first; ``device`` is the device clock's handle of a gpu region, else None.
     """
 
     __slots__ = ("chunks", "current", "info", "open")
 
     def __init__(self, info: ThreadInfoTuple) -> None:
         self.info = info
-        self.open: list[tuple[int, int, int, int]] = []
+        self.open: list[tuple[int, int, int, int, object]] = []
         self.current = array("q")
         self.chunks: list[array[int]] = [self.current]
 
@@ -68,6 +70,9 @@ class PyRecorder:
         region_error: the exception type for regions opened or closed out of order.
         on_failure: called with (seq, exception) for each region closed as failed.
         thread_info: returns (ident, native_id, name) of the calling thread.
+        device_open: called with the key id before a gpu region opens; returns its handle.
+        device_close: called with (seq, handle, status) after a gpu region closed.
+        device_block: called with (handle or None, value) by `PyRegion.block`.
     """
 
     def __init__(
@@ -78,7 +83,13 @@ class PyRecorder:
         region_error: type[Exception],
         on_failure: Callable[[int, BaseException | None], None],
         thread_info: Callable[[], ThreadInfoTuple],
+        device_open: Callable[[int], object],
+        device_close: Callable[[int, object, int], None],
+        device_block: Callable[[object, object], object],
     ) -> None:
+        self._device_open = device_open
+        self._device_close = device_close
+        self._device_block = device_block
         self._key_ids = key_ids
         self._keys = keys
         self._register_key = register_key
@@ -111,17 +122,18 @@ class PyRecorder:
                 return i
         return -1
 
-    def open(self, key_id: int) -> None:
+    def open(self, key_id: int, gpu: bool = False) -> None:
         log = self._log()
         if self._find(log, key_id) >= 0:
             raise self._region_error(
                 f"region {self._keys[key_id]!r} is already open on this thread; "
                 "end it before starting it again"
             )
+        device = self._device_open(key_id) if gpu else None
         regions = log.open
         seq = self._next_seq()
         parent = regions[-1][1] if regions else NO_PARENT
-        regions.append((key_id, seq, parent, perf_counter_ns()))
+        regions.append((key_id, seq, parent, perf_counter_ns(), device))
 
     def close(self, key_id: int, status: int, end: int | None = None) -> int:
         if end is None:
@@ -132,12 +144,14 @@ class PyRecorder:
             raise self._region_error(
                 f"region {self._keys[key_id]!r} was ended but is not open on this thread"
             )
-        _, seq, parent, start = log.open.pop(i)
+        _, seq, parent, start, device = log.open.pop(i)
         chunk = log.current
         if len(chunk) >= _CHUNK_VALUES:
             chunk = log.current = array("q")
             log.chunks.append(chunk)
-        chunk.extend((key_id, seq, parent, start, end, status, NO_DEVICE_TIME))
+        chunk.extend((key_id, seq, parent, start, end, status))
+        if device is not None:
+            self._device_close(seq, device, status)
         return seq
 
     def fail(self, key_id: int, exc: BaseException | None) -> int:
@@ -152,15 +166,25 @@ class PyRecorder:
             raise self._region_error(f"region {self._keys[key_id]!r} is not open on this thread")
         del log.open[i]
 
-    def start(self, key: object) -> None:
-        self.open(self._key_id(key))
+    def is_open(self, key_id: int) -> bool:
+        return self._find(self._log(), key_id) >= 0
+
+    def start(self, key: object, gpu: bool = False) -> None:
+        self.open(self._key_id(key), gpu)
 
     def end(self, key: object) -> None:
         end = perf_counter_ns()
         self.close(self._key_id(key), STATUS_OK, end)
 
-    def region(self, key: Key, key_id: int) -> PyRegion:
-        return PyRegion(self, key, key_id)
+    def region(self, key: Key, key_id: int, gpu: bool = False) -> PyRegion:
+        return PyRegion(self, key, key_id, gpu)
+
+    def block(self, key_id: int, value: object) -> object:
+        log = self._log()
+        i = self._find(log, key_id)
+        if i < 0:
+            raise self._region_error(f"region {self._keys[key_id]!r} is not open on this thread")
+        return self._device_block(log.open[i][4], value)
 
     def snapshot(self) -> list[tuple[ThreadInfoTuple, bytes]]:
         return [(log.info, log.values()) for log in list(self._logs)]
@@ -185,16 +209,21 @@ class PyRecorder:
 class PyRegion:
     """Context manager timing its body under one key; reusable, shared by threads."""
 
-    __slots__ = ("_key_id", "_recorder", "key")
+    __slots__ = ("_key_id", "_recorder", "gpu", "key")
 
-    def __init__(self, recorder: PyRecorder, key: Key, key_id: int) -> None:
+    def __init__(self, recorder: PyRecorder, key: Key, key_id: int, gpu: bool) -> None:
         self._recorder = recorder
         self.key = key
         self._key_id = key_id
+        self.gpu = gpu
 
     def __enter__(self) -> PyRegion:
-        self._recorder.open(self._key_id)
+        self._recorder.open(self._key_id, self.gpu)
         return self
+
+    def block(self, value: T) -> T:
+        """Waits until ``value`` (the region's outputs) is computed; returns it."""
+        return self._recorder.block(self._key_id, value)  # type: ignore[return-value]  # the hook returns its input
 
     def __exit__(
         self,

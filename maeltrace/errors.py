@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MaeltraceError", "RegionError"]
+__all__ = ["DeviceClockWarning", "MaeltraceError", "RegionError"]
 
 
 class MaeltraceError(Exception):
@@ -16,4 +16,11 @@ class RegionError(MaeltraceError, RuntimeError):
     `Timer.end` when the key is not open there. It subclasses `RuntimeError`, which is what
     Deep500's timer raised, so code that catches `RuntimeError` keeps working. Nothing already
     recorded is changed by the failed call.
+    """
+
+
+class DeviceClockWarning(UserWarning):
+    """GPU regions are measured on a stand-in clock (no GPU, or a framework's limits).
+
+    Issued once per timer, when its device clock is chosen; the reports name the clock too.
     """

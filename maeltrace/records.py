@@ -1,41 +1,44 @@
 """The record layout, and `Records`: every closed region of a timer as columns.
 
 A recorder (compiled in maeltrace._hotpath, or maeltrace._recorder in pure Python) keeps one
-log per thread: chunks of `CHUNK_REGIONS` regions, each region `FIELDS` int64 values, 56 bytes
-in all. Reading merges the logs into columns, off the hot path.
+log per thread: chunks of `CHUNK_REGIONS` regions, each region `FIELDS` int64 values, 48 bytes
+in all. Device times, known only later and for gpu regions only, are kept apart by
+`maeltrace.devices.DeviceTimes`. Reading merges both into columns, off the hot path.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "CHUNK_REGIONS",
     "FIELDS",
+    "FLAG_COMPILED",
     "NO_DEVICE_TIME",
     "NO_PARENT",
     "STATUS_FAILED",
     "STATUS_OK",
     "Records",
+    "Samples",
     "ThreadInfo",
 ]
 
-F_KEY, F_SEQ, F_PARENT, F_START, F_END, F_STATUS, F_DEVICE = range(7)
-FIELDS = 7
+F_KEY, F_SEQ, F_PARENT, F_START, F_END, F_STATUS = range(6)
+FIELDS = 6
 """int64 values per region: key id, sequence number, parent's sequence number, start and end
-(ns, `time.perf_counter_ns`), status, device duration (ns)."""
+(ns, `time.perf_counter_ns`), status."""
 
 CHUNK_REGIONS = 4096
-"""Regions per chunk: a thread's log grows by 224 KiB at a time."""
+"""Regions per chunk: a thread's log grows by 192 KiB at a time."""
 
 NO_PARENT = -1
 """Parent sequence number of a region that had no enclosing open region on its thread."""
 
 NO_DEVICE_TIME = -1
-"""Device duration of a region that has none (yet)."""
+"""Device start and duration of a region that has none."""
 
 STATUS_OK = 0
 """The region's body completed."""
@@ -53,6 +56,36 @@ class ThreadInfo:
     name: str
 
 
+FLAG_COMPILED = 1
+"""Device flag: the region compiled code (a first call of a jitted function); its samples are
+reported apart from the key's steady state."""
+
+
+@dataclass(slots=True)
+class Samples:
+    """Completed regions' durations (ns) per key id, in start order.
+
+    Attributes:
+        cpu: CPU durations.
+        gpu: device durations, of the regions that have one.
+        cpu_compiled: CPU durations of regions flagged `FLAG_COMPILED`, kept apart.
+        gpu_compiled: their device durations.
+        failed: regions whose body raised, per key id (in no list above).
+    """
+
+    cpu: dict[int, list[int]] = field(default_factory=dict)
+    gpu: dict[int, list[int]] = field(default_factory=dict)
+    cpu_compiled: dict[int, list[int]] = field(default_factory=dict)
+    gpu_compiled: dict[int, list[int]] = field(default_factory=dict)
+    failed: dict[int, int] = field(default_factory=dict)
+
+    def cpu_for(self, key_id: int, compiled: bool) -> list[int]:
+        return (self.cpu_compiled if compiled else self.cpu).setdefault(key_id, [])
+
+    def gpu_for(self, key_id: int, compiled: bool) -> list[int]:
+        return (self.gpu_compiled if compiled else self.gpu).setdefault(key_id, [])
+
+
 @dataclass(frozen=True, slots=True)
 class Records:
     """Every closed region of a timer, as columns in start order (one row per region).
@@ -65,6 +98,8 @@ class Records:
         end_ns: end on the same clock.
         status: `STATUS_OK` or `STATUS_FAILED`.
         device_ns: device duration in ns, or `NO_DEVICE_TIME`.
+        device_start_ns: device start on the perf_counter clock, or `NO_DEVICE_TIME`.
+        device_flags: flags of the device time (`FLAG_COMPILED`).
         thread: index into ``threads``.
         keys: the keys, in order of first use.
         threads: the threads that recorded regions.
@@ -77,6 +112,8 @@ class Records:
     end_ns: array[int]
     status: array[int]
     device_ns: array[int]
+    device_start_ns: array[int]
+    device_flags: array[int]
     thread: array[int]
     keys: tuple[Any, ...]
     threads: tuple[ThreadInfo, ...]
@@ -88,13 +125,44 @@ class Records:
         """Row indices of one key, in start order."""
         return (i for i, k in enumerate(self.key_id) if k == key_id)
 
+    def samples(self) -> Samples:
+        """The durations the statistics use, grouped by key in one pass."""
+        out = Samples()
+        compiled = FLAG_COMPILED
+        for key_id, start, end, status, device, flags in zip(
+            self.key_id,
+            self.start_ns,
+            self.end_ns,
+            self.status,
+            self.device_ns,
+            self.device_flags,
+            strict=True,
+        ):
+            if status != STATUS_OK:
+                out.failed[key_id] = out.failed.get(key_id, 0) + 1
+                continue
+            first = bool(flags & compiled)
+            out.cpu_for(key_id, first).append(end - start)
+            if device != NO_DEVICE_TIME:
+                out.gpu_for(key_id, first).append(device)
+        return out
+
     @classmethod
     def merge(
         cls,
         logs: Sequence[tuple[tuple[int | None, int | None, str], bytes]],
         keys: tuple[Any, ...],
+        device: Mapping[int, tuple[int, int, int]] | None = None,
+        device_offset_ns: int = 0,
     ) -> Records:
-        """Merges per-thread logs (thread info, native int64 bytes) into sorted columns."""
+        """Merges per-thread logs into columns sorted by sequence number.
+
+        Args:
+            logs: (thread info, native int64 bytes) per thread.
+            keys: the keys, by id.
+            device: seq -> (device start, duration, flags) of the regions that have one.
+            device_offset_ns: moves device starts onto the perf_counter clock.
+        """
         flat = array("q")
         thread = array("q")
         for index, (_, data) in enumerate(logs):
@@ -107,6 +175,9 @@ class Records:
             order = sorted(range(len(seq)), key=seq.__getitem__)
             columns = [array("q", [col[i] for i in order]) for col in columns]
             thread = array("q", [thread[i] for i in order])
+        device = device or {}
+        none = (NO_DEVICE_TIME - device_offset_ns, NO_DEVICE_TIME, 0)
+        found = [device.get(s, none) for s in columns[F_SEQ]]
         return cls(
             key_id=columns[F_KEY],
             seq=columns[F_SEQ],
@@ -114,7 +185,9 @@ class Records:
             start_ns=columns[F_START],
             end_ns=columns[F_END],
             status=columns[F_STATUS],
-            device_ns=columns[F_DEVICE],
+            device_ns=array("q", [d[1] for d in found]),
+            device_start_ns=array("q", [d[0] + device_offset_ns for d in found]),
+            device_flags=array("q", [d[2] for d in found]),
             thread=thread,
             keys=keys,
             threads=tuple(ThreadInfo(*info) for info, _ in logs),

@@ -13,7 +13,7 @@ from typing import Any
 
 from maeltrace.files import atomic_write_text
 from maeltrace.keys import Key, key_label
-from maeltrace.records import STATUS_OK, Records
+from maeltrace.records import Records
 from maeltrace.stats import TimeStats, compute_stats
 
 __all__ = ["FORMATS", "Row", "Summary", "format_seconds"]
@@ -22,6 +22,9 @@ SCHEMA = "maeltrace.stats/1"
 
 FORMATS = (".txt", ".md", ".csv", ".json")
 """File suffixes `Summary.save` understands."""
+
+CPU = "cpu"
+"""`Row.clock` of rows measured on the CPU clock."""
 
 COLUMNS = ("Metric", "Min [s]", "Mean [s]", "Median [s]", "Max [s]", "Stdev [s]", "Count")
 
@@ -40,10 +43,13 @@ class Row:
 
     Attributes:
         key: the region key.
-        clock: the clock its durations were measured on (``cpu`` for now).
+        clock: ``cpu``, or the name of the device clock its durations were measured on.
         stats: statistics over every completed region.
         steady: statistics without the warm-up samples; None when warm-up is 0 or leaves none.
         failed: regions of this key whose body raised (left out of the statistics).
+        compiled: the row holds the regions that compiled code (JAX's first calls), kept apart
+            from the key's steady state.
+        qualify: name the clock in the label, as the seed's tables do when GPU rows exist.
     """
 
     key: Key
@@ -51,11 +57,24 @@ class Row:
     stats: TimeStats
     steady: TimeStats | None
     failed: int
+    compiled: bool = False
+    qualify: bool = False
+
+    @property
+    def device(self) -> bool:
+        """Whether the row holds device durations."""
+        return self.clock != CPU
 
     @property
     def label(self) -> str:
-        """The row's name in the tables."""
-        return key_label(self.key)
+        """The row's name in the tables: ``Batch``, ``Batch (GPU)``, ``Forward (CPU, first
+        call)``."""
+        notes = []
+        if self.qualify:
+            notes.append("GPU" if self.device else "CPU")
+        if self.compiled:
+            notes.append("first call")
+        return key_label(self.key) + (f" ({', '.join(notes)})" if notes else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,34 +93,56 @@ class Summary:
 
     @classmethod
     def from_records(
-        cls, records: Records, *, warmup: int, metadata: dict[str, Any] | None = None
+        cls,
+        records: Records,
+        *,
+        warmup: int,
+        metadata: dict[str, Any] | None = None,
+        device_clock: str | None = None,
     ) -> Summary:
-        """Summarises a record snapshot in one pass over its rows."""
-        done: dict[int, list[int]] = {}
-        failed: dict[int, int] = {}
-        for key_id, start, end, status in zip(
-            records.key_id, records.start_ns, records.end_ns, records.status, strict=True
-        ):
-            if status == STATUS_OK:
-                done.setdefault(key_id, []).append(end - start)
-            else:
-                failed[key_id] = failed.get(key_id, 0) + 1
+        """Summarises a record snapshot: per key a CPU row, and a GPU row where regions have
+        device times (the seed's ``Batch (CPU)``, ``Batch (GPU)``).
+
+        Args:
+            records: the snapshot.
+            warmup: first samples of each row that the steady-state statistics skip.
+            metadata: run metadata to carry.
+            device_clock: name of the clock the device times come from.
+        """
+        samples = records.samples()
+        qualify = bool(samples.gpu or samples.gpu_compiled)
+        gpu_clock = device_clock or "gpu"
         rows = []
         for key_id, key in enumerate(records.keys):
-            durations = done.get(key_id)
-            if not durations:
-                continue
-            steady = durations[warmup:] if warmup else []
-            rows.append(
-                Row(
-                    key=key,
-                    clock="cpu",
-                    stats=compute_stats(durations),
-                    steady=compute_stats(steady) if steady else None,
-                    failed=failed.get(key_id, 0),
+            failed = samples.failed.get(key_id, 0)
+            for compiled, clock, group in (
+                (False, CPU, samples.cpu),
+                (False, gpu_clock, samples.gpu),
+                (True, CPU, samples.cpu_compiled),
+                (True, gpu_clock, samples.gpu_compiled),
+            ):
+                durations = group.get(key_id)
+                if not durations:
+                    continue
+                steady = durations[warmup:] if warmup else []
+                rows.append(
+                    Row(
+                        key=key,
+                        clock=clock,
+                        stats=compute_stats(durations),
+                        steady=compute_stats(steady) if steady else None,
+                        failed=failed,
+                        compiled=compiled,
+                        qualify=qualify,
+                    )
                 )
-            )
         return cls(rows=tuple(rows), warmup=warmup, metadata=metadata or {})
+
+    @property
+    def device_clock(self) -> dict[str, str] | None:
+        """Name and description of the clock of the GPU rows, if any."""
+        clock = self.metadata.get("device_clock")
+        return clock if isinstance(clock, dict) else None
 
     # -- rendering -----------------------------------------------------------------------------
 
@@ -112,9 +153,17 @@ class Summary:
             steady = [(row.label, row.steady) for row in self.rows]
             out.append(f"\nSteady state (first {self.warmup} samples of each key skipped):\n\n")
             out.append(_table(steady))
-        failed = [f"{row.label}: {row.failed}" for row in self.rows if row.failed]
+        failed = {key_label(row.key): row.failed for row in self.rows if row.failed}
         if failed:
-            out.append(f"\nFailed regions, not in the statistics: {', '.join(failed)}\n")
+            listed = ", ".join(f"{label}: {n}" for label, n in failed.items())
+            out.append(f"\nFailed regions, not in the statistics: {listed}\n")
+        clock = self.device_clock
+        if clock is not None and any(row.device for row in self.rows):
+            out.append(f"\nGPU rows: {clock['name']}: {clock['description']}.\n")
+        if any(row.compiled for row in self.rows):
+            out.append(
+                "\nFirst-call rows: regions during which JAX compiled, kept out of the others.\n"
+            )
         return "".join(out)
 
     def to_csv(self) -> str:
@@ -123,7 +172,7 @@ class Summary:
         writer = csv.writer(buffer, lineterminator="\n")
         fields = [f for f in TimeStats.__slots__ if f != "count"]
         writer.writerow(
-            ["metric", "key", "clock", "samples", "warmup", "count", "failed"]
+            ["metric", "key", "clock", "compiled", "samples", "warmup", "count", "failed"]
             + [f"{f}_s" for f in fields]
         )
         for row in self.rows:
@@ -132,7 +181,16 @@ class Summary:
                 sets.append(("steady", self.warmup, row.steady))
             for name, skipped, stats in sets:
                 values = [repr(getattr(stats, f)) for f in fields]
-                head = [row.label, str(row.key), row.clock, name, skipped, stats.count, row.failed]
+                head = [
+                    row.label,
+                    str(row.key),
+                    row.clock,
+                    int(row.compiled),
+                    name,
+                    skipped,
+                    stats.count,
+                    row.failed,
+                ]
                 writer.writerow([*head, *values])
         return buffer.getvalue()
 
@@ -148,6 +206,8 @@ class Summary:
                     "key": str(row.key),
                     "label": row.label,
                     "clock": row.clock,
+                    "device": row.device,
+                    "compiled": row.compiled,
                     "failed": row.failed,
                     "stats": row.stats.to_dict(),
                     "steady": row.steady.to_dict() if row.steady is not None else None,

@@ -12,7 +12,17 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
 from maeltrace._recorder import PyRecorder
+from maeltrace.annotations import Annotator, annotators
 from maeltrace.clock import ClockAnchor
+from maeltrace.devices.base import (
+    _ALIASES,
+    CLOCK_NAMES,
+    DeviceClock,
+    DeviceClockFactory,
+    DeviceTimes,
+    block_any,
+    make_clock,
+)
 from maeltrace.environment import MAELTRACE_DISABLED, MAELTRACE_PURE_PYTHON, env_flag
 from maeltrace.errors import RegionError
 from maeltrace.keys import Key, TimeType, canonical_key
@@ -39,6 +49,17 @@ class Region(Protocol):
     def key(self) -> Key:
         """The region key."""
 
+    @property
+    def gpu(self) -> bool:
+        """Whether the region also measures device time."""
+
+    def block(self, value: T) -> T:
+        """Waits until ``value`` (the region's outputs) is computed on the device; returns it.
+
+        JAX dispatches asynchronously: ``with tmr.region(k, gpu=True) as r: r.block(f(x))``
+        times the work, not its dispatch. Elsewhere it returns ``value`` at once.
+        """
+
     def __enter__(self) -> Region: ...
 
     def __exit__(
@@ -63,9 +84,13 @@ class _NullRegion:
 
     __slots__ = ()
     key = ""
+    gpu = False
 
     def __enter__(self) -> _NullRegion:
         return self
+
+    def block(self, value: T) -> T:
+        return value
 
     def __exit__(self, *exc: object) -> None:
         return None
@@ -74,7 +99,7 @@ class _NullRegion:
 _NULL_REGION = _NullRegion()
 
 
-def _noop(key: Key) -> None:
+def _noop(key: Key, gpu: bool = False) -> None:
     return None
 
 
@@ -108,6 +133,18 @@ class Timer:
             unless the ``MAELTRACE_DISABLED`` environment variable is set.
         warmup: default number of first samples of each key that the steady-state statistics
             skip (the reports then show both); 0 shows all samples only.
+        run_id: the id every process of one run shares; default from ``MAELTRACE_RUN_ID`` or
+            the launcher (``TORCHELASTIC_RUN_ID``, ``SLURM_JOB_ID``), else a new one.
+        device: the clock of ``gpu=True`` regions: ``torch`` (CUDA events), ``tensorflow``
+            (device syncs), ``jax`` (waiting for outputs), ``cpu``, or a factory building a
+            `maeltrace.devices.DeviceClock`; default the framework imported, chosen at the
+            first gpu region.
+        sync_every: with the ``tensorflow`` clock, measure device time of every N-th region of
+            each key only (each measurement synchronises the device twice).
+        nvtx: also open an NVTX range per region (``torch.cuda.nvtx``), named by the key, so
+            Nsight Systems shows the same regions.
+        xprof: also open a ``jax.profiler.TraceAnnotation`` per region, so XProf traces show
+            the same regions.
 
     Raises:
         ValueError: ``warmup`` is negative, or ``MAELTRACE_DISABLED`` holds no yes/no word.
@@ -125,9 +162,25 @@ class Timer:
     """
 
     def __init__(
-        self, *, enabled: bool | None = None, warmup: int = 0, run_id: str | None = None
+        self,
+        *,
+        enabled: bool | None = None,
+        warmup: int = 0,
+        run_id: str | None = None,
+        device: str | DeviceClockFactory | None = None,
+        sync_every: int = 1,
+        nvtx: bool = False,
+        xprof: bool = False,
     ) -> None:
         self.warmup = _check_warmup(warmup)
+        if isinstance(device, str) and _ALIASES.get(device, device) not in CLOCK_NAMES:
+            raise ValueError(f"unknown device {device!r}; use one of {', '.join(CLOCK_NAMES)}")
+        if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
+            raise ValueError(f"sync_every must be a positive int, not {sync_every!r}")
+        self._device = device
+        self._sync_every = sync_every
+        self._clock: DeviceClock | None = None
+        self._device_times = DeviceTimes()
         self.run_id = run_id or run_id_from_environment() or new_run_id()
         self.enabled = (not env_flag(MAELTRACE_DISABLED)) if enabled is None else bool(enabled)
         self.anchor = ClockAnchor.take()
@@ -135,12 +188,16 @@ class Timer:
         self._key_ids: dict[Key, int] = {}
         self._keys: list[Key] = []
         self._regions: dict[Key, Region] = {}
+        self._gpu_regions: dict[Key, Region] = {}
+        self._annotator: Annotator | None = None
         self._failures: dict[int, str] = {}
         self.implementation = "disabled"
         """Which recorder records: ``compiled``, ``python`` or ``disabled``."""
         if self.enabled:
             self._bind_hot_path()
             _TIMERS.add(self)
+            if nvtx or xprof:
+                self._annotate(annotators(nvtx=nvtx, xprof=xprof))
         else:
             self.start = _noop  # type: ignore[method-assign]  # bound no-op, chosen at build
             self.end = _noop  # type: ignore[method-assign]  # bound no-op, chosen at build
@@ -159,9 +216,62 @@ class Timer:
             region_error=RegionError,
             on_failure=self._record_failure,
             thread_info=_thread_info,
+            device_open=self._device_open,
+            device_close=self._device_close,
+            device_block=self._device_block,
         )
         self.start = recorder.start  # type: ignore[method-assign]  # bound once, see docstring
         self.end = recorder.end  # type: ignore[method-assign]  # bound once, see docstring
+
+    def _annotate(self, annotator: Annotator) -> None:
+        """Wraps the recording calls so each region also opens a profiler annotation."""
+        start, end = annotator.wrap(self.start, self.end)
+        self.start = start  # type: ignore[method-assign]  # bound once, see docstring
+        self.end = end  # type: ignore[method-assign, assignment]  # bound once, see docstring
+        self._annotator = annotator
+
+    # -- device clocks -------------------------------------------------------------------------
+
+    @property
+    def device_clock(self) -> DeviceClock | None:
+        """The clock of gpu regions, once the first one chose it."""
+        return self._clock
+
+    def use_device(self, prefer: str | None = None) -> DeviceClock:
+        """The device clock, choosing it now if no gpu region has yet.
+
+        Args:
+            prefer: the framework to use when the timer names none (integrations pass theirs).
+
+        Raises:
+            ValueError: the timer names no device and several frameworks are imported.
+        """
+        with self._lock:
+            if self._clock is None:
+                if callable(self._device):
+                    self._clock = self._device(self._device_times)
+                else:
+                    self._clock = make_clock(
+                        self._device, self._device_times, prefer=prefer, sync_every=self._sync_every
+                    )
+            return self._clock
+
+    def _device_open(self, key_id: int) -> object:
+        return (self._clock or self.use_device()).open(key_id)
+
+    def _device_close(self, seq: int, handle: object, status: int) -> None:
+        assert self._clock is not None
+        self._clock.close(seq, handle, status)
+
+    def _device_block(self, handle: object, value: T) -> T:
+        if self._clock is None:
+            return block_any(value)
+        return self._clock.block(handle, value)
+
+    def flush(self) -> None:
+        """Resolves every outstanding device time, waiting for the device if needed."""
+        if self._clock is not None:
+            self._clock.flush()
 
     def _key_id(self, key: object) -> int:
         """The id of a key, registering (and validating) it on first use."""
@@ -182,12 +292,17 @@ class Timer:
         """In a forked child: start from an empty store; the parent's copy is untouched."""
         self._lock = threading.Lock()
         self._failures.clear()
+        self._device_times.clear()
         self._recorder.after_fork()
 
     # -- the public recording API --------------------------------------------------------------
 
-    def start(self, key: Key) -> None:
+    def start(self, key: Key, gpu: bool = False) -> None:
         """Opens a region of ``key`` on the calling thread.
+
+        Args:
+            key: the region key.
+            gpu: also measure the region's device time, on the timer's device clock.
 
         Raises:
             RegionError: ``key`` is already open on this thread.
@@ -196,7 +311,8 @@ class Timer:
         """
 
     def end(self, key: Key) -> None:
-        """Closes the calling thread's open region of ``key`` and records it.
+        """Closes the calling thread's open region of ``key`` and records it (and its device
+        measurement, for a region started with ``gpu=True``).
 
         Raises:
             RegionError: ``key`` is not open on this thread.
@@ -204,26 +320,54 @@ class Timer:
             ValueError: ``key`` is empty or `TimeType.ALL`.
         """
 
-    def region(self, key: Key) -> Region:
+    def cancel(self, key: Key) -> None:
+        """Forgets the calling thread's open region of ``key`` without recording it.
+
+        For a region that turned out not to be one, such as the wait for a batch that never
+        comes after the last one.
+
+        Raises:
+            RegionError: ``key`` is not open on this thread.
+            TypeError: ``key`` is not a string.
+            ValueError: ``key`` is empty or `TimeType.ALL`.
+        """
+        if self.enabled:
+            self._recorder.discard(self._key_id(key))
+        else:
+            canonical_key(key)
+
+    def is_open(self, key: Key) -> bool:
+        """Whether ``key`` has an open region on the calling thread."""
+        key_id = self._key_ids.get(canonical_key(key))
+        return key_id is not None and self.enabled and self._recorder.is_open(key_id)
+
+    def region(self, key: Key, gpu: bool = False) -> Region:
         """A context manager timing its body under ``key``.
 
         A body that raises is recorded with a failed status, and the exception propagates.
-        The returned object is cached per key and may be reused.
+        The returned object is cached per key and flag, and may be reused.
+
+        Args:
+            key: the region key.
+            gpu: also measure the body's device time; see `Region.block` for JAX.
 
         Raises:
             TypeError: ``key`` is not a string.
             ValueError: ``key`` is empty or `TimeType.ALL`.
         """
+        cache = self._gpu_regions if gpu else self._regions
         try:
-            return self._regions[key]
+            return cache[key]
         except (KeyError, TypeError):
             pass
         if not self.enabled:
             canonical_key(key)
             return _NULL_REGION
         key_id = self._key_id(key)
-        region = self._recorder.region(self._keys[key_id], key_id)
-        self._regions[self._keys[key_id]] = region
+        region: Region = self._recorder.region(self._keys[key_id], key_id, gpu)
+        if self._annotator is not None:
+            region = self._annotator.region(region)
+        cache[self._keys[key_id]] = region
         return region
 
     def timed(self, key: Key) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -279,8 +423,10 @@ class Timer:
         recorder = self._recorder
         open_region = recorder.open
         close_region = recorder.close
+        annotator = self._annotator
         while True:
             open_region(key_id)
+            token = annotator.begin(self._keys[key_id]) if annotator else None
             try:
                 item = next(iterator)
             except StopIteration:
@@ -289,6 +435,9 @@ class Timer:
             except BaseException as exc:
                 recorder.fail(key_id, exc)
                 raise
+            finally:
+                if annotator:
+                    annotator.end(token)
             close_region(key_id, STATUS_OK)
             yield item
 
@@ -296,19 +445,34 @@ class Timer:
         """Drops every recorded region. Regions open now stay open and are recorded when they
         end; keys keep their first-use order."""
         if self.enabled:
+            self.flush()
             with self._lock:
                 self._recorder.clear_records()
                 self._failures.clear()
+                self._device_times.clear()
 
     # -- reading -------------------------------------------------------------------------------
 
-    def records(self) -> Records:
-        """A snapshot of every closed region, as columns in start order."""
+    def records(self, *, flush: bool = True) -> Records:
+        """A snapshot of every closed region, as columns in start order.
+
+        Args:
+            flush: first wait for outstanding device times (`flush`); ``False`` takes those
+                resolved so far.
+        """
         if not self.enabled:
             return Records.merge([], ())
+        if flush:
+            self.flush()
+        elif self._clock is not None:
+            self._clock.poll()
+        # Regions first, keys second: a key is registered before any of its regions opens, so
+        # every region of the snapshot finds its key.
+        logs = self._recorder.snapshot()
         with self._lock:
             keys = tuple(self._keys)
-        return Records.merge(self._recorder.snapshot(), keys)
+        offset = self._clock.host_offset_ns if self._clock is not None else 0
+        return Records.merge(logs, keys, self._device_times.by_seq(), device_offset_ns=offset)
 
     def failures(self) -> dict[int, str]:
         """The exceptions of failed regions, by the region's sequence number."""
@@ -316,31 +480,35 @@ class Timer:
 
     def keys(self) -> list[Key]:
         """The keys with at least one completed region, in order of first use."""
-        records = self.records()
+        records = self.records(flush=False)
         done = {k for k, s in zip(records.key_id, records.status, strict=True) if s == STATUS_OK}
         return [key for key_id, key in enumerate(records.keys) if key_id in done]
 
-    def _durations_ns(self, key: Key, warmup: int | None) -> list[int]:
+    def _durations_ns(self, key: Key, warmup: int | None, gpu: bool) -> list[int]:
         canonical = canonical_key(key)
-        records = self.records()
+        skip = self.warmup if warmup is None else _check_warmup(warmup)
+        samples = self.records(flush=gpu).samples()
         key_id = self._key_ids.get(canonical)
-        durations: list[int] = []
-        if key_id is not None:
-            start, end, status = records.start_ns, records.end_ns, records.status
-            durations = [end[i] - start[i] for i in records.rows(key_id) if status[i] == STATUS_OK]
+        by_key = samples.gpu if gpu else samples.cpu
+        durations = by_key.get(key_id, []) if key_id is not None else []
         if not durations:
             timed = [str(k) for k in self.keys()]
+            what = "with a device time " if gpu else ""
             raise KeyError(
-                f"no region was completed under {str(canonical)!r}; timed keys: {timed or 'none'}"
+                f"no region was completed {what}under {str(canonical)!r}; "
+                f"timed keys: {timed or 'none'}"
             )
-        skip = self.warmup if warmup is None else _check_warmup(warmup)
         return durations[skip:]
 
-    def get_time(self, key: Key, *, warmup: int | None = None) -> list[float]:
+    def get_time(self, key: Key, gpu: bool = False, *, warmup: int | None = None) -> list[float]:
         """The durations of ``key``'s completed regions in seconds, in start order.
+
+        Regions during which the device clock saw compilation (JAX's first call of a jitted
+        function) are reported apart and left out here.
 
         Args:
             key: the region key.
+            gpu: the device durations (of the regions that have one) instead of the CPU ones.
             warmup: first samples to skip; default the timer's ``warmup``.
 
         Returns:
@@ -350,20 +518,23 @@ class Timer:
             KeyError: no region of ``key`` completed; the message names the keys that did.
             ValueError: ``warmup`` is negative.
         """
-        return [d / 1e9 for d in self._durations_ns(key, warmup)]
+        return [d / 1e9 for d in self._durations_ns(key, warmup, gpu)]
 
-    def get_time_stats(self, key: Key, *, warmup: int | None = None) -> TimeStats:
+    def get_time_stats(
+        self, key: Key, gpu: bool = False, *, warmup: int | None = None
+    ) -> TimeStats:
         """The statistics of ``key``'s completed regions.
 
         Args:
             key: the region key.
+            gpu: the device durations' statistics instead of the CPU ones.
             warmup: first samples to skip; default the timer's ``warmup``.
 
         Raises:
             KeyError: no region of ``key`` completed; the message names the keys that did.
             ValueError: ``warmup`` is negative or skips every sample.
         """
-        durations = self._durations_ns(key, warmup)
+        durations = self._durations_ns(key, warmup, gpu)
         if not durations:
             raise ValueError(f"warmup skips every sample of {key!r}")
         return compute_stats(durations)
@@ -373,8 +544,16 @@ class Timer:
         from maeltrace.report import Summary
 
         skip = self.warmup if warmup is None else _check_warmup(warmup)
+        records = self.records()
+        clock = self._clock
+        metadata = run_metadata(self.anchor, self.run_id)
+        if clock is not None:
+            metadata["device_clock"] = {"name": clock.name, "description": clock.description}
         return Summary.from_records(
-            self.records(), warmup=skip, metadata=run_metadata(self.anchor, self.run_id)
+            records,
+            warmup=skip,
+            metadata=metadata,
+            device_clock=clock.name if clock is not None else None,
         )
 
     def print_all_time_stats(

@@ -179,7 +179,9 @@ class TestComputeStatsSpecialInputs:
 
     @SETTINGS
     @given(durations, st.randoms(use_true_random=False))
-    def test_result_does_not_depend_on_input_order(self, values: list[int], rnd: random.Random) -> None:
+    def test_result_does_not_depend_on_input_order(
+        self, values: list[int], rnd: random.Random
+    ) -> None:
         shuffled = list(values)
         rnd.shuffle(shuffled)
         assert compute_stats(shuffled) == compute_stats(values)

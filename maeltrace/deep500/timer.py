@@ -43,24 +43,27 @@ class TimeStats(NamedTuple):
 class Timer(maeltrace.Timer):
     """Deep500's ``Timer``, recorded by maeltrace; see the module docstring for differences."""
 
-    def get_time(self, key: Key, *, warmup: int | None = None) -> list[float]:
+    def get_time(self, key: Key, gpu: bool = False, *, warmup: int | None = None) -> list[float]:
         """A list of all times recorded for ``key`` (empty if none), as in the seed."""
         try:
-            return super().get_time(key, warmup=warmup)
+            return super().get_time(key, gpu, warmup=warmup)
         except KeyError:
             return []
 
-    def get_time_stats(self, key: Key, *, warmup: int | None = None) -> TimeStats:  # type: ignore[override]  # the seed's five-field record
+    def get_time_stats(  # type: ignore[override]  # the seed's five-field record
+        self, key: Key, gpu: bool = False, *, warmup: int | None = None
+    ) -> TimeStats:
         """The seed's five statistics of ``key``.
 
         Raises:
             KeyError: no region of ``key`` completed; later calls are unaffected.
         """
-        full = super().get_time_stats(key, warmup=warmup)
+        full = super().get_time_stats(key, gpu, warmup=warmup)
         return TimeStats(full.min, full.mean, full.median, full.max, full.stdev)
 
     def complete_all(self) -> None:
-        """Kept for the seed's API; maeltrace completes every region when it ends."""
+        """Resolves outstanding device times; CPU regions are complete when they end."""
+        self.flush()
 
     def save_all_time_stats(
         self,

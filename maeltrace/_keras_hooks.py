@@ -1,0 +1,99 @@
+"""What the Keras callbacks time, shared by the Keras 3 and tf-keras classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from maeltrace.keys import TimeType
+from maeltrace.timer import Timer
+
+__all__ = ["FIT", "PREDICT", "PREDICT_BATCH", "TEST", "TEST_BATCH", "TimerHooks"]
+
+FIT = "fit"
+"""Key of the whole ``model.fit`` call."""
+TEST = "test"
+"""Key of each evaluation pass (``evaluate``, or validation inside ``fit``)."""
+TEST_BATCH = "test_batch"
+"""Key of each evaluation batch."""
+PREDICT = "predict"
+"""Key of each ``predict`` call."""
+PREDICT_BATCH = "predict_batch"
+"""Key of each prediction batch."""
+
+
+class TimerHooks:
+    """The callback methods: fit, epochs, train batches, the IO gap before each train batch,
+    evaluation and prediction passes and their batches.
+
+    The IO row is the time between the end of one train batch (or the epoch's start) and the
+    start of the next: the wait for data, plus Keras' own per-batch work. The wait after an
+    epoch's last batch is not recorded, as with `Timer.iterate`. Batches (train, test and
+    predict) are gpu regions when ``gpu`` is true.
+
+    Args:
+        timer: the timer to record into.
+        gpu: also measure batches on the device clock (TensorFlow's, unless the timer names
+            another).
+    """
+
+    def __init__(self, timer: Timer, gpu: bool = False) -> None:
+        if not isinstance(timer, Timer):
+            raise TypeError(f"TimerCallback needs a maeltrace Timer, not {type(timer).__name__}")
+        super().__init__()
+        self.timer = timer
+        self.gpu = bool(gpu)
+
+    def _stop_io(self) -> None:
+        if self.timer.is_open(TimeType.IO):
+            self.timer.cancel(TimeType.IO)
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        if self.gpu:
+            self.timer.use_device(prefer="tensorflow")
+        self.timer.start(FIT)
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self._stop_io()
+        self.timer.end(FIT)
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self.timer.start(TimeType.EPOCH)
+        self.timer.start(TimeType.IO)
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self._stop_io()
+        self.timer.end(TimeType.EPOCH)
+
+    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+        if self.timer.is_open(TimeType.IO):
+            self.timer.end(TimeType.IO)
+        self.timer.start(TimeType.BATCH, gpu=self.gpu)
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.timer.end(TimeType.BATCH)
+        self.timer.start(TimeType.IO)
+
+    def on_test_begin(self, logs: Any = None) -> None:
+        self._stop_io()
+        self.timer.start(TEST)
+
+    def on_test_end(self, logs: Any = None) -> None:
+        self.timer.end(TEST)
+
+    def on_test_batch_begin(self, batch: int, logs: Any = None) -> None:
+        self.timer.start(TEST_BATCH, gpu=self.gpu)
+
+    def on_test_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.timer.end(TEST_BATCH)
+
+    def on_predict_begin(self, logs: Any = None) -> None:
+        self.timer.start(PREDICT)
+
+    def on_predict_end(self, logs: Any = None) -> None:
+        self.timer.end(PREDICT)
+
+    def on_predict_batch_begin(self, batch: int, logs: Any = None) -> None:
+        self.timer.start(PREDICT_BATCH, gpu=self.gpu)
+
+    def on_predict_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.timer.end(PREDICT_BATCH)

@@ -1,0 +1,209 @@
+"""The device-clock interface, the store of resolved device times, and clock selection."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from array import array
+from collections.abc import Callable
+from time import perf_counter_ns
+from typing import Protocol, TypeVar
+
+from maeltrace.errors import DeviceClockWarning
+from maeltrace.records import FLAG_COMPILED
+
+__all__ = [
+    "CLOCK_NAMES",
+    "FLAG_COMPILED",
+    "DeviceClock",
+    "DeviceClockFactory",
+    "DeviceTimes",
+    "SyncedCpuClock",
+    "make_clock",
+]
+
+T = TypeVar("T")
+
+
+class DeviceTimes:
+    """Resolved device times, appended by a clock from any thread.
+
+    One flat ``array('q')`` of (seq, start, duration, flags) quadruples, 32 bytes per GPU
+    region; one ``extend`` call per region keeps a quadruple whole under the GIL. ``start`` is
+    on the clock's own time base: `DeviceClock.host_offset_ns` moves it onto the
+    `time.perf_counter_ns` clock.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values = array("q")
+
+    def add(self, seq: int, start_ns: int, duration_ns: int, flags: int = 0) -> None:
+        """Records the device time of the region with sequence number ``seq``."""
+        self._values.extend((seq, start_ns, duration_ns, flags))
+
+    def by_seq(self) -> dict[int, tuple[int, int, int]]:
+        """seq -> (start, duration, flags), for merging into `maeltrace.Records`."""
+        v = self._values[:]
+        return {v[i]: (v[i + 1], v[i + 2], v[i + 3]) for i in range(0, len(v) - len(v) % 4, 4)}
+
+    def clear(self) -> None:
+        """Drops every resolved time."""
+        del self._values[:]
+
+    def __len__(self) -> int:
+        return len(self._values) // 4
+
+
+class DeviceClock(Protocol):
+    """Measures the device time of regions opened with ``gpu=True``.
+
+    The timer calls `open` before the region's CPU start and `close` after its CPU end, on the
+    region's thread; the clock puts each resolved time into the `DeviceTimes` it was built
+    with, when it can do so without stalling (`poll`) or, at the latest, in `flush`.
+
+    Attributes:
+        name: short name of the clock, written next to every GPU row.
+        description: what the clock measures, for the report's footnote.
+        host_syncs: host synchronisations the clock has made so far.
+        host_offset_ns: add to a resolved start to place it on the perf_counter clock.
+    """
+
+    name: str
+    description: str
+    host_syncs: int
+    host_offset_ns: int
+
+    def open(self, key_id: int) -> object:
+        """Starts a measurement; returns its handle (None to measure nothing)."""
+        ...
+
+    def close(self, seq: int, handle: object, status: int) -> None:
+        """Ends the measurement of region ``seq``."""
+        ...
+
+    def block(self, handle: object, value: T) -> T:
+        """Waits until ``value`` is computed on the device; returns it."""
+        ...
+
+    def poll(self) -> None:
+        """Resolves what has completed, without waiting."""
+        ...
+
+    def flush(self) -> None:
+        """Waits for every outstanding measurement and resolves it."""
+        ...
+
+
+DeviceClockFactory = Callable[[DeviceTimes], DeviceClock]
+
+
+class SyncedCpuClock:
+    """The CPU clock standing in for a device clock where no GPU is present.
+
+    On a CPU device, framework operations run synchronously (or are waited for with
+    `block`), so the CPU clock measures the same work. Reports name this clock.
+
+    Args:
+        times: where resolved times go.
+        reason: why no device clock is used, for the report.
+    """
+
+    name = "cpu-sync"
+    host_syncs = 0
+    host_offset_ns = 0
+
+    def __init__(self, times: DeviceTimes, reason: str = "no GPU") -> None:
+        self._times = times
+        self.description = f"CPU clock ({reason}): time.perf_counter_ns around the region"
+
+    def open(self, key_id: int) -> object:
+        return perf_counter_ns()
+
+    def close(self, seq: int, handle: object, status: int) -> None:
+        assert isinstance(handle, int)
+        self._times.add(seq, handle, perf_counter_ns() - handle)
+
+    def block(self, handle: object, value: T) -> T:
+        return block_any(value)
+
+    def poll(self) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+
+def block_any(value: T) -> T:
+    """Waits for ``value`` with the framework that made it, where one does that."""
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        return jax.block_until_ready(value)  # type: ignore[no-any-return]  # jax is untyped here
+    return value
+
+
+CLOCK_NAMES = ("torch", "tensorflow", "jax", "cpu")
+"""Device clocks `make_clock` builds by name."""
+
+_ALIASES = {"cuda": "torch", "tf": "tensorflow", "keras": "tensorflow"}
+
+
+def _imported_frameworks() -> list[str]:
+    return [name for name in ("torch", "tensorflow", "jax") if name in sys.modules]
+
+
+def make_clock(
+    device: str | None, times: DeviceTimes, *, prefer: str | None = None, sync_every: int = 1
+) -> DeviceClock:
+    """Builds the device clock for ``device``, or for the framework in use when it is None.
+
+    Args:
+        device: ``torch`` (alias ``cuda``), ``tensorflow`` (``tf``), ``jax``, ``cpu``, or None.
+        times: where the clock puts resolved times.
+        prefer: the framework an integration works in (the Keras callback passes
+            ``tensorflow``), used when ``device`` is None.
+        sync_every: for the ``tensorflow`` clock: measure every N-th region of each key.
+
+    Raises:
+        ValueError: ``device`` names no clock, or it is None and several frameworks are
+            imported with no preference.
+    """
+    name = _ALIASES.get(device, device) if device is not None else None
+    if name is None:
+        imported = _imported_frameworks()
+        if prefer is not None:
+            name = prefer
+        elif len(imported) == 1:
+            name = imported[0]
+        elif not imported:
+            name = "cpu"
+        else:
+            raise ValueError(
+                f"gpu=True, but several frameworks are imported ({', '.join(imported)}); "
+                "name the device clock, e.g. Timer(device='torch')"
+            )
+    if name == "torch":
+        from maeltrace.devices.torch_cuda import torch_clock
+
+        return torch_clock(times)
+    if name == "tensorflow":
+        from maeltrace.devices.tensorflow import TfSyncClock
+
+        return TfSyncClock(times, sync_every=sync_every)
+    if name == "jax":
+        from maeltrace.devices.jax import jax_clock
+
+        return jax_clock(times)
+    if name == "cpu":
+        return _warned(SyncedCpuClock(times, "no framework imported"))
+    raise ValueError(f"unknown device clock {device!r}; use one of {', '.join(CLOCK_NAMES)}")
+
+
+def _warned(clock: SyncedCpuClock) -> SyncedCpuClock:
+    warnings.warn(
+        f"gpu=True regions are timed on the {clock.description}",
+        DeviceClockWarning,
+        stacklevel=4,
+    )
+    return clock

@@ -1,0 +1,23 @@
+"""Small readers of timer records shared by the framework tests."""
+
+from __future__ import annotations
+
+from maeltrace import Records
+
+
+def parent_keys(records: Records) -> dict[str, set[str | None]]:
+    """For each key, the keys of its regions' parents (None: no parent)."""
+    key_of_seq = {s: str(records.keys[k]) for s, k in zip(records.seq, records.key_id, strict=True)}
+    out: dict[str, set[str | None]] = {}
+    for key_id, parent in zip(records.key_id, records.parent_seq, strict=True):
+        out.setdefault(str(records.keys[key_id]), set()).add(key_of_seq.get(parent))
+    return out
+
+
+def counts(records: Records) -> dict[str, int]:
+    """Regions recorded per key, failed ones included."""
+    out: dict[str, int] = {}
+    for key_id in records.key_id:
+        key = str(records.keys[key_id])
+        out[key] = out.get(key, 0) + 1
+    return out

@@ -1,0 +1,144 @@
+"""Keras on this CPU machine: real model.fit loops with the TimerCallback (Keras 3 on
+TensorFlow, and tf-keras), TensorFlow's device clock, and Deep500's timer_tf."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf = pytest.importorskip("tensorflow", reason="the tensorflow extra is not installed")
+keras = pytest.importorskip("keras", reason="the tensorflow extra is not installed")
+
+import numpy as np  # noqa: E402
+
+from maeltrace import Timer, TimeType  # noqa: E402
+from maeltrace.errors import DeviceClockWarning  # noqa: E402
+from maeltrace.keras import FIT, PREDICT, PREDICT_BATCH, TEST, TEST_BATCH, TimerCallback  # noqa: E402
+from tests.helpers import counts, parent_keys  # noqa: E402
+
+EPOCHS, SAMPLES, BATCH = 2, 48, 16
+BATCHES = SAMPLES // BATCH
+
+
+def _data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(SAMPLES, 4)).astype("float32")
+    return x, x @ np.arange(4.0, dtype="float32")[:, None]
+
+
+def _model(api: Any) -> Any:
+    """A small regression model built with ``keras`` or ``tf_keras``."""
+    layers = api.layers
+    model = api.Sequential(
+        [layers.Input((4,)), layers.Dense(8, activation="relu"), layers.Dense(1)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def _fit(api: Any, callback: Any, **kwargs: Any) -> None:
+    x, y = _data()
+    _model(api).fit(
+        x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, callbacks=[callback], **kwargs
+    )
+
+
+class TestKeras3:
+    def test_fit_records_fit_epochs_batches_io_and_validation(self) -> None:
+        assert keras.backend.backend() == "tensorflow"
+        tmr = Timer()
+        with pytest.warns(DeviceClockWarning, match="no GPU"):
+            _fit(keras, TimerCallback(tmr, gpu=True), validation_data=_data())
+        n = EPOCHS * BATCHES
+        assert counts(tmr.records()) == {
+            FIT: 1,
+            "epoch": EPOCHS,
+            "io": n,
+            "batch": n,
+            TEST: EPOCHS,
+            TEST_BATCH: n,
+        }
+        assert tmr.get_time_stats(TimeType.BATCH, gpu=True).count == n
+        assert tmr.get_time_stats(TEST_BATCH, gpu=True).count == n
+        assert parent_keys(tmr.records()) == {
+            FIT: {None},
+            "epoch": {FIT},
+            "io": {"epoch"},
+            "batch": {"epoch"},
+            TEST: {"epoch"},
+            TEST_BATCH: {TEST},
+        }
+        clock = tmr.device_clock
+        assert clock is not None and clock.name == "tf-sync"
+        assert clock.host_syncs == 2 * 2 * n  # both ends of every train and test batch
+        assert (
+            "GPU rows: tf-sync: tf.test.experimental.sync_devices()" in tmr.summary().to_markdown()
+        )
+
+    def test_sync_every_measures_every_nth_batch_only(self) -> None:
+        tmr = Timer(device="tensorflow", sync_every=2)
+        x, y = _data()
+        _model(keras).fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=EPOCHS,
+            verbose=0,
+            callbacks=[TimerCallback(tmr, gpu=True)],
+        )  # type: ignore[attr-defined]
+        n = EPOCHS * BATCHES
+        assert tmr.get_time_stats(TimeType.BATCH).count == n
+        assert tmr.get_time_stats(TimeType.BATCH, gpu=True).count == (n + 1) // 2
+
+    def test_predict_batches_are_timed(self) -> None:
+        tmr = Timer()
+        x, _ = _data()
+        _model(keras).predict(x, batch_size=BATCH, verbose=0, callbacks=[TimerCallback(tmr)])
+        assert counts(tmr.records()) == {PREDICT: 1, PREDICT_BATCH: BATCHES}
+        assert tmr.device_clock is None
+
+    def test_the_callback_needs_a_maeltrace_timer(self) -> None:
+        with pytest.raises(TypeError, match="maeltrace Timer"):
+            TimerCallback(object())  # type: ignore[arg-type]  # the mistake under test
+
+
+class TestTfKeras:
+    def test_fit_with_the_keras_2_api(self) -> None:
+        tf_keras = pytest.importorskip("tf_keras", reason="tf-keras is not installed")
+        from maeltrace.tf_keras import TimerCallback as TfKerasCallback
+
+        tmr = Timer(device="tensorflow")
+        x, y = _data()
+        _model(tf_keras).fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=EPOCHS,
+            verbose=0,
+            callbacks=[TfKerasCallback(tmr, gpu=True)],
+        )  # type: ignore[attr-defined]
+        n = EPOCHS * BATCHES
+        assert counts(tmr.records()) == {FIT: 1, "epoch": EPOCHS, "io": n, "batch": n}
+        assert tmr.get_time_stats(TimeType.BATCH, gpu=True).count == n
+
+
+class TestDeep500Tf:
+    def test_figure_3_runs_by_changing_only_the_import(self) -> None:
+        from maeltrace.deep500 import timer_tf as timer
+
+        x, y = _data()
+        model = _model(keras)
+        with pytest.warns(DeviceClockWarning):
+            tmr = timer.CPUGPUTimer()  # the seed's Figure 3, as printed but for the import
+        model.fit(
+            x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0,  # Other args...
+            callbacks=[timer.TimerCallback(tmr, gpu=True)]
+        )  # fmt: skip
+        assert len(tmr.get_time(timer.TimeType.EPOCH)) == EPOCHS
+        assert len(tmr.get_time(timer.TimeType.BATCH, gpu=True)) == EPOCHS * BATCHES
+        assert tmr.get_time(timer.TimeType.EPOCH, gpu=True) == []
+        tmr.print_all_time_stats()
