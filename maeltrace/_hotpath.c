@@ -4,7 +4,9 @@
  * against both. Each thread owns a ThreadState found through a thread-specific-storage key,
  * so recording takes no lock beyond the GIL that every call already holds. A closed region is
  * FIELDS int64 values appended to the thread's current chunk:
- *   key id, sequence number, parent's sequence number, start ns, end ns, status.
+ *   key id, sequence number, parent's sequence number, start ns, end ns, status, trace.
+ * The trace is the ordinal of the nearest enclosing region (itself included) of the trace key
+ * (the epoch, by default), counted in opening order; NO_TRACE outside any.
  * Open regions live in a small array ordered by open time, which is also the parent stack.
  * A region opened with gpu=True also holds the handle its device clock returned on open;
  * the clock's hooks run only for such regions, so CPU-only regions never leave C.
@@ -13,9 +15,10 @@
 #include <Python.h>
 #include <string.h>
 
-#define FIELDS 6
+#define FIELDS 7
 #define CHUNK_REGIONS 4096
 #define NO_PARENT (-1)
+#define NO_TRACE (-1)
 #define STATUS_OK 0
 #define STATUS_FAILED 1
 
@@ -24,6 +27,7 @@ typedef struct {
     int64_t seq;
     int64_t parent;
     int64_t start;
+    int64_t trace;
     PyObject *device; /* device clock handle, owned; NULL for CPU-only regions */
 } OpenRegion;
 
@@ -45,6 +49,8 @@ typedef struct {
     Py_ssize_t n_states;
     Py_ssize_t cap_states;
     int64_t next_seq;
+    int64_t trace_key_id; /* key id that starts a trace, or -1 */
+    int64_t next_trace;
     PyObject *key_ids;     /* dict: key -> int id, shared with Timer */
     PyObject *keys;        /* list: id -> key, shared with Timer */
     PyObject *register_key; /* callable(key) -> int id; validates and raises on bad keys */
@@ -225,6 +231,9 @@ open_region(Recorder *self, int64_t key_id, int gpu)
     slot->key_id = key_id;
     slot->seq = self->next_seq++;
     slot->parent = st->n_open > 1 ? st->open[st->n_open - 2].seq : NO_PARENT;
+    slot->trace = key_id == self->trace_key_id ? self->next_trace++
+                  : st->n_open > 1            ? st->open[st->n_open - 2].trace
+                                              : NO_TRACE;
     slot->start = now_ns(); /* last, so the region's own bookkeeping is outside it */
     return 0;
 }
@@ -275,6 +284,7 @@ close_region(Recorder *self, int64_t key_id, int64_t status, int64_t end)
     out[3] = region.start;
     out[4] = end;
     out[5] = status;
+    out[6] = region.trace;
     if (region.device != NULL) {
         PyObject *r = PyObject_CallFunction(self->device_close, "LOL", (long long)region.seq,
                                             region.device, (long long)status);
@@ -428,6 +438,17 @@ Recorder_discard(Recorder *self, PyObject *arg)
 }
 
 static PyObject *
+Recorder_set_trace_key(Recorder *self, PyObject *arg)
+{
+    int64_t key_id;
+    if (parse_id(arg, &key_id) < 0) {
+        return NULL;
+    }
+    self->trace_key_id = key_id;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 Recorder_is_open(Recorder *self, PyObject *arg)
 {
     int64_t key_id;
@@ -574,6 +595,7 @@ Recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "no thread-specific storage key left");
         return NULL;
     }
+    self->trace_key_id = -1;
     self->key_ids = Py_NewRef(key_ids);
     self->keys = Py_NewRef(keys);
     self->register_key = Py_NewRef(register_key);
@@ -652,6 +674,8 @@ static PyMethodDef Recorder_methods[] = {
      "Close a region by key id as failed, reporting the exception."},
     {"discard", (PyCFunction)Recorder_discard, METH_O, "Forget an open region unrecorded."},
     {"is_open", (PyCFunction)Recorder_is_open, METH_O, "Whether a key id is open here."},
+    {"set_trace_key", (PyCFunction)Recorder_set_trace_key, METH_O,
+     "The key id whose regions start a trace (counted from 0 in opening order)."},
     {"region", (PyCFunction)(void (*)(void))Recorder_region, METH_FASTCALL,
      "A reusable context manager timing its body under key."},
     {"snapshot", (PyCFunction)Recorder_snapshot, METH_NOARGS,

@@ -22,6 +22,7 @@ from maeltrace.records import (
     CHUNK_REGIONS,
     FIELDS,
     NO_PARENT,
+    NO_TRACE,
     STATUS_FAILED,
     STATUS_OK,
 )
@@ -37,15 +38,16 @@ _CHUNK_VALUES = CHUNK_REGIONS * FIELDS
 class ThreadLog:
     """What one thread has open and what it has recorded; only its own thread writes to it.
 
-    ``open`` lists ``(key_id, seq, parent_seq, start_ns, device)`` per open region, oldest
-    first; ``device`` is the device clock's handle of a gpu region, else None.
+    ``open`` lists ``(key_id, seq, parent_seq, start_ns, device, trace)`` per open region,
+    oldest first; ``device`` is the device clock's handle of a gpu region, else None; ``trace``
+    the ordinal of the enclosing trace-key region, else `NO_TRACE`.
     """
 
     __slots__ = ("chunks", "current", "info", "open")
 
     def __init__(self, info: ThreadInfoTuple) -> None:
         self.info = info
-        self.open: list[tuple[int, int, int, int, object]] = []
+        self.open: list[tuple[int, int, int, int, object, int]] = []
         self.current = array("q")
         self.chunks: list[array[int]] = [self.current]
 
@@ -99,6 +101,8 @@ class PyRecorder:
         self._local = threading.local()
         self._logs: list[ThreadLog] = []
         self._next_seq = itertools.count().__next__  # atomic under the GIL
+        self._trace_key_id = -1
+        self._next_trace = itertools.count().__next__
 
     def _log(self) -> ThreadLog:
         try:
@@ -133,7 +137,11 @@ class PyRecorder:
         regions = log.open
         seq = self._next_seq()
         parent = regions[-1][1] if regions else NO_PARENT
-        regions.append((key_id, seq, parent, perf_counter_ns(), device))
+        if key_id == self._trace_key_id:
+            trace = self._next_trace()
+        else:
+            trace = regions[-1][5] if regions else NO_TRACE
+        regions.append((key_id, seq, parent, perf_counter_ns(), device, trace))
 
     def close(self, key_id: int, status: int, end: int | None = None) -> int:
         if end is None:
@@ -144,12 +152,12 @@ class PyRecorder:
             raise self._region_error(
                 f"region {self._keys[key_id]!r} was ended but is not open on this thread"
             )
-        _, seq, parent, start, device = log.open.pop(i)
+        _, seq, parent, start, device, trace = log.open.pop(i)
         chunk = log.current
         if len(chunk) >= _CHUNK_VALUES:
             chunk = log.current = array("q")
             log.chunks.append(chunk)
-        chunk.extend((key_id, seq, parent, start, end, status))
+        chunk.extend((key_id, seq, parent, start, end, status, trace))
         if device is not None:
             self._device_close(seq, device, status)
         return seq
@@ -165,6 +173,9 @@ class PyRecorder:
         if i < 0:
             raise self._region_error(f"region {self._keys[key_id]!r} is not open on this thread")
         del log.open[i]
+
+    def set_trace_key(self, key_id: int) -> None:
+        self._trace_key_id = key_id
 
     def is_open(self, key_id: int) -> bool:
         return self._find(self._log(), key_id) >= 0

@@ -1,7 +1,7 @@
 """The record layout, and `Records`: every closed region of a timer as columns.
 
 A recorder (compiled in maeltrace._hotpath, or maeltrace._recorder in pure Python) keeps one
-log per thread: chunks of `CHUNK_REGIONS` regions, each region `FIELDS` int64 values, 48 bytes
+log per thread: chunks of `CHUNK_REGIONS` regions, each region `FIELDS` int64 values, 56 bytes
 in all. Device times, known only later and for gpu regions only, are kept apart by
 `maeltrace.devices.DeviceTimes`. Reading merges both into columns, off the hot path.
 """
@@ -19,6 +19,7 @@ __all__ = [
     "FLAG_COMPILED",
     "NO_DEVICE_TIME",
     "NO_PARENT",
+    "NO_TRACE",
     "STATUS_FAILED",
     "STATUS_OK",
     "Records",
@@ -26,16 +27,19 @@ __all__ = [
     "ThreadInfo",
 ]
 
-F_KEY, F_SEQ, F_PARENT, F_START, F_END, F_STATUS = range(6)
-FIELDS = 6
+F_KEY, F_SEQ, F_PARENT, F_START, F_END, F_STATUS, F_TRACE = range(7)
+FIELDS = 7
 """int64 values per region: key id, sequence number, parent's sequence number, start and end
-(ns, `time.perf_counter_ns`), status."""
+(ns, `time.perf_counter_ns`), status, trace ordinal."""
 
 CHUNK_REGIONS = 4096
-"""Regions per chunk: a thread's log grows by 192 KiB at a time."""
+"""Regions per chunk: a thread's log grows by 224 KiB at a time."""
 
 NO_PARENT = -1
 """Parent sequence number of a region that had no enclosing open region on its thread."""
+
+NO_TRACE = -1
+"""Trace ordinal of a region outside any region of the trace key (the epoch, by default)."""
 
 NO_DEVICE_TIME = -1
 """Device start and duration of a region that has none."""
@@ -97,6 +101,8 @@ class Records:
         start_ns: start on the `time.perf_counter_ns` clock.
         end_ns: end on the same clock.
         status: `STATUS_OK` or `STATUS_FAILED`.
+        trace: ordinal (0, 1, ... in opening order) of the nearest enclosing region of the trace
+            key, the region itself included, or `NO_TRACE`: one trace per epoch by default.
         device_ns: device duration in ns, or `NO_DEVICE_TIME`.
         device_start_ns: device start on the perf_counter clock, or `NO_DEVICE_TIME`.
         device_flags: flags of the device time (`FLAG_COMPILED`).
@@ -111,6 +117,7 @@ class Records:
     start_ns: array[int]
     end_ns: array[int]
     status: array[int]
+    trace: array[int]
     device_ns: array[int]
     device_start_ns: array[int]
     device_flags: array[int]
@@ -185,6 +192,7 @@ class Records:
             start_ns=columns[F_START],
             end_ns=columns[F_END],
             status=columns[F_STATUS],
+            trace=columns[F_TRACE],
             device_ns=array("q", [d[1] for d in found]),
             device_start_ns=array("q", [d[0] + device_offset_ns for d in found]),
             device_flags=array("q", [d[2] for d in found]),

@@ -145,6 +145,8 @@ class Timer:
             Nsight Systems shows the same regions.
         xprof: also open a ``jax.profiler.TraceAnnotation`` per region, so XProf traces show
             the same regions.
+        trace_key: the key whose regions each start a trace, with every region inside them
+            (`Records.trace`); None puts every region into the run's trace.
 
     Raises:
         ValueError: ``warmup`` is negative, or ``MAELTRACE_DISABLED`` holds no yes/no word.
@@ -171,8 +173,10 @@ class Timer:
         sync_every: int = 1,
         nvtx: bool = False,
         xprof: bool = False,
+        trace_key: Key | None = TimeType.EPOCH,
     ) -> None:
         self.warmup = _check_warmup(warmup)
+        self.trace_key = None if trace_key is None else canonical_key(trace_key)
         if isinstance(device, str) and _ALIASES.get(device, device) not in CLOCK_NAMES:
             raise ValueError(f"unknown device {device!r}; use one of {', '.join(CLOCK_NAMES)}")
         if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
@@ -282,6 +286,8 @@ class Timer:
                 key_id = len(self._keys)
                 self._keys.append(canonical)
                 self._key_ids[canonical] = key_id
+                if canonical == self.trace_key:
+                    self._recorder.set_trace_key(key_id)
         return key_id
 
     def _record_failure(self, seq: int, exc: BaseException | None) -> None:
