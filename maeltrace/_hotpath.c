@@ -489,8 +489,14 @@ Recorder_region(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-Recorder_snapshot(Recorder *self, PyObject *Py_UNUSED(ignored))
+Recorder_snapshot(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    /* snapshot(since=None): since[i] regions of thread state i are skipped (already read). */
+    PyObject *since = nargs > 0 ? args[0] : Py_None;
+    if (nargs > 1 || (since != Py_None && !PyList_Check(since))) {
+        PyErr_SetString(PyExc_TypeError, "snapshot(since: list[int] | None = None)");
+        return NULL;
+    }
     PyObject *out = PyList_New(0);
     if (out == NULL) {
         return NULL;
@@ -498,16 +504,30 @@ Recorder_snapshot(Recorder *self, PyObject *Py_UNUSED(ignored))
     for (Py_ssize_t s = 0; s < self->n_states; s++) {
         ThreadState *st = self->states[s];
         Py_ssize_t regions = st->n_chunks ? (st->n_chunks - 1) * CHUNK_REGIONS + st->fill : 0;
-        PyObject *data = PyBytes_FromStringAndSize(NULL, regions * FIELDS * sizeof(int64_t));
+        Py_ssize_t skip = 0;
+        if (since != Py_None && s < PyList_GET_SIZE(since)) {
+            skip = PyLong_AsSsize_t(PyList_GET_ITEM(since, s));
+            if (skip == -1 && PyErr_Occurred()) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            skip = skip < 0 ? 0 : (skip > regions ? regions : skip);
+        }
+        PyObject *data =
+            PyBytes_FromStringAndSize(NULL, (regions - skip) * FIELDS * sizeof(int64_t));
         if (data == NULL) {
             Py_DECREF(out);
             return NULL;
         }
         char *dst = PyBytes_AS_STRING(data);
-        for (Py_ssize_t c = 0; c < st->n_chunks; c++) {
+        for (Py_ssize_t c = skip / CHUNK_REGIONS; c < st->n_chunks; c++) {
+            Py_ssize_t first = c == skip / CHUNK_REGIONS ? skip % CHUNK_REGIONS : 0;
             Py_ssize_t n = (c == st->n_chunks - 1) ? st->fill : CHUNK_REGIONS;
-            size_t size = (size_t)n * FIELDS * sizeof(int64_t);
-            memcpy(dst, st->chunks[c], size);
+            if (n <= first) {
+                continue;
+            }
+            size_t size = (size_t)(n - first) * FIELDS * sizeof(int64_t);
+            memcpy(dst, st->chunks[c] + first * FIELDS, size);
             dst += size;
         }
         PyObject *item = PyTuple_Pack(2, st->info, data);
@@ -678,8 +698,8 @@ static PyMethodDef Recorder_methods[] = {
      "The key id whose regions start a trace (counted from 0 in opening order)."},
     {"region", (PyCFunction)(void (*)(void))Recorder_region, METH_FASTCALL,
      "A reusable context manager timing its body under key."},
-    {"snapshot", (PyCFunction)Recorder_snapshot, METH_NOARGS,
-     "[(thread info, bytes of int64 records)] per thread."},
+    {"snapshot", (PyCFunction)(void (*)(void))Recorder_snapshot, METH_FASTCALL,
+     "[(thread info, bytes of int64 records)] per thread, after since[i] regions of each."},
     {"clear_records", (PyCFunction)Recorder_clear_records, METH_NOARGS,
      "Drop recorded regions; open ones stay open."},
     {"after_fork", (PyCFunction)Recorder_after_fork, METH_NOARGS,

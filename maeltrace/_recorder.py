@@ -55,11 +55,11 @@ class ThreadLog:
         self.current = array("q")
         self.chunks = [self.current]
 
-    def values(self) -> bytes:
-        """Every whole region recorded so far, as native int64 bytes."""
+    def values(self, skip: int = 0) -> bytes:
+        """Every whole region recorded so far after the first ``skip``, as int64 bytes."""
         data = b"".join(chunk.tobytes() for chunk in list(self.chunks))
         whole = len(data) - len(data) % (FIELDS * 8)
-        return data[:whole]
+        return data[max(0, skip) * FIELDS * 8 : whole]
 
 
 class PyRecorder:
@@ -197,8 +197,12 @@ class PyRecorder:
             raise self._region_error(f"region {self._keys[key_id]!r} is not open on this thread")
         return self._device_block(log.open[i][4], value)
 
-    def snapshot(self) -> list[tuple[ThreadInfoTuple, bytes]]:
-        return [(log.info, log.values()) for log in list(self._logs)]
+    def snapshot(self, since: list[int] | None = None) -> list[tuple[ThreadInfoTuple, bytes]]:
+        skips = since or []
+        return [
+            (log.info, log.values(skips[i] if i < len(skips) else 0))
+            for i, log in enumerate(list(self._logs))
+        ]
 
     def clear_records(self) -> None:
         for log in list(self._logs):
