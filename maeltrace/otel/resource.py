@@ -1,0 +1,100 @@
+"""The OpenTelemetry resource of a timer's spans: who produced them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+
+from maeltrace._version import __version__
+
+__all__ = ["OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME", "rank_from_environment", "resource"]
+
+OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
+"""The service name of every span (the standard variable); default the script's name."""
+
+OTEL_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
+"""Extra resource attributes, ``key=value`` pairs separated by commas (the standard variable)."""
+
+_RANK_VARIABLES = (
+    # (rank, local rank, world size) of each launcher, first match wins.
+    ("RANK", "LOCAL_RANK", "WORLD_SIZE"),  # torchrun
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE"),  # Open MPI
+    ("PMI_RANK", "MPI_LOCALRANKID", "PMI_SIZE"),  # MPICH, Intel MPI
+    ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"),  # srun
+    ("HOROVOD_RANK", "HOROVOD_LOCAL_RANK", "HOROVOD_SIZE"),
+)
+
+
+def rank_from_environment(environ: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Rank, local rank and world size from the launcher's environment, where it sets them."""
+    env = os.environ if environ is None else environ
+    for rank, local, size in _RANK_VARIABLES:
+        if env.get(rank, "").isdigit():
+            found = {"rank": int(env[rank])}
+            if env.get(local, "").isdigit():
+                found["local_rank"] = int(env[local])
+            if env.get(size, "").isdigit():
+                found["world_size"] = int(env[size])
+            return found
+    return {}
+
+
+def _parse_resource_attributes(raw: str) -> dict[str, str]:
+    attributes = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(
+                f"{OTEL_RESOURCE_ATTRIBUTES} holds {item!r}, not key=value; "
+                "separate pairs with commas"
+            )
+        attributes[key.strip()] = urllib.parse.unquote(value.strip())
+    return attributes
+
+
+def resource(
+    run_id: str, extra: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, object]:
+    """The resource attributes of a timer's spans.
+
+    ``service.name`` comes from ``OTEL_SERVICE_NAME``, else ``service.name`` in
+    ``OTEL_RESOURCE_ATTRIBUTES``, else the script's name. Rank and world size come from the
+    launcher's environment; framework versions from what is imported (nothing is imported here).
+
+    Raises:
+        ValueError: ``OTEL_RESOURCE_ATTRIBUTES`` is malformed.
+    """
+    env = os.environ if environ is None else environ
+    attributes: dict[str, object] = dict(
+        _parse_resource_attributes(env.get(OTEL_RESOURCE_ATTRIBUTES, ""))
+    )
+    script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+    service = env.get(OTEL_SERVICE_NAME) or attributes.get("service.name") or script or "python"
+    attributes.update(
+        {
+            "service.name": service,
+            "host.name": socket.gethostname(),
+            "process.pid": os.getpid(),
+            "process.runtime.name": sys.implementation.name,
+            "process.runtime.version": ".".join(map(str, sys.version_info[:3])),
+            "telemetry.sdk.name": "maeltrace",
+            "telemetry.sdk.language": "python",
+            "telemetry.sdk.version": __version__,
+            "maeltrace.run_id": run_id,
+        }
+    )
+    for key, value in rank_from_environment(env).items():
+        attributes[f"maeltrace.{key}"] = value
+    for name in ("torch", "tensorflow", "jax"):
+        module = sys.modules.get(name)
+        version = getattr(module, "__version__", None)
+        if isinstance(version, str):
+            attributes[f"maeltrace.framework.{name}.version"] = version
+    attributes.update(extra or {})
+    return attributes
