@@ -58,6 +58,9 @@ class TestTrainingLoop:
         assert gpu.host_syncs == 1
         assert stats.count == 1000
         assert stats.min == stats.max == 0.001  # start and end events 1 ms apart on the fake
+        tmr.get_time_stats("batch")
+        tmr.records()
+        assert gpu.host_syncs == 1  # nothing outstanding: reading again does not wait
 
     def test_regions_resolve_in_the_order_they_ran(self) -> None:
         gpu = FakeCudaDevice()

@@ -46,7 +46,8 @@ class CudaEventClock:
     the GPU has passed, in order, returning their events to the pool; the pool grows only while
     the GPU is behind. If more than ``max_outstanding`` regions are waiting, the timer waits
     for the oldest (a host synchronisation, counted in `host_syncs`): the GPU is then so far
-    behind that the loop would soon block on it anyway. `flush` waits for the last event once.
+    behind that the loop would soon block on it anyway. `flush` waits once for what is
+    outstanding, and not at all when nothing is.
 
     Start times are placed on the host clock through a reference event: the first event
     recorded; `flush` measures its host time with one more event after the wait.
@@ -73,6 +74,7 @@ class CudaEventClock:
         self._pool: list[Event] = []
         self._pending: deque[tuple[int, Event, Event]] = deque()
         self._reference: Event | None = None
+        self._calibrated = False
         self.events_created = 0
         self.host_syncs = 0
         self.host_offset_ns = 0
@@ -130,8 +132,9 @@ class CudaEventClock:
         self._pool.append(end)
 
     def flush(self) -> None:
-        if self._reference is None:
-            return
+        if self._reference is None or (self._calibrated and not self._pending):
+            return  # nothing to wait for: reading a report twice costs no second sync
+        # One wait covers both: the marker runs after every event recorded before it.
         marker = self._event()
         marker.record()
         marker.synchronize()
@@ -141,6 +144,7 @@ class CudaEventClock:
             self._resolve(*self._pending.popleft())
         # The GPU was idle when the marker ran, so it ran at about host_ns.
         self.host_offset_ns = host_ns - round(self._reference.elapsed_time(marker) * 1e6)
+        self._calibrated = True
         self._pool.append(marker)
 
 
