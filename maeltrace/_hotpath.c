@@ -51,6 +51,7 @@ typedef struct {
     int64_t next_seq;
     int64_t trace_key_id; /* key id that starts a trace, or -1 */
     int64_t next_trace;
+    PyObject *on_trace_closed; /* callable(trace ordinal) after a trace-key region closed */
     PyObject *key_ids;     /* dict: key -> int id, shared with Timer */
     PyObject *keys;        /* list: id -> key, shared with Timer */
     PyObject *register_key; /* callable(key) -> int id; validates and raises on bad keys */
@@ -294,6 +295,13 @@ close_region(Recorder *self, int64_t key_id, int64_t status, int64_t end)
         }
         Py_DECREF(r);
     }
+    if (key_id == self->trace_key_id && self->on_trace_closed != NULL) {
+        PyObject *r = PyObject_CallFunction(self->on_trace_closed, "L", (long long)region.trace);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+    }
     return region.seq;
 }
 
@@ -438,13 +446,18 @@ Recorder_discard(Recorder *self, PyObject *arg)
 }
 
 static PyObject *
-Recorder_set_trace_key(Recorder *self, PyObject *arg)
+Recorder_set_trace_key(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
 {
     int64_t key_id;
-    if (parse_id(arg, &key_id) < 0) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_trace_key(key_id, on_trace_closed)");
+        return NULL;
+    }
+    if (parse_id(args[0], &key_id) < 0) {
         return NULL;
     }
     self->trace_key_id = key_id;
+    Py_XSETREF(self->on_trace_closed, args[1] == Py_None ? NULL : Py_NewRef(args[1]));
     Py_RETURN_NONE;
 }
 
@@ -640,6 +653,7 @@ Recorder_traverse(Recorder *self, visitproc visit, void *arg)
     Py_VISIT(self->device_open);
     Py_VISIT(self->device_close);
     Py_VISIT(self->device_block);
+    Py_VISIT(self->on_trace_closed);
     for (Py_ssize_t s = 0; s < self->n_states; s++) {
         ThreadState *st = self->states[s];
         Py_VISIT(st->info);
@@ -662,6 +676,7 @@ Recorder_clear(Recorder *self)
     Py_CLEAR(self->device_open);
     Py_CLEAR(self->device_close);
     Py_CLEAR(self->device_block);
+    Py_CLEAR(self->on_trace_closed);
     return 0;
 }
 
@@ -694,8 +709,8 @@ static PyMethodDef Recorder_methods[] = {
      "Close a region by key id as failed, reporting the exception."},
     {"discard", (PyCFunction)Recorder_discard, METH_O, "Forget an open region unrecorded."},
     {"is_open", (PyCFunction)Recorder_is_open, METH_O, "Whether a key id is open here."},
-    {"set_trace_key", (PyCFunction)Recorder_set_trace_key, METH_O,
-     "The key id whose regions start a trace (counted from 0 in opening order)."},
+    {"set_trace_key", (PyCFunction)(void (*)(void))Recorder_set_trace_key, METH_FASTCALL,
+     "The key id whose regions start a trace, and a callable(ordinal) for when one closes."},
     {"region", (PyCFunction)(void (*)(void))Recorder_region, METH_FASTCALL,
      "A reusable context manager timing its body under key."},
     {"snapshot", (PyCFunction)(void (*)(void))Recorder_snapshot, METH_FASTCALL,

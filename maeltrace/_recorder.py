@@ -102,6 +102,7 @@ class PyRecorder:
         self._logs: list[ThreadLog] = []
         self._next_seq = itertools.count().__next__  # atomic under the GIL
         self._trace_key_id = -1
+        self._on_trace_closed: Callable[[int], object] | None = None
         self._next_trace = itertools.count().__next__
 
     def _log(self) -> ThreadLog:
@@ -160,6 +161,8 @@ class PyRecorder:
         chunk.extend((key_id, seq, parent, start, end, status, trace))
         if device is not None:
             self._device_close(seq, device, status)
+        if key_id == self._trace_key_id and self._on_trace_closed is not None:
+            self._on_trace_closed(trace)
         return seq
 
     def fail(self, key_id: int, exc: BaseException | None) -> int:
@@ -174,8 +177,9 @@ class PyRecorder:
             raise self._region_error(f"region {self._keys[key_id]!r} is not open on this thread")
         del log.open[i]
 
-    def set_trace_key(self, key_id: int) -> None:
+    def set_trace_key(self, key_id: int, on_trace_closed: Callable[[int], object] | None) -> None:
         self._trace_key_id = key_id
+        self._on_trace_closed = on_trace_closed
 
     def is_open(self, key_id: int) -> bool:
         return self._find(self._log(), key_id) >= 0

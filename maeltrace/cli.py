@@ -43,23 +43,59 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--warmup", type=_non_negative, default=1, help="samples skipped per key")
     demo.add_argument("--output-dir", help="default $MAELTRACE_OUTPUT_DIR or ./maeltrace-out")
     demo.add_argument("--run-id", help="default $MAELTRACE_RUN_ID, the launcher's, or a new one")
+    replay = commands.add_parser(
+        "replay",
+        help="send a spill file (OTLP JSON lines) to an OTLP endpoint",
+        description="Sends the spans of an OTLP JSON lines file (a spill file, or the embedded "
+        "default's traces.otlp.jsonl) to an OTLP endpoint and reports how many went out. "
+        "Lines that fail again are kept in FILE.failed.",
+    )
+    replay.add_argument("file", help="the OTLP JSON lines file")
+    replay.add_argument(
+        "--endpoint", help="default $OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT; e.g. http://host:4318"
+    )
+    replay.add_argument(
+        "--protocol",
+        choices=("grpc", "http/protobuf", "http/json"),
+        help="default $OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, else http/protobuf",
+    )
     return parser
 
 
 def _demo(args: argparse.Namespace) -> int:
     from maeltrace.demo import DemoConfig, run_demo
+    from maeltrace.metadata import new_run_id, run_id_from_environment
     from maeltrace.output import run_output_dir
     from maeltrace.timer import Timer
 
     config = DemoConfig(epochs=args.epochs, batches=args.batches, batch_size=args.batch_size)
-    tmr = Timer(warmup=args.warmup, run_id=args.run_id, enabled=True)
-    folder = run_output_dir(tmr.run_id, args.output_dir)
-    loss = run_demo(tmr, config)
+    run_id = args.run_id or run_id_from_environment() or new_run_id()
+    folder = run_output_dir(run_id, args.output_dir)
+    tmr = Timer(warmup=args.warmup, run_id=run_id, enabled=True, export=True, output_dir=folder)
+    with tmr:
+        loss = run_demo(tmr, config)
     tmr.print_all_time_stats()
-    for name in ("stats.json", "stats.csv", "stats.md"):
-        tmr.save_all_time_stats(folder / name)
-    print(f"\nfinal loss {loss:.4f}; stats written to {folder}/ (stats.json, stats.csv, stats.md)")
+    tmr.save_all_time_stats(folder / "stats.csv")
+    names = ", ".join(sorted(p.name for p in folder.iterdir()))
+    print(f"\nfinal loss {loss:.4f}; written to {folder}/: {names}")
+    if tmr.spill_path.exists():
+        print(f"the OTLP endpoint did not take every span: `maeltrace replay {tmr.spill_path}`")
+    print("open trace.json in https://ui.perfetto.dev or chrome://tracing for the flame chart")
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from maeltrace.otel.export import ExportConfig, replay
+
+    config = ExportConfig.from_env(endpoint=args.endpoint, protocol=args.protocol)
+    if config is None:
+        raise ValueError("no OTLP endpoint: pass --endpoint or set OTEL_EXPORTER_OTLP_ENDPOINT")
+    result = replay(args.file, config)
+    print(
+        f"sent {result.sent_spans} spans in {result.sent_lines} lines to {config.endpoint}; "
+        f"{result.failed_lines} lines failed"
+    )
+    return 0 if result.failed_lines == 0 else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "replay":
+            return _replay(args)
     except (ValueError, OSError) as exc:
         print(f"maeltrace: error: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import os
 
 __all__ = [
     "MAELTRACE_DISABLED",
+    "MAELTRACE_EXPORT",
     "MAELTRACE_OUTPUT_DIR",
     "MAELTRACE_PURE_PYTHON",
     "MAELTRACE_RUN_ID",
@@ -15,6 +16,10 @@ __all__ = [
 MAELTRACE_DISABLED = "MAELTRACE_DISABLED"
 """``1``, ``true``, ``yes`` or ``on`` makes every `Timer` built afterwards a no-op, as if it were
 built with ``enabled=False``. Read when a timer is built, never on the hot path."""
+
+MAELTRACE_EXPORT = "MAELTRACE_EXPORT"
+"""``0``, ``false``, ``no`` or ``off`` makes timers built afterwards keep their regions to
+themselves: no spans, no files at exit. Default on."""
 
 MAELTRACE_PURE_PYTHON = "MAELTRACE_PURE_PYTHON"
 """``1`` makes timers built afterwards use the pure-Python recorder even where the compiled one
@@ -32,13 +37,15 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
-def env_flag(name: str) -> bool:
-    """Reads a boolean environment variable.
+def env_flag(name: str, default: bool = False) -> bool:
+    """Reads a boolean environment variable; unset or empty gives ``default``.
 
     Raises:
         ValueError: the variable holds something other than a yes/no word, named in the message.
     """
     raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
     if raw in _TRUE:
         return True
     if raw in _FALSE:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import os
+import socket
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from time import perf_counter_ns
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
@@ -23,15 +28,25 @@ from maeltrace.devices.base import (
     block_any,
     make_clock,
 )
-from maeltrace.environment import MAELTRACE_DISABLED, MAELTRACE_PURE_PYTHON, env_flag
+from maeltrace.environment import (
+    MAELTRACE_DISABLED,
+    MAELTRACE_EXPORT,
+    MAELTRACE_PURE_PYTHON,
+    env_flag,
+)
 from maeltrace.errors import RegionError
 from maeltrace.keys import Key, TimeType, canonical_key
 from maeltrace.metadata import new_run_id, run_id_from_environment, run_metadata
-from maeltrace.records import STATUS_OK, Records
+from maeltrace.otel.resource import rank_from_environment
+from maeltrace.output import run_output_dir
+from maeltrace.records import FIELDS, STATUS_OK, Records
 from maeltrace.stats import TimeStats, compute_stats
 
 if TYPE_CHECKING:
     from maeltrace import _hotpath
+    from maeltrace.otel.export import ExportConfig
+    from maeltrace.otel.pipeline import SpanPipeline
+    from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
 
 __all__ = ["Timer"]
@@ -119,6 +134,17 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+@atexit.register
+def _close_at_exit() -> None:
+    """Exports and writes the files of every open timer that recorded something."""
+    for tmr in list(_TIMERS):
+        if tmr.export and not tmr._closed and tmr.keys():
+            try:
+                tmr.close(timeout_s=10.0)
+            except Exception as exc:  # at exit there is no one left to raise to
+                print(f"maeltrace: could not close {tmr!r} at exit: {exc}", file=sys.stderr)
+
+
 class Timer:
     """Times regions of code on the monotonic CPU clock.
 
@@ -147,9 +173,22 @@ class Timer:
             the same regions.
         trace_key: the key whose regions each start a trace, with every region inside them
             (`Records.trace`); None puts every region into the run's trace.
+        export: turn regions into OpenTelemetry spans and export them, at each trace-key
+            region's end (the epoch's), `flush`, `close` and interpreter exit; default on
+            unless ``MAELTRACE_EXPORT`` is off. With no OTLP endpoint, spans and stats files go
+            to the output folder (the embedded default).
+        endpoint: the OTLP endpoint; default ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``.
+        protocol: ``grpc``, ``http/protobuf`` or ``http/json``; default
+            ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL``, else ``http/protobuf``.
+        output_dir: folder of this run's files; default ``$MAELTRACE_OUTPUT_DIR/<run id>``.
+        trace_budget: spans per trace, and how batches are sampled beyond it.
 
     Raises:
-        ValueError: ``warmup`` is negative, or ``MAELTRACE_DISABLED`` holds no yes/no word.
+        ValueError: ``warmup`` is negative, ``MAELTRACE_DISABLED`` holds no yes/no word, or
+            ``device``, ``sync_every`` or ``trace_key`` is not one the timer knows.
+        maeltrace.otel.export.ExportConfigError: the OTLP endpoint, protocol, headers, timeout
+            or compression (arguments or ``OTEL_EXPORTER_OTLP_*``) are malformed; a
+            ``ValueError`` too.
 
     Example:
         >>> import maeltrace
@@ -174,6 +213,11 @@ class Timer:
         nvtx: bool = False,
         xprof: bool = False,
         trace_key: Key | None = TimeType.EPOCH,
+        export: bool | None = None,
+        endpoint: str | None = None,
+        protocol: str | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        trace_budget: TraceBudget | None = None,
     ) -> None:
         self.warmup = _check_warmup(warmup)
         self.trace_key = None if trace_key is None else canonical_key(trace_key)
@@ -183,6 +227,13 @@ class Timer:
             raise ValueError(f"sync_every must be a positive int, not {sync_every!r}")
         self._device = device
         self._sync_every = sync_every
+        self._closed = False
+        self._pipeline: SpanPipeline | None = None
+        self._export_offsets: list[int] = []
+        self._export_config: ExportConfig | None = None
+        self._trace_budget = trace_budget
+        self._output_dir = Path(output_dir) if output_dir is not None else None
+        self.export = False
         self._clock: DeviceClock | None = None
         self._device_times = DeviceTimes()
         self.run_id = run_id or run_id_from_environment() or new_run_id()
@@ -198,6 +249,15 @@ class Timer:
         self.implementation = "disabled"
         """Which recorder records: ``compiled``, ``python`` or ``disabled``."""
         if self.enabled:
+            self.export = env_flag(MAELTRACE_EXPORT, default=True) if export is None else export
+            if self.export:
+                from maeltrace.otel.export import ExportConfig
+
+                # Read now, so that a malformed endpoint or header fails here, not later in a
+                # background thread.
+                self._export_config = ExportConfig.from_env(endpoint=endpoint, protocol=protocol)
+                if self._export_config is not None and self._export_config.disabled:
+                    self.export = False
             self._bind_hot_path()
             _TIMERS.add(self)
             if nvtx or xprof:
@@ -272,10 +332,143 @@ class Timer:
             return block_any(value)
         return self._clock.block(handle, value)
 
-    def flush(self) -> None:
+    def _flush_device(self) -> None:
         """Resolves every outstanding device time, waiting for the device if needed."""
         if self._clock is not None:
             self._clock.flush()
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Resolves outstanding device times and exports every closed region as a span.
+
+        Waits at most ``timeout_s`` for the export; spans an endpoint does not take go to the
+        spill file (see `spill_path`). Regions of an epoch that is still open wait for its end.
+        """
+        self._flush_device()
+        if self.export and not self._closed:
+            self._export_pipeline().request(wait_s=timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Flushes, exports this process's run span, writes the stats files and the Chrome trace
+        into the output folder, and stops the exporter. Later calls do nothing.
+
+        Waits at most ``timeout_s`` for the export. Regions recorded afterwards are kept (the
+        statistics include them) but no longer exported.
+        """
+        if self._closed or not self.enabled:
+            return
+        self._flush_device()
+        if not self.export:
+            self._closed = True
+            return
+        pipeline = self._export_pipeline()
+        self._closed = True
+        pipeline.close(final_perf_ns=perf_counter_ns(), wait_s=timeout_s)
+        self.write_outputs()
+
+    def write_outputs(self) -> Path:
+        """Writes ``stats.json``, ``stats.md`` and the Chrome trace ``trace.json`` (Perfetto,
+        chrome://tracing) into the output folder, atomically; returns the folder."""
+        from maeltrace.chrome import write_chrome_trace
+
+        folder = self.output_dir
+        suffix = self._file_suffix()
+        summary = self.summary()
+        summary.save(folder / f"stats{suffix}.json")
+        summary.save(folder / f"stats{suffix}.md")
+        write_chrome_trace(
+            folder / f"trace{suffix}.json",
+            self.records(),
+            self.anchor,
+            failures=self.failures(),
+            device_clock=self._clock.name if self._clock is not None else None,
+        )
+        return folder
+
+    @property
+    def output_dir(self) -> Path:
+        """This run's folder (created on first use): ``$MAELTRACE_OUTPUT_DIR/<run id>``."""
+        if self._output_dir is None:
+            self._output_dir = run_output_dir(self.run_id)
+        else:
+            self._output_dir.mkdir(parents=True, exist_ok=True)
+        return self._output_dir
+
+    @property
+    def spill_path(self) -> Path:
+        """Where spans go that the OTLP endpoint did not take, for ``maeltrace replay``."""
+        return self.output_dir / f"spill{self._file_suffix()}.otlp.jsonl"
+
+    @property
+    def traces_path(self) -> Path:
+        """The OTLP JSON lines file of the embedded default (no endpoint configured)."""
+        return self.output_dir / f"traces{self._file_suffix()}.otlp.jsonl"
+
+    def _file_suffix(self) -> str:
+        rank = rank_from_environment().get("rank")
+        return "" if rank is None else f".rank{rank}"
+
+    def _export_pipeline(self) -> SpanPipeline:
+        if self._pipeline is None:
+            from maeltrace.otel.export import make_exporter
+            from maeltrace.otel.pipeline import SpanPipeline
+            from maeltrace.otel.resource import resource
+            from maeltrace.otel.spans import SpanBuilder
+
+            builder = SpanBuilder(
+                run_id=self.run_id,
+                process_id=f"{socket.gethostname()}/{os.getpid()}/{id(self):x}",
+                anchor=self.anchor,
+                resource_attributes=resource(self.run_id),
+                trace_key_id=self._key_ids.get(self.trace_key) if self.trace_key else None,
+                budget=self._trace_budget,
+            )
+            config = self._export_config
+            self._pipeline = SpanPipeline(
+                builder,
+                self._read_new,
+                make_exporter(config) if config is not None else None,
+                traces_path=self.traces_path if config is None else None,
+                spill_path=self.spill_path,
+            )
+        return self._pipeline
+
+    def _read_new(self) -> tuple[Records, dict[int, str], str | None]:
+        """The regions closed since the last call (on the export thread)."""
+        logs = self._recorder.snapshot(self._export_offsets)
+        offsets = self._export_offsets
+        for i, (_, data) in enumerate(logs):
+            if i == len(offsets):
+                offsets.append(0)
+            offsets[i] += len(data) // (FIELDS * 8)
+        with self._lock:
+            keys = tuple(self._keys)
+        clock = self._clock
+        if self._pipeline is not None and self.trace_key is not None:
+            self._pipeline.builder.trace_key_id = self._key_ids.get(self.trace_key)
+        records = Records.merge(
+            logs,
+            keys,
+            self._device_times.by_seq(),
+            device_offset_ns=clock.host_offset_ns if clock is not None else 0,
+        )
+        return records, dict(self._failures), clock.name if clock is not None else None
+
+    def _on_trace_closed(self, ordinal: int) -> None:
+        """An epoch ended: its device times are resolved and its spans leave, not waiting."""
+        if self.export and not self._closed:
+            self._flush_device()
+            self._export_pipeline().request()
+
+    def __enter__(self) -> Timer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def _key_id(self, key: object) -> int:
         """The id of a key, registering (and validating) it on first use."""
@@ -287,7 +480,7 @@ class Timer:
                 self._keys.append(canonical)
                 self._key_ids[canonical] = key_id
                 if canonical == self.trace_key:
-                    self._recorder.set_trace_key(key_id)
+                    self._recorder.set_trace_key(key_id, self._on_trace_closed)
         return key_id
 
     def _record_failure(self, seq: int, exc: BaseException | None) -> None:
@@ -295,8 +488,11 @@ class Timer:
         self._failures[seq] = "failed" if exc is None else f"{type(exc).__name__}: {exc}"
 
     def _forget_after_fork(self) -> None:
-        """In a forked child: start from an empty store; the parent's copy is untouched."""
+        """In a forked child: start from an empty store; the parent's copy is untouched, and
+        only the parent exports (a data loader worker's regions stay in the worker)."""
         self._lock = threading.Lock()
+        self._pipeline = None
+        self.export = False
         self._failures.clear()
         self._device_times.clear()
         self._recorder.after_fork()
@@ -456,6 +652,7 @@ class Timer:
                 self._recorder.clear_records()
                 self._failures.clear()
                 self._device_times.clear()
+                self._export_offsets.clear()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -469,7 +666,7 @@ class Timer:
         if not self.enabled:
             return Records.merge([], ())
         if flush:
-            self.flush()
+            self._flush_device()
         elif self._clock is not None:
             self._clock.poll()
         # Regions first, keys second: a key is registered before any of its regions opens, so

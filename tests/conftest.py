@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from maeltrace.environment import MAELTRACE_DISABLED, MAELTRACE_PURE_PYTHON
+from maeltrace.environment import (
+    MAELTRACE_DISABLED,
+    MAELTRACE_EXPORT,
+    MAELTRACE_OUTPUT_DIR,
+    MAELTRACE_PURE_PYTHON,
+)
+from tests.services.jaeger import JaegerService
 
 # TensorFlow, once loaded, makes the later load of triton (which torch's optimizers import
 # through torch._dynamo) abort the interpreter; loaded first, both work. The framework tests
@@ -24,15 +32,39 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(autouse=True)
-def recorder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Which recorder timers built in the test use; ``compiled`` unless parametrized."""
+def recorder(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> str:
+    """Which recorder timers built in the test use; ``compiled`` unless parametrized.
+
+    Also keeps each test's timers to themselves: no export unless a test asks for it
+    (``Timer(export=True)``), and any output under the test's own folder, with the standard
+    OTLP variables of the machine out of the way.
+    """
     monkeypatch.delenv(MAELTRACE_DISABLED, raising=False)
+    monkeypatch.setenv(MAELTRACE_EXPORT, "0")
+    monkeypatch.setenv(MAELTRACE_OUTPUT_DIR, str(tmp_path / "maeltrace-out"))
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
     choice: str = getattr(request, "param", "compiled")
     if choice == "python":
         monkeypatch.setenv(MAELTRACE_PURE_PYTHON, "1")
     else:
         monkeypatch.delenv(MAELTRACE_PURE_PYTHON, raising=False)
     return choice
+
+
+# -- real services --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JaegerService]:
+    """A Jaeger v2 on free loopback ports (built from Go modules on first use), for the whole
+    session; its log stays in pytest's temp directory."""
+    log = tmp_path_factory.mktemp("jaeger") / "jaeger.log"
+    with JaegerService(log_path=log) as service:
+        yield service
 
 
 # -- no silent skips in CI ---------------------------------------------------------------------

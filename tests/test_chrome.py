@@ -198,7 +198,7 @@ def test_origin_zero_gives_unix_microseconds() -> None:
 
 
 def test_events_come_sorted_metadata_first() -> None:
-    tmr = maeltrace.Timer()
+    tmr = maeltrace.Timer(device="cpu")
     train(tmr, gpu=True)
     events = trace_of(tmr)["traceEvents"]
     phases = [e["ph"] for e in events]

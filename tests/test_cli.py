@@ -25,7 +25,13 @@ class TestDemo:
         for label in ("Epoch", "IO", "Batch", "Forward", "Backward"):
             assert f"| {label} " in out
         folder = tmp_path / "r1"
-        assert sorted(p.name for p in folder.iterdir()) == ["stats.csv", "stats.json", "stats.md"]
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "stats.csv",
+            "stats.json",
+            "stats.md",
+            "trace.json",
+            "traces.otlp.jsonl",
+        ]
         data = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
         counts = {r["key"]: r["stats"]["count"] for r in data["regions"]}
         assert counts == {"epoch": 2, "io": 6, "batch": 6, "forward": 6, "backward": 6}

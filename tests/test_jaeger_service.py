@@ -11,7 +11,6 @@ import secrets
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,14 +18,6 @@ import pytest
 from tests.services.jaeger import JaegerService
 
 SERVICE = "maeltrace-smoke"
-
-
-@pytest.fixture(scope="module")
-def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JaegerService]:
-    """A started Jaeger on free loopback ports; its log stays in pytest's temp directory."""
-    log = tmp_path_factory.mktemp("jaeger") / "jaeger.log"
-    with JaegerService(log_path=log) as service:
-        yield service
 
 
 def _span(
