@@ -143,7 +143,7 @@ def _store_nbytes(tmr: maeltrace.Timer) -> int | None:
 
 def _record_maeltrace(n: int) -> maeltrace.Timer:
     # Built inside the traced section on purpose: the Timer's fixed cost is part of its memory.
-    tmr = maeltrace.Timer(enabled=True)
+    tmr = maeltrace.Timer(enabled=True, export=False)
     # islice(cycle()) hands out the same three str objects, so the loop allocates nothing
     # that outlives an iteration except what the Timer keeps.
     for key in itertools.islice(itertools.cycle(KEYS), n):
@@ -194,7 +194,7 @@ def _env(name: str, value: str | None) -> Iterator[None]:
 
 
 def _implementation() -> str | None:
-    found = getattr(maeltrace.Timer(enabled=True), "implementation", None)
+    found = getattr(maeltrace.Timer(enabled=True, export=False), "implementation", None)
     return found if isinstance(found, str) else None
 
 

@@ -204,8 +204,9 @@ def _recorded(tmr: maeltrace.Timer) -> int:
 
 def _mt_start_end(n: int) -> Outcome:
     # enabled=True: MAELTRACE_DISABLED in the environment must not turn the benchmark into
-    # a measurement of the disabled path.
-    tmr = maeltrace.Timer(enabled=True)
+    # a measurement of the disabled path. export=False: the recorder alone (benchmarks/export.py
+    # measures the hot path with export on).
+    tmr = maeltrace.Timer(enabled=True, export=False)
     key = KEY
     t0 = perf_counter_ns()
     for _ in range(n):
@@ -216,7 +217,7 @@ def _mt_start_end(n: int) -> Outcome:
 
 
 def _mt_region(n: int) -> Outcome:
-    tmr = maeltrace.Timer(enabled=True)
+    tmr = maeltrace.Timer(enabled=True, export=False)
     key = KEY
     t0 = perf_counter_ns()
     for _ in range(n):
@@ -227,7 +228,7 @@ def _mt_region(n: int) -> Outcome:
 
 
 def _mt_region_hoisted(n: int) -> Outcome:
-    tmr = maeltrace.Timer(enabled=True)
+    tmr = maeltrace.Timer(enabled=True, export=False)
     region = tmr.region(KEY)
     t0 = perf_counter_ns()
     for _ in range(n):
@@ -238,7 +239,7 @@ def _mt_region_hoisted(n: int) -> Outcome:
 
 
 def _mt_timed(n: int) -> Outcome:
-    tmr = maeltrace.Timer(enabled=True)
+    tmr = maeltrace.Timer(enabled=True, export=False)
 
     @tmr.timed(KEY)
     def step() -> None:
@@ -252,7 +253,7 @@ def _mt_timed(n: int) -> Outcome:
 
 
 def _mt_iterate(n: int) -> Outcome:
-    tmr = maeltrace.Timer(enabled=True)
+    tmr = maeltrace.Timer(enabled=True, export=False)
     t0 = perf_counter_ns()
     for _ in tmr.iterate(range(n), KEY):
         pass
@@ -653,7 +654,7 @@ def _version(dist: str) -> str:
 def _implementation() -> str:
     # Which recorder an enabled Timer picks (a compiled extension or the pure-Python one);
     # older builds have no such attribute, and then the bound method's type tells.
-    tmr = maeltrace.Timer(enabled=True)
+    tmr = maeltrace.Timer(enabled=True, export=False)
     found = getattr(tmr, "implementation", None)
     if isinstance(found, str):
         return found

@@ -52,6 +52,7 @@ typedef struct {
     int64_t trace_key_id; /* key id that starts a trace, or -1 */
     int64_t next_trace;
     PyObject *on_trace_closed; /* callable(trace ordinal) after a trace-key region closed */
+    PyObject *on_root_open;    /* callable(seq) before a region opens with none open, or NULL */
     PyObject *key_ids;     /* dict: key -> int id, shared with Timer */
     PyObject *keys;        /* list: id -> key, shared with Timer */
     PyObject *register_key; /* callable(key) -> int id; validates and raises on bad keys */
@@ -227,10 +228,20 @@ open_region(Recorder *self, int64_t key_id, int gpu)
         st->open = grown;
         st->cap_open = cap;
     }
+    int64_t seq = self->next_seq++;
+    if (st->n_open == 0 && self->on_root_open != NULL) {
+        /* A root region: the user's own tracing may want it (set only where it is in use). */
+        PyObject *r = PyObject_CallFunction(self->on_root_open, "L", (long long)seq);
+        if (r == NULL) {
+            Py_XDECREF(device);
+            return -1;
+        }
+        Py_DECREF(r);
+    }
     OpenRegion *slot = &st->open[st->n_open++];
     slot->device = device;
     slot->key_id = key_id;
-    slot->seq = self->next_seq++;
+    slot->seq = seq;
     slot->parent = st->n_open > 1 ? st->open[st->n_open - 2].seq : NO_PARENT;
     slot->trace = key_id == self->trace_key_id ? self->next_trace++
                   : st->n_open > 1            ? st->open[st->n_open - 2].trace
@@ -462,6 +473,13 @@ Recorder_set_trace_key(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
+Recorder_set_root_hook(Recorder *self, PyObject *hook)
+{
+    Py_XSETREF(self->on_root_open, hook == Py_None ? NULL : Py_NewRef(hook));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 Recorder_is_open(Recorder *self, PyObject *arg)
 {
     int64_t key_id;
@@ -654,6 +672,7 @@ Recorder_traverse(Recorder *self, visitproc visit, void *arg)
     Py_VISIT(self->device_close);
     Py_VISIT(self->device_block);
     Py_VISIT(self->on_trace_closed);
+    Py_VISIT(self->on_root_open);
     for (Py_ssize_t s = 0; s < self->n_states; s++) {
         ThreadState *st = self->states[s];
         Py_VISIT(st->info);
@@ -677,6 +696,7 @@ Recorder_clear(Recorder *self)
     Py_CLEAR(self->device_close);
     Py_CLEAR(self->device_block);
     Py_CLEAR(self->on_trace_closed);
+    Py_CLEAR(self->on_root_open);
     return 0;
 }
 
@@ -709,6 +729,8 @@ static PyMethodDef Recorder_methods[] = {
      "Close a region by key id as failed, reporting the exception."},
     {"discard", (PyCFunction)Recorder_discard, METH_O, "Forget an open region unrecorded."},
     {"is_open", (PyCFunction)Recorder_is_open, METH_O, "Whether a key id is open here."},
+    {"set_root_hook", (PyCFunction)Recorder_set_root_hook, METH_O,
+     "A callable(seq) called before each root region opens (None: no call)."},
     {"set_trace_key", (PyCFunction)(void (*)(void))Recorder_set_trace_key, METH_FASTCALL,
      "The key id whose regions start a trace, and a callable(ordinal) for when one closes."},
     {"region", (PyCFunction)(void (*)(void))Recorder_region, METH_FASTCALL,

@@ -103,6 +103,7 @@ class PyRecorder:
         self._next_seq = itertools.count().__next__  # atomic under the GIL
         self._trace_key_id = -1
         self._on_trace_closed: Callable[[int], object] | None = None
+        self._on_root_open: Callable[[int], object] | None = None
         self._next_trace = itertools.count().__next__
 
     def _log(self) -> ThreadLog:
@@ -137,6 +138,8 @@ class PyRecorder:
         device = self._device_open(key_id) if gpu else None
         regions = log.open
         seq = self._next_seq()
+        if not regions and self._on_root_open is not None:
+            self._on_root_open(seq)
         parent = regions[-1][1] if regions else NO_PARENT
         if key_id == self._trace_key_id:
             trace = self._next_trace()
@@ -180,6 +183,9 @@ class PyRecorder:
     def set_trace_key(self, key_id: int, on_trace_closed: Callable[[int], object] | None) -> None:
         self._trace_key_id = key_id
         self._on_trace_closed = on_trace_closed
+
+    def set_root_hook(self, hook: Callable[[int], object] | None) -> None:
+        self._on_root_open = hook
 
     def is_open(self, key_id: int) -> bool:
         return self._find(self._log(), key_id) >= 0

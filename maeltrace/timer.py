@@ -230,6 +230,7 @@ class Timer:
         self._closed = False
         self._pipeline: SpanPipeline | None = None
         self._export_offsets: list[int] = []
+        self._user_parents: dict[int, tuple[bytes, bytes]] = {}
         self._export_config: ExportConfig | None = None
         self._trace_budget = trace_budget
         self._output_dir = Path(output_dir) if output_dir is not None else None
@@ -260,6 +261,10 @@ class Timer:
                     self.export = False
             self._bind_hot_path()
             _TIMERS.add(self)
+            if self.export and "opentelemetry.trace" in sys.modules:
+                # The user traces with OpenTelemetry: root regions become children of the span
+                # active when they open. Only root regions are asked, and only here.
+                self._recorder.set_root_hook(self._on_root_open)
             if nvtx or xprof:
                 self._annotate(annotators(nvtx=nvtx, xprof=xprof))
         else:
@@ -421,6 +426,7 @@ class Timer:
                 resource_attributes=resource(self.run_id),
                 trace_key_id=self._key_ids.get(self.trace_key) if self.trace_key else None,
                 budget=self._trace_budget,
+                user_parents=self._user_parents,
             )
             config = self._export_config
             self._pipeline = SpanPipeline(
@@ -452,6 +458,18 @@ class Timer:
             device_offset_ns=clock.host_offset_ns if clock is not None else 0,
         )
         return records, dict(self._failures), clock.name if clock is not None else None
+
+    def _on_root_open(self, seq: int) -> None:
+        """Notes the user's active OpenTelemetry span, if any, as the parent of root region
+        ``seq``."""
+        from opentelemetry import trace
+
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            self._user_parents[seq] = (
+                context.trace_id.to_bytes(16, "big"),
+                context.span_id.to_bytes(8, "big"),
+            )
 
     def _on_trace_closed(self, ordinal: int) -> None:
         """An epoch ended: its device times are resolved and its spans leave, not waiting."""

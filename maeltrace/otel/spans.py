@@ -118,6 +118,10 @@ class SpanBuilder:
         resource_attributes: the resource of every span.
         trace_key_id: key id of the trace key (the epoch), or None.
         budget: spans per trace, and how to sample beyond.
+        user_parents: the user's OpenTelemetry span (trace id, span id) that was active when a
+            root region opened, by the region's sequence number; the builder takes entries out
+            as it uses them. A root region outside epochs becomes that span's child, in its
+            trace, with everything inside it; an epoch keeps its own trace and links to it.
     """
 
     def __init__(
@@ -128,8 +132,11 @@ class SpanBuilder:
         resource_attributes: Mapping[str, object],
         trace_key_id: int | None = None,
         budget: TraceBudget | None = None,
+        user_parents: dict[int, tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.run_id = run_id
+        self._user_parents = user_parents if user_parents is not None else {}
+        self._user_traces: dict[int, bytes] = {}
         self.process_id = process_id
         self._anchor = anchor
         self._offset_ns = anchor.wall_time_unix_nano - anchor.perf_counter_ns
@@ -299,12 +306,25 @@ class SpanBuilder:
         base = self._base
         index = self._index
         run_parent = self.run_span_id if ordinal == NO_TRACE else b""
+        user_parents, user_traces = self._user_parents, self._user_traces
         built = 0
         for r in rows:
             key_id, seq, parent = r[KEY], r[SEQ], r[PARENT]
             span = spans.add()
             span.MergeFromString(self._template(key_id, r[THREAD], context))
-            span.trace_id = trace
+            user = user_parents.pop(seq, None) if parent == NO_PARENT else None
+            if ordinal == NO_TRACE and (user is not None or parent in user_traces):
+                # Under a span of the user's: its trace, not the run's.
+                user_trace = user[0] if user is not None else user_traces[parent]
+                user_traces[seq] = user_trace
+                span.trace_id = user_trace
+                if user is not None:
+                    span.parent_span_id = user[1]
+            else:
+                span.trace_id = trace
+                if user is not None:  # an epoch keeps its trace and links to the user's span
+                    link = span.links.add()
+                    link.trace_id, link.span_id = user
             span.span_id = ((base + seq) & _MASK).to_bytes(8, "big")
             span.start_time_unix_nano = r[START] + offset
             span.end_time_unix_nano = r[END] + offset
@@ -321,7 +341,7 @@ class SpanBuilder:
                 self._root(span, trace, parent, ordinal, sampled)
             elif parent != NO_PARENT:
                 span.parent_span_id = ((base + parent) & _MASK).to_bytes(8, "big")
-            elif run_parent:
+            elif run_parent and user is None:
                 span.parent_span_id = run_parent
             if r[STATUS] != STATUS_OK:
                 self._failed(span, context.failures.get(seq, "failed"))
