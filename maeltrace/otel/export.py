@@ -531,6 +531,7 @@ class _RetryingExporter:
     """
 
     _name = "OTLP"
+    _protocols: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -541,6 +542,11 @@ class _RetryingExporter:
         max_delay_s: float = 5.0,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
+        if config.protocol not in self._protocols:
+            raise ExportConfigError(
+                f"{type(self).__name__} needs the {' or '.join(self._protocols)} protocol, "
+                f"not {config.protocol}"
+            )
         if config.disabled:
             raise ExportConfigError(
                 f"export is disabled ({OTEL_SDK_DISABLED}=true); check config.disabled first"
@@ -556,6 +562,10 @@ class _RetryingExporter:
         self._sleep = sleep
         self._random = random.Random()
         self._shut_down = False
+        self._prepare(config)
+
+    def _prepare(self, config: ExportConfig) -> None:
+        """Sets up the transport; each exporter has its own."""
 
     @property
     def max_export_s(self) -> float:
@@ -628,25 +638,9 @@ class HttpExporter(_RetryingExporter):
     """
 
     _name = "OTLP/HTTP"
+    _protocols = (HTTP_PROTOBUF, HTTP_JSON)
 
-    def __init__(
-        self,
-        config: ExportConfig,
-        *,
-        max_attempts: int = 3,
-        backoff_s: float = 0.2,
-        max_delay_s: float = 5.0,
-        sleep: Callable[[float], object] = time.sleep,
-    ) -> None:
-        super().__init__(
-            config,
-            max_attempts=max_attempts,
-            backoff_s=backoff_s,
-            max_delay_s=max_delay_s,
-            sleep=sleep,
-        )
-        if config.protocol not in (HTTP_PROTOBUF, HTTP_JSON):
-            raise ExportConfigError(f"HttpExporter needs an HTTP protocol, not {config.protocol}")
+    def _prepare(self, config: ExportConfig) -> None:
         self._opener = _http_opener(config)
         headers = {"User-Agent": _USER_AGENT}
         headers.update(config.headers)
@@ -835,25 +829,9 @@ class GrpcExporter(_RetryingExporter):
     """
 
     _name = "OTLP/gRPC"
+    _protocols = (GRPC,)
 
-    def __init__(
-        self,
-        config: ExportConfig,
-        *,
-        max_attempts: int = 3,
-        backoff_s: float = 0.2,
-        max_delay_s: float = 5.0,
-        sleep: Callable[[float], object] = time.sleep,
-    ) -> None:
-        super().__init__(
-            config,
-            max_attempts=max_attempts,
-            backoff_s=backoff_s,
-            max_delay_s=max_delay_s,
-            sleep=sleep,
-        )
-        if config.protocol != GRPC:
-            raise ExportConfigError(f"GrpcExporter needs the grpc protocol, not {config.protocol}")
+    def _prepare(self, config: ExportConfig) -> None:
         import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
 
         self._grpc: Any = grpc
