@@ -282,38 +282,18 @@ def chrome_trace(
 
 
 def write_chrome_trace(
-    path: str | os.PathLike[str],
-    records: Records,
-    anchor: ClockAnchor,
-    *,
-    pid: int | None = None,
-    process_name: str = "maeltrace",
-    failures: Mapping[int, str] | None = None,
-    device_clock: str | None = None,
-    metadata: Mapping[str, object] | None = None,
-    origin_unix_nano: int | None = None,
-    exist_ok: bool = True,
+    path: str | os.PathLike[str], trace: Mapping[str, object], *, exist_ok: bool = True
 ) -> Path:
-    """Writes `chrome_trace` to ``path`` as compact JSON, atomically.
+    """Writes a trace from `chrome_trace` to ``path`` as compact JSON, atomically.
 
-    Name it ``*.json`` and open it in https://ui.perfetto.dev or chrome://tracing. The
-    arguments are those of `chrome_trace`, and ``exist_ok=False`` refuses to replace a file.
+    Name it ``*.json`` and open it in https://ui.perfetto.dev or chrome://tracing;
+    ``exist_ok=False`` refuses to replace a file.
 
     Raises:
         FileExistsError: the file exists and ``exist_ok`` is false.
-        TypeError: ``metadata`` holds a value JSON cannot encode.
-        ValueError: ``metadata`` holds a NaN or infinite float (not valid JSON).
+        TypeError: the trace's metadata holds a value JSON cannot encode.
+        ValueError: it holds a NaN or infinite float (not valid JSON).
         OSError: the folder does not exist or cannot be written.
     """
-    trace = chrome_trace(
-        records,
-        anchor,
-        pid=pid,
-        process_name=process_name,
-        failures=failures,
-        device_clock=device_clock,
-        metadata=metadata,
-        origin_unix_nano=origin_unix_nano,
-    )
     text = json.dumps(trace, separators=(",", ":"), allow_nan=False)
     return atomic_write_text(path, text, exist_ok=exist_ok)

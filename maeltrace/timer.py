@@ -373,20 +373,21 @@ class Timer:
     def write_outputs(self) -> Path:
         """Writes ``stats.json``, ``stats.md`` and the Chrome trace ``trace.json`` (Perfetto,
         chrome://tracing) into the output folder, atomically; returns the folder."""
-        from maeltrace.chrome import write_chrome_trace
+        from maeltrace.chrome import chrome_trace, write_chrome_trace
 
         folder = self.output_dir
         suffix = self._file_suffix()
         summary = self.summary()
         summary.save(folder / f"stats{suffix}.json")
         summary.save(folder / f"stats{suffix}.md")
-        write_chrome_trace(
-            folder / f"trace{suffix}.json",
+        trace = chrome_trace(
             self.records(),
             self.anchor,
             failures=self.failures(),
             device_clock=self._clock.name if self._clock is not None else None,
+            metadata={"run_id": self.run_id},
         )
+        write_chrome_trace(folder / f"trace{suffix}.json", trace)
         return folder
 
     @property

@@ -320,12 +320,14 @@ def test_the_written_file_is_compact_valid_json(tmp_path: Path) -> None:
 
     written = write_chrome_trace(
         path,
-        tmr.records(),
-        tmr.anchor,
-        pid=7,
-        process_name="rank 0",
-        failures=tmr.failures(),
-        metadata={"run_id": tmr.run_id},
+        chrome_trace(
+            tmr.records(),
+            tmr.anchor,
+            pid=7,
+            process_name="rank 0",
+            failures=tmr.failures(),
+            metadata={"run_id": tmr.run_id},
+        ),
     )
     assert written == path
     text = path.read_text(encoding="utf-8")
@@ -356,7 +358,7 @@ def test_the_written_file_is_compact_valid_json(tmp_path: Path) -> None:
     assert trace == same
 
     with pytest.raises(FileExistsError):
-        write_chrome_trace(path, tmr.records(), tmr.anchor, exist_ok=False)
+        write_chrome_trace(path, chrome_trace(tmr.records(), tmr.anchor), exist_ok=False)
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -369,7 +371,7 @@ def test_no_regions_give_a_valid_trace_without_complete_events(
     trace = chrome_trace(records, tmr.anchor)
     assert schema_errors(trace) == []
     assert complete(trace) == []
-    path = write_chrome_trace(tmp_path / "empty.json", records, tmr.anchor)
+    path = write_chrome_trace(tmp_path / "empty.json", trace)
     loaded = json.loads(path.read_text(encoding="utf-8"))
     assert schema_errors(loaded) == [] and complete(loaded) == []
     assert loaded["metadata"]["regions"] == 0
