@@ -216,6 +216,19 @@ class Summary:
             ],
         }
 
+    def to_attributes(self) -> dict[str, float | int]:
+        """The exact statistics as flat span attributes, as the run span carries them:
+        ``maeltrace.stats.<key>.<cpu|gpu>[.first_call].<field>`` for every `TimeStats` field
+        (seconds; ``count`` an int), over all samples (warm-up included)."""
+        out: dict[str, float | int] = {}
+        for row in self.rows:
+            name = f"maeltrace.stats.{row.key}.{'gpu' if row.device else 'cpu'}"
+            if row.compiled:
+                name += ".first_call"
+            for field_name, value in row.stats.to_dict().items():
+                out[f"{name}.{field_name}"] = value
+        return out
+
     def to_json(self) -> str:
         """`to_dict` as indented JSON."""
         return json.dumps(self.to_dict(), indent=2) + "\n"

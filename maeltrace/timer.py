@@ -367,17 +367,27 @@ class Timer:
             return
         pipeline = self._export_pipeline()
         self._closed = True
-        pipeline.close(final_perf_ns=perf_counter_ns(), wait_s=timeout_s)
-        self.write_outputs()
+        end = perf_counter_ns()
+        summary = self.summary()
+        attributes: dict[str, object] = dict(summary.to_attributes())
+        if self._clock is not None:
+            attributes["maeltrace.device.clock"] = self._clock.name
+            attributes["maeltrace.device.description"] = self._clock.description
+        pipeline.close(final_perf_ns=end, wait_s=timeout_s, run_attributes=attributes)
+        self.write_outputs(summary)
 
-    def write_outputs(self) -> Path:
+    def write_outputs(self, summary: Summary | None = None) -> Path:
         """Writes ``stats.json``, ``stats.md`` and the Chrome trace ``trace.json`` (Perfetto,
-        chrome://tracing) into the output folder, atomically; returns the folder."""
+        chrome://tracing) into the output folder, atomically; returns the folder.
+
+        Args:
+            summary: the statistics to write; default `summary` now.
+        """
         from maeltrace.chrome import chrome_trace, write_chrome_trace
 
         folder = self.output_dir
         suffix = self._file_suffix()
-        summary = self.summary()
+        summary = summary or self.summary()
         summary.save(folder / f"stats{suffix}.json")
         summary.save(folder / f"stats{suffix}.md")
         trace = chrome_trace(

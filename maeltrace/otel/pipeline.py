@@ -78,6 +78,7 @@ class SpanPipeline:
         self.spill_path = spill_path
         self.stats = PipelineStats()
         self._queue: queue.Queue[tuple[str, threading.Event | None, int]] = queue.Queue()
+        self._run_attributes: dict[str, object] = {}
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -107,8 +108,12 @@ class SpanPipeline:
         self._queue.put(("final" if final_perf_ns is not None else "new", done, final_perf_ns or 0))
         return done.wait(wait_s) if done is not None else True
 
-    def close(self, final_perf_ns: int, wait_s: float) -> bool:
-        """Exports what is left and the run span, then stops the thread."""
+    def close(
+        self, final_perf_ns: int, wait_s: float, run_attributes: dict[str, object] | None = None
+    ) -> bool:
+        """Exports what is left and the run span (with ``run_attributes``: the run's exact
+        statistics), then stops the thread."""
+        self._run_attributes = dict(run_attributes or {})
         finished = self.request(wait_s=wait_s, final_perf_ns=final_perf_ns)
         self._closed = True
         self._queue.put(("stop", None, 0))
@@ -137,7 +142,7 @@ class SpanPipeline:
         message.CopyFrom(self.builder.new_message())
         count = self.builder.add(message, records, failures, clock)
         if final_perf_ns is not None:
-            self.builder.add_run_span(message, final_perf_ns)
+            self.builder.add_run_span(message, final_perf_ns, self._run_attributes)
             count += 1
         if count:
             self._send(request, count)
