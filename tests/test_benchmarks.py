@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import import_time, memory, overhead
+from benchmarks import export, import_time, memory, overhead
 
 
 @pytest.mark.parametrize(
@@ -13,6 +13,7 @@ from benchmarks import import_time, memory, overhead
         (overhead, ["--quick", "--no-peers"], "maeltrace per-region overhead"),
         (memory, ["--quick"], "maeltrace memory per recorded region"),
         (import_time, ["--quick"], "maeltrace import time"),
+        (export, ["--quick"], "maeltrace export: spans/s into a real Jaeger"),
     ],
 )
 def test_each_benchmark_runs_and_prints_its_table(
