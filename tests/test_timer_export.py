@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -148,3 +151,41 @@ class TestEndpointDown:
         assert loop_s < 1.0  # the loop never waited for the endpoint (it takes ms)
         assert len(_span_names(tmr.spill_path)) == 3 * 11 + 1
         assert tmr.get_time_stats(TimeType.BATCH).count == 15
+
+
+class TestStuckEndpoint:
+    def test_close_spills_what_a_silent_endpoint_holds_and_what_was_not_built(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # An endpoint that accepts connections and never answers: each export waits out its
+        # (long) timeout, so close() must not lose what is stuck behind it.
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60000")
+        listener = socket.create_server(("127.0.0.1", 0))
+        accepted: list[socket.socket] = []
+        stop = threading.Event()
+
+        def accept() -> None:
+            listener.settimeout(0.1)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    accepted.append(listener.accept()[0])
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+            tmr = Timer(export=True, endpoint=endpoint, output_dir=tmp_path)
+            with tmr.region(TimeType.EPOCH), tmr.region(TimeType.BATCH):
+                pass  # the epoch's end starts an export that hangs
+            with tmr.region("after"):
+                pass
+            started = time.monotonic()
+            tmr.close(timeout_s=1.0)
+            assert time.monotonic() - started < 10
+            assert sorted(_span_names(tmr.spill_path)) == ["after", "batch", "epoch", "run"]
+        finally:
+            stop.set()
+            thread.join()
+            for conn in accepted:
+                conn.close()
+            listener.close()

@@ -79,6 +79,10 @@ class SpanPipeline:
         self.stats = PipelineStats()
         self._queue: queue.Queue[tuple[str, threading.Event | None, int]] = queue.Queue()
         self._run_attributes: dict[str, object] = {}
+        # One build at a time (the export thread, or close() taking over from a stuck one).
+        self._build_lock = threading.Lock()
+        self._final_built = False
+        self._in_flight: ExportTraceServiceRequest | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -117,7 +121,26 @@ class SpanPipeline:
         finished = self.request(wait_s=wait_s, final_perf_ns=final_perf_ns)
         self._closed = True
         self._queue.put(("stop", None, 0))
+        if not finished:
+            self._spill_rest(final_perf_ns)
         return finished
+
+    def _spill_rest(self, final_perf_ns: int) -> None:
+        """The exporter is stuck (an endpoint that takes connections and never answers): what it
+        holds, and what was not built yet, go to the spill file now rather than be lost with the
+        daemon thread at exit. Should the export still succeed later, replay sends those spans
+        twice, under the same ids."""
+        in_flight = self._in_flight
+        if in_flight is not None:
+            self._spill.export(in_flight)
+        if self._build_lock.acquire(timeout=5.0):
+            try:
+                built = self._build(final_perf_ns)
+            finally:
+                self._build_lock.release()
+            if built is not None:
+                self._spill.export(built[0])
+                self.stats.spans_spilled += built[1]
 
     def _run(self) -> None:
         while True:
@@ -136,18 +159,26 @@ class SpanPipeline:
                     done.set()
 
     def _export_new(self, final_perf_ns: int | None) -> None:
+        with self._build_lock:
+            built = self._build(final_perf_ns)
+        if built is not None:
+            self._send(*built)
+
+    def _build(self, final_perf_ns: int | None) -> tuple[ExportTraceServiceRequest, int] | None:
+        """The spans of the regions closed since the last build (and the run span, once)."""
         records, failures, clock = self._read_new()
         request = ExportTraceServiceRequest()
         message = request.resource_spans.add()
         message.CopyFrom(self.builder.new_message())
         count = self.builder.add(message, records, failures, clock)
-        if final_perf_ns is not None:
+        if final_perf_ns is not None and not self._final_built:
+            self._final_built = True
             self.builder.add_run_span(message, final_perf_ns, self._run_attributes)
             count += 1
-        if count:
-            self._send(request, count)
+        return (request, count) if count else None
 
     def _send(self, request: ExportTraceServiceRequest, count: int) -> None:
+        self._in_flight = request
         try:
             self._exporter.export(request)
         except ExportFailed as exc:
@@ -162,3 +193,5 @@ class SpanPipeline:
             self.stats.spans_spilled += count
         else:
             self.stats.spans_exported += count
+        finally:
+            self._in_flight = None
