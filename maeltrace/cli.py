@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=("grpc", "http/protobuf", "http/json"),
         help="default $OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, else http/protobuf",
     )
+    collect = commands.add_parser(
+        "collect",
+        help="run the summary service: an OTLP/HTTP receiver that logs run summaries to MLflow",
+        description="Runs the summary service (see `maeltrace collect --help`).",
+        add_help=False,
+    )
+    collect.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
@@ -100,6 +107,12 @@ def _replay(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["collect"]:
+        # The service parses its own options (and loads its web stack only when it runs).
+        from maeltrace.collect.service import main as collect_main
+
+        return collect_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":

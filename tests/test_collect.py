@@ -1,0 +1,673 @@
+"""The summary service, ``maeltrace collect``: real exports in, summaries and MLflow runs out.
+
+End to end over real sockets: timers export to the service (uvicorn in a thread), which logs to
+a real MLflow server (SQLite store). HTTP details that need no real server use Starlette's
+TestClient. The pure parts (attribute parsing, pooling, metric names, the pending file) are
+tested directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import http.client
+import json
+import math
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from maeltrace import Timer, TimeType
+from maeltrace.collect.mlflow_out import (
+    PendingFile,
+    Publisher,
+    SinkError,
+    metric_name,
+    summary_metrics,
+)
+from maeltrace.collect.service import CollectConfig, CollectServer
+from maeltrace.collect.summaries import (
+    FIELDS,
+    RunSummaries,
+    stats_from_attributes,
+)
+from maeltrace.otel.otlp_json import traces_to_json_line
+from maeltrace.otel.spans import attributes
+from maeltrace.stats import compute_stats
+from tests.services.mlflow_server import MlflowServer
+
+mlflow = pytest.importorskip("mlflow")
+
+from mlflow import MlflowClient  # noqa: E402  # after the skip: mlflow is an optional extra
+
+HOST = "127.0.0.1"
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No tracking server, run id, rank or token of the machine leaks into a test."""
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MAELTRACE_COLLECT_TOKEN",
+        "MAELTRACE_RUN_ID",
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "SLURM_PROCID",
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_RANK",
+        "HOROVOD_RANK",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+
+
+def config(tmp_path: Path, **overrides: Any) -> CollectConfig:
+    """A test configuration: any free port, no MLflow unless given, quick retries."""
+    values: dict[str, Any] = {
+        "port": 0,
+        "mlflow_tracking_uri": None,
+        "mlflow_experiment": f"collect-{uuid.uuid4().hex[:8]}",
+        "state_dir": tmp_path / "state",
+        "attempts": 2,
+        "backoff_s": 0.05,
+        "request_timeout_s": 30.0,
+    }
+    values.update(overrides)
+    return CollectConfig(**values)
+
+
+def run_timer(
+    endpoint: str, protocol: str, output_dir: Path, *, sleep_s: float = 0.0, gpu: bool = False
+) -> Timer:
+    """2 epochs of 3 batches, exported to ``endpoint``; closed (so the run span is sent)."""
+    tmr = Timer(
+        export=True,
+        endpoint=endpoint,
+        protocol=protocol,
+        output_dir=output_dir,
+        device="cpu" if gpu else None,
+    )
+    for _ in range(2):
+        with tmr.region(TimeType.EPOCH):
+            for _ in range(3):
+                with tmr.region(TimeType.BATCH, gpu=gpu):
+                    if sleep_s:
+                        time.sleep(sleep_s)
+    tmr.close()
+    return tmr
+
+
+def get_json(url: str, token: str | None = None) -> Any:
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+def expected_stats(tmr: Timer, key: str = "batch", gpu: bool = False) -> dict[str, float | int]:
+    return tmr.get_time_stats(key, gpu=gpu, warmup=0).to_dict()
+
+
+def mlflow_runs(server: MlflowServer, experiment: str, run_id: str) -> list[Any]:
+    client = MlflowClient(tracking_uri=server.uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment}"
+    return list(
+        client.search_runs(
+            [found.experiment_id], filter_string=f"tags.`maeltrace.run_id` = '{run_id}'"
+        )
+    )
+
+
+def run_span_request(
+    run_id: str,
+    *,
+    rank: int | None = None,
+    world_size: int | None = None,
+    durations_ns: tuple[int, ...] = (1_000_000, 2_000_000, 4_000_000),
+    pid: int = 4242,
+) -> ExportTraceServiceRequest:
+    """An export request holding one process's run span, as a timer would send it."""
+    resource: dict[str, object] = {
+        "service.name": "train",
+        "host.name": "node-a",
+        "process.pid": pid,
+        "maeltrace.run_id": run_id,
+    }
+    if rank is not None:
+        resource["maeltrace.rank"] = rank
+    if world_size is not None:
+        resource["maeltrace.world_size"] = world_size
+    stats = compute_stats(list(durations_ns)).to_dict()
+    span_attributes: dict[str, object] = {"maeltrace.run_id": run_id}
+    span_attributes.update({f"maeltrace.stats.batch.cpu.{k}": v for k, v in stats.items()})
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(attributes(resource))
+    span = resource_spans.scope_spans.add().spans.add()
+    span.trace_id = uuid.uuid4().bytes
+    span.span_id = uuid.uuid4().bytes[:8]
+    span.name = "run"
+    span.start_time_unix_nano = 1
+    span.end_time_unix_nano = 2
+    span.attributes.extend(attributes(span_attributes))
+    return request
+
+
+# -- end to end: timers -> service -> MLflow ---------------------------------------------------
+
+
+def test_two_ranks_are_summarised_and_logged_to_mlflow(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = f"two-ranks-{uuid.uuid4().hex[:8]}"
+    cfg = config(tmp_path, mlflow_tracking_uri=mlflow_server.uri)
+    monkeypatch.setenv("MAELTRACE_RUN_ID", run_id)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "trainer")
+    with CollectServer(cfg) as server:
+        # Rank 1 first and slower (its batches sleep); rank 0 over OTLP/JSON.
+        monkeypatch.setenv("RANK", "1")
+        slow = run_timer(server.url, "http/protobuf", tmp_path / "r1", sleep_s=0.02)
+        monkeypatch.setenv("RANK", "0")
+        fast = run_timer(server.url, "http/json", tmp_path / "r0")
+        summary = get_json(f"{server.url}/runs/{run_id}")
+        assert server.collector.wait_idle(60)
+        sinks = get_json(f"{server.url}/runs/{run_id}")["sinks"]
+
+    assert summary["process_count"] == 2 and summary["world_size"] == 2
+    assert summary["finished"] is True
+    assert summary["services"] == ["trainer"] and summary["hosts"] == [socket.gethostname()]
+    # Every span of both processes was counted: 2 epochs + 6 batches + the run span each.
+    assert summary["spans_received"] == 2 * (2 + 6 + 1)
+    processes = summary["processes"]
+    assert sorted(processes) == ["rank0", "rank1"]
+    for label, tmr in (("rank0", fast), ("rank1", slow)):
+        for key in ("batch", "epoch"):
+            assert processes[label]["stats"][key]["cpu"] == pytest.approx(
+                expected_stats(tmr, key), rel=1e-15
+            )
+    batch = summary["cross_rank"]["batch"]["cpu"]
+    assert batch["slowest"] == "rank1" and batch["slowest_rank"] == 1
+    assert batch["fastest_rank"] == 0
+    assert batch["skew"] > 1
+    assert batch["skew"] == pytest.approx(
+        slow.get_time_stats("batch").mean / fast.get_time_stats("batch").mean
+    )
+    every = fast.get_time("batch") + slow.get_time("batch")
+    pooled = batch["pooled"]
+    assert pooled["count"] == 12
+    assert pooled["mean"] == pytest.approx(statistics.fmean(every), rel=1e-9)
+    assert pooled["stdev"] == pytest.approx(statistics.stdev(every), rel=1e-6)
+    assert pooled["min"] == min(every) and pooled["max"] == max(every)
+    assert "median" not in pooled and "percentiles" in summary["pooled_note"]
+
+    # One MLflow run for the maeltrace run, with the summary's values.
+    assert sinks["mlflow"]["state"] == "logged"
+    (logged,) = mlflow_runs(mlflow_server, cfg.mlflow_experiment or "", run_id)
+    assert logged.info.run_id == sinks["mlflow"]["id"]
+    assert logged.info.status == "FINISHED"
+    tags = logged.data.tags
+    assert tags["maeltrace.run_id"] == run_id
+    assert tags["service.name"] == "trainer"
+    assert tags["host.name"] == socket.gethostname()
+    assert tags["maeltrace.world_size"] == "2"
+    metrics = logged.data.metrics
+    assert metrics["batch/cpu/mean"] == pytest.approx(pooled["mean"], rel=1e-15)
+    assert metrics["batch/cpu/count"] == 12
+    assert metrics["batch/cpu/rank0/mean"] == pytest.approx(fast.get_time_stats("batch").mean)
+    assert metrics["batch/cpu/rank1/mean"] == pytest.approx(slow.get_time_stats("batch").mean)
+    assert metrics["batch/cpu/slowest_rank"] == 1
+    assert metrics["batch/cpu/skew"] == pytest.approx(batch["skew"], rel=1e-15)
+    assert metrics["epoch/cpu/slowest_rank"] == 1
+    # Median and percentiles are not pooled, so not logged for a run of several ranks.
+    assert "batch/cpu/median" not in metrics
+
+
+def test_one_process_over_json_logs_every_field(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = f"single-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("MAELTRACE_RUN_ID", run_id)
+    cfg = config(tmp_path, mlflow_tracking_uri=mlflow_server.uri)
+    with CollectServer(cfg) as server:
+        tmr = run_timer(server.url, "http/json", tmp_path / "out", gpu=True)
+        assert server.collector.wait_idle(60)
+        summary = get_json(f"{server.url}/runs/{run_id}")
+
+    (process,) = summary["processes"].values()
+    assert process["rank"] is None and process["label"].endswith(f"/{process['pid']}")
+    device_clock = tmr.summary().device_clock
+    assert device_clock is not None and process["device_clock"] == device_clock["name"]
+    assert process["stats"]["batch"]["gpu"] == pytest.approx(expected_stats(tmr, gpu=True))
+    (logged,) = mlflow_runs(mlflow_server, cfg.mlflow_experiment or "", run_id)
+    metrics = logged.data.metrics
+    for clock, gpu in (("cpu", False), ("gpu", True)):
+        for name, value in expected_stats(tmr, gpu=gpu).items():
+            assert metrics[f"batch/{clock}/{name}"] == pytest.approx(value, rel=1e-15), name
+    assert not any("rank" in name or "skew" in name for name in metrics)
+    assert logged.info.status == "FINISHED"
+
+
+class Gate:
+    """A loopback TCP forwarder to a server that can be shut: while shut, every connection is
+    closed at once (clients see the server as down, kept-alive connections included); while
+    open, bytes flow both ways."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._open = False
+        self._live: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server((HOST, 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def set_open(self, value: bool) -> None:
+        with self._lock:
+            self._open = value
+            if not value:
+                for sock in self._live:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                self._live.clear()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                if not self._open:
+                    client.close()
+                    continue
+                upstream = socket.create_connection((HOST, self.target_port))
+                self._live += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+            source.close()  # each socket is the source of one pump: closed once
+
+    def close(self) -> None:
+        self.set_open(False)
+        self._listener.close()
+
+
+def test_mlflow_down_then_up_keeps_the_summary_and_sends_it_later(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert mlflow_server.port is not None
+    gate = Gate(mlflow_server.port)
+    cfg = config(tmp_path, mlflow_tracking_uri=gate.url, retry_interval_s=0.2)
+    pending = cfg.state_dir / "mlflow-pending.jsonl"
+    first, second = (f"down-{n}-{uuid.uuid4().hex[:6]}" for n in (1, 2))
+    try:
+        with CollectServer(cfg) as server:
+            # Down: the tries fail fast, and the summary goes to the pending file.
+            monkeypatch.setenv("MAELTRACE_RUN_ID", first)
+            tmr = run_timer(server.url, "http/protobuf", tmp_path / "a")
+            assert server.collector.wait_idle(30)
+            assert get_json(f"{server.url}/runs/{first}")["sinks"]["mlflow"]["state"] == "pending"
+            assert first in PendingFile(pending).load()
+            # Up: the retry timer sends it, and the pending file goes.
+            gate.set_open(True)
+            wait_for(
+                lambda: (
+                    get_json(f"{server.url}/runs/{first}")["sinks"]["mlflow"]["state"] == "logged"
+                ),
+                what="the pending summary to be sent",
+            )
+            assert not pending.exists()
+            # Down again, and the service stops with a summary pending.
+            gate.set_open(False)
+            monkeypatch.setenv("MAELTRACE_RUN_ID", second)
+            run_timer(server.url, "http/protobuf", tmp_path / "b")
+            assert server.collector.wait_idle(30)
+            assert list(PendingFile(pending).load()) == [second]
+        # A new service on the same state folder sends it at startup, and knows the run again.
+        gate.set_open(True)
+        with CollectServer(cfg) as server:
+            assert get_json(f"{server.url}/runs/{second}")["process_count"] == 1
+            wait_for(lambda: not pending.exists(), what="the startup resend")
+    finally:
+        gate.close()
+    (logged,) = mlflow_runs(mlflow_server, cfg.mlflow_experiment or "", first)
+    assert logged.data.metrics["batch/cpu/mean"] == pytest.approx(
+        tmr.get_time_stats("batch").mean, rel=1e-15
+    )
+    assert len(mlflow_runs(mlflow_server, cfg.mlflow_experiment or "", second)) == 1
+
+
+def test_bearer_token_is_required_when_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "s3cret-token"
+    monkeypatch.setenv("MAELTRACE_COLLECT_TOKEN", token)
+    cfg = config(tmp_path)
+    assert cfg.token == token and token not in repr(cfg)
+    body = run_span_request("tok").SerializeToString()
+    with CollectServer(cfg) as server:
+        url = f"{server.url}/v1/traces"
+        for header in (None, "Bearer wrong", f"Basic {token}", f"Bearer {token}x"):
+            request = urllib.request.Request(url, data=body, method="POST")
+            request.add_header("Content-Type", PROTOBUF)
+            if header is not None:
+                request.add_header("Authorization", header)
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(request, timeout=10)
+            assert caught.value.code == 401
+            assert caught.value.headers["WWW-Authenticate"] == "Bearer"
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            get_json(f"{server.url}/runs")
+        assert get_json(f"{server.url}/health") == {"status": "ok"}
+        # A timer sends the token through the standard OTLP headers variable.
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"authorization=Bearer%20{token}")
+        monkeypatch.setenv("MAELTRACE_RUN_ID", "with-token")
+        tmr = run_timer(server.url, "http/protobuf", tmp_path / "out")
+        assert not tmr.spill_path.exists()
+        summary = get_json(f"{server.url}/runs/with-token", token=token)
+        assert summary["process_count"] == 1
+        assert [r["run_id"] for r in get_json(f"{server.url}/runs", token=token)] == ["with-token"]
+
+
+def test_wandb_gets_one_row_of_the_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb")
+    from tests.services.wandb_reader import read_offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wb").mkdir()
+    with CollectServer(config(tmp_path, wandb=True)) as server:
+        assert post(server, run_span_request("wandb-run").SerializeToString()).status == 200
+        assert server.collector.wait_idle(120)
+        sinks = get_json(f"{server.url}/runs/wandb-run")["sinks"]
+    assert sinks["wandb"]["state"] == "logged"
+    run = read_offline_run(tmp_path / "wb")
+    assert run.run_id == "wandb-run"
+    (row,) = run.history
+    expected = compute_stats([1_000_000, 2_000_000, 4_000_000]).to_dict()
+    for name, value in expected.items():
+        assert row[f"batch/cpu/{name}"] == pytest.approx(value, rel=1e-15)
+    assert run.config["maeltrace.run_id"] == "wandb-run"
+
+
+# -- HTTP semantics ----------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[CollectServer]:
+    with CollectServer(config(tmp_path, max_body_bytes=4096)) as server:
+        yield server
+
+
+def post(
+    server: CollectServer,
+    body: bytes | str | Iterator[bytes],
+    content_type: str | None = PROTOBUF,
+    **headers: str,
+) -> Answer:
+    """POSTs to /v1/traces over a fresh connection; an iterator goes chunked, undeclared."""
+    connection = http.client.HTTPConnection(HOST, server.port, timeout=10)
+    try:
+        sent = {k.replace("_", "-"): v for k, v in headers.items()}
+        if content_type is not None:
+            sent["Content-Type"] = content_type
+        chunked = not isinstance(body, bytes | str)
+        if chunked:
+            sent["Transfer-Encoding"] = "chunked"
+        connection.request("POST", "/v1/traces", body=body, headers=sent, encode_chunked=chunked)
+        response = connection.getresponse()
+        return Answer(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+def test_answers_follow_otlp_http(service: CollectServer) -> None:
+    from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
+
+    request = run_span_request("http")
+    ok = post(service, request.SerializeToString())
+    assert (ok.status, ok.headers["content-type"], ok.body) == (200, PROTOBUF, b"")
+    ok = post(service, traces_to_json_line(request), "application/json; charset=utf-8")
+    assert (ok.status, ok.json()) == (200, {})
+    zipped = post(service, gzip.compress(request.SerializeToString()), Content_Encoding="gzip")
+    assert zipped.status == 200
+    assert get_json(f"{service.url}/runs/http")["spans_received"] == 3
+
+    bad = post(service, b"\xff\xff\xff")
+    assert bad.status == 400
+    assert Status.FromString(bad.body).code == 3  # INVALID_ARGUMENT
+    bad = post(service, b"{nope", JSON)
+    assert bad.status == 400 and "JSON" in bad.json()["message"]
+    wrong_id = b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "xyz"}]}]}]}'
+    bad = post(service, wrong_id, JSON)
+    assert bad.status == 400 and "hex" in bad.json()["message"]
+    assert post(service, gzip.compress(b"x" * 100)[:-6], Content_Encoding="gzip").status == 400
+
+    assert post(service, b"", "text/plain").status == 415
+    assert post(service, b"", None).status == 415
+    assert post(service, b"", Content_Encoding="br").status == 415
+    with pytest.raises(urllib.error.HTTPError, match="405"):
+        get_json(f"{service.url}/v1/traces")
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        get_json(f"{service.url}/runs/nobody")
+    # Valid requests are still served after the refusals.
+    assert post(service, request.SerializeToString()).status == 200
+
+
+def test_bodies_over_the_cap_are_refused_with_413(service: CollectServer) -> None:
+    assert post(service, b"\x00" * 5000).status == 413  # declared
+    # Undeclared (chunked): counted as it streams.
+    assert post(service, iter([b"\x00" * 1000] * 5)).status == 413
+    bomb = gzip.compress(b"\x00" * 100_000)
+    assert len(bomb) < 4096
+    assert post(service, bomb, Content_Encoding="gzip").status == 413
+    assert post(service, b"").status == 200
+
+
+def test_huge_declared_length_is_refused_before_the_body(tmp_path: Path) -> None:
+    with CollectServer(config(tmp_path, max_body_bytes=1024)) as server:
+        with socket.create_connection((HOST, server.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                b"Content-Length: 1000000000000\r\n\r\nabc"
+            )
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 413")
+        assert get_json(f"{server.url}/health") == {"status": "ok"}
+
+
+# -- the pure parts ----------------------------------------------------------------------------
+
+
+def test_stats_attributes_parse_from_the_right() -> None:
+    stats = compute_stats([1, 2, 3]).to_dict()
+    found: dict[str, object] = {}
+    for key, clock in (("a.b", "cpu"), ("x.cpu", "gpu"), ("jit", "cpu.first_call")):
+        found.update({f"maeltrace.stats.{key}.{clock}.{f}": v for f, v in stats.items()})
+    found["maeltrace.stats.partial.cpu.mean"] = 1.0  # incomplete: ignored
+    found["maeltrace.stats.nan.cpu.mean"] = math.nan
+    found.update({f"maeltrace.stats.nan.cpu.{f}": v for f, v in stats.items() if f != "mean"})
+    found["maeltrace.stats.bad.tpu.mean"] = 1.0
+    parsed = stats_from_attributes(found)
+    assert parsed == {
+        "a.b": {"cpu": stats},
+        "x.cpu": {"gpu": stats},
+        "jit": {"cpu.first_call": stats},
+    }
+
+
+def test_only_run_spans_make_statistics_and_restarted_ranks_replace() -> None:
+    summaries = RunSummaries(max_runs=2)
+    request = run_span_request("r", rank=0, world_size=2)
+    other = request.resource_spans[0].scope_spans[0].spans.add()
+    other.name = "batch"
+    assert summaries.add(request) == ["r"]
+    assert summaries.add(run_span_request("r", rank=0, world_size=2, durations_ns=(5,))) == ["r"]
+    summary = summaries.get("r")
+    assert summary is not None
+    assert summary["spans_received"] == 3 and summary["process_count"] == 1
+    assert summary["processes"]["rank0"]["stats"]["batch"]["cpu"]["count"] == 1
+    assert summary["finished"] is False
+    summaries.add(run_span_request("other"))
+    summaries.add(run_span_request("third"))
+    assert summaries.get("r") is None  # beyond max_runs: the least recently updated goes
+    # Restored from a pending file, a run takes back the processes it does not know.
+    summaries.restore(summary)
+    summaries.add(run_span_request("r", rank=1, world_size=2))
+    restored = summaries.get("r")
+    assert restored is not None and restored["finished"] is True
+    assert sorted(restored["processes"]) == ["rank0", "rank1"]
+
+
+def test_metric_names_are_valid_mlflow_names() -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    for key in ("batch", "a/b", "..", "/lead", "x//y", "weird:key?*", "k" * 400, "ü ñ", " "):
+        name = metric_name(key, "cpu.first_call", "rank3", "mean")
+        _validate_metric_name(name)  # type: ignore[no-untyped-call]
+        assert len(name) <= 250 and name.endswith("/cpu.first_call/rank3/mean")
+    assert metric_name("k" * 400, "cpu", "mean") != metric_name("k" * 399, "cpu", "mean")
+    summaries = RunSummaries()
+    summaries.add(run_span_request("m", rank=0, world_size=4))
+    summary = summaries.get("m")
+    assert summary is not None
+    metrics = summary_metrics(summary)
+    assert set(metrics) == {
+        *(f"batch/cpu/{f}" for f in ("count", "total", "mean", "min", "max", "stdev")),
+        "batch/cpu/rank0/mean",
+        "batch/cpu/slowest_rank",
+        "batch/cpu/skew",
+    }
+    assert set(FIELDS) >= {"median", "p99"}
+
+
+class FlakySink:
+    name = "flaky"
+
+    def __init__(self, failures: int, retryable: bool = True) -> None:
+        self.failures = failures
+        self.retryable = retryable
+        self.logged: list[str] = []
+
+    def log(self, summary: Any) -> str:
+        if self.failures > 0:
+            self.failures -= 1
+            raise SinkError("down", retryable=self.retryable)
+        self.logged.append(summary["run_id"])
+        return f"id-{summary['run_id']}"
+
+
+def test_publisher_retries_then_keeps_pending_then_resends(tmp_path: Path) -> None:
+    sleeps: list[float] = []
+    sink = FlakySink(failures=4)
+    pending = PendingFile(tmp_path / "p.jsonl")
+    publisher = Publisher(sink, pending, attempts=3, backoff_s=0.5, sleep=sleeps.append)
+    assert publisher.publish({"run_id": "a", "v": 1}) == "pending"
+    assert sleeps == [0.5, 1.0]
+    assert publisher.resend() == 0  # the 4th failure: still down, still pending
+    assert list(pending.load()) == ["a"]
+    assert publisher.publish({"run_id": "b"}) == "logged"  # a success sends what waits
+    assert sink.logged == ["b", "a"] and not pending.path.exists()
+    # A newer summary of a pending run replaces the pending one rather than following it.
+    sink.failures = 3
+    publisher.publish({"run_id": "c", "v": 1})
+    publisher.publish({"run_id": "c", "v": 2})
+    assert sink.logged == ["b", "a", "c"] and not pending.path.exists()
+    # A refusal is not retried and not kept.
+    refused = Publisher(FlakySink(1, retryable=False), pending, sleep=sleeps.append)
+    assert refused.publish({"run_id": "d"}).startswith("failed")
+    assert not pending.path.exists()
+
+
+def test_main_serves_until_terminated(tmp_path: Path) -> None:
+    code = (
+        "import sys; from maeltrace.collect.service import main; "
+        "sys.exit(main(['--port', '0', '--mlflow-uri', 'none', '--state-dir', sys.argv[1]]))"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert process.stderr is not None
+        lines = [process.stderr.readline() for _ in range(2)]  # the sinks, then the address
+        line = lines[-1]
+        assert "listening on http://127.0.0.1:" in line, lines
+        url = line.split("listening on ")[1].strip().removesuffix("/v1/traces")
+        assert get_json(f"{url}/health") == {"status": "ok"}
+        # uvicorn shuts down gracefully, then re-raises the signal: Ctrl-C ends main with 130.
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
