@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from time import perf_counter_ns
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, ParamSpec, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from maeltrace._recorder import PyRecorder
 from maeltrace.annotations import Annotator, annotators
@@ -821,6 +821,46 @@ class Timer:
             FileExistsError: the file exists and ``exist_ok`` is false.
         """
         self.summary(warmup=warmup).save(filename, exist_ok=exist_ok)
+
+    def log_mlflow_all(
+        self, prefix: str = "", stats: str = "mean", **options: Any
+    ) -> dict[str, float]:
+        """Logs the statistics of every key to MLflow, CPU and GPU rows in one batch, and the
+        stats files and Chrome trace as artifacts; see `maeltrace.sinks.mlflow.log_mlflow`.
+
+        As in Deep500, each key's mean is named ``prefix + key`` (a ``/`` added after a
+        non-empty prefix); ``stats="all"`` logs min, mean, median, max, stdev, p95 and count. It
+        uses the active MLflow run or starts one. MLflow being down gives one
+        `maeltrace.sinks.SinkWarning` within seconds, and the metrics are kept in the output
+        folder; training goes on.
+
+        Returns:
+            The metrics, by name.
+
+        Raises:
+            ImportError: mlflow is not installed (``pip install 'maeltrace[mlflow]'``).
+            ValueError: ``stats`` is not ``mean`` or ``all``.
+        """
+        from maeltrace.sinks.mlflow import log_mlflow
+
+        return log_mlflow(self, prefix, stats, **options)
+
+    def log_wb_all(self, prefix: str = "", stats: str = "mean", **options: Any) -> dict[str, float]:
+        """Logs the statistics of every key to Weights & Biases in one ``wandb.log`` call (one
+        step), and the files as an artifact; see `maeltrace.sinks.wandb.log_wandb`.
+
+        Names as `log_mlflow_all`. Uses ``wandb.run`` or starts one.
+
+        Returns:
+            The metrics, by name.
+
+        Raises:
+            ImportError: wandb is not installed (``pip install 'maeltrace[wandb]'``).
+            ValueError: ``stats`` is not ``mean`` or ``all``.
+        """
+        from maeltrace.sinks.wandb import log_wandb
+
+        return log_wandb(self, prefix, stats, **options)
 
     def __repr__(self) -> str:
         state = "enabled" if self.enabled else "disabled"

@@ -114,3 +114,19 @@ class TestSeedFlawsFixed:
         tmr.start("custom")  # left open
         tmr.complete_all()
         assert len(tmr.get_time("custom")) == 1
+
+
+class TestSeedLogging:
+    def test_log_mlflow_all_logs_the_means_under_deep500s_names(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        tmr = timer.Timer()
+        for _ in range(3):
+            tmr.start(timer.TimeType.BATCH)
+            tmr.end(timer.TimeType.BATCH)
+        with mlflow.start_run() as run:
+            tmr.log_mlflow_all(prefix="train")  # section 3.2.3, as printed
+        metrics = mlflow.tracking.MlflowClient().get_run(run.info.run_id).data.metrics
+        assert metrics == {"train/BATCH": pytest.approx(tmr.get_time_stats("batch").mean)}

@@ -10,13 +10,14 @@ Differences from the seed's timer, all deliberate (its known flaws):
 * string keys work anywhere a `TimeType` does, regions of one key may not nest (as before),
   and a failed region raises `maeltrace.RegionError`, a `RuntimeError` as before.
 
-``log_wb_all`` and ``log_mlflow_all`` come with maeltrace's sinks.
+``log_wb_all`` and ``log_mlflow_all`` log under Deep500's metric names (``prefix/BATCH``, and
+``prefix/CPU/BATCH``, ``prefix/GPU/BATCH`` for `CPUGPUTimer`).
 """
 
 from __future__ import annotations
 
 import os
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import maeltrace
 from maeltrace.keys import Key, TimeType
@@ -78,6 +79,18 @@ class Timer(maeltrace.Timer):
             FileExistsError: ``filename`` exists and ``exist_ok`` is false.
         """
         super().save_all_time_stats(filename, exist_ok=exist_ok, warmup=warmup)
+
+    def log_mlflow_all(
+        self, prefix: str = "", stats: str = "mean", **options: Any
+    ) -> dict[str, float]:
+        """Logs the mean of every key to MLflow under Deep500's names (``prefix/BATCH``)."""
+        options.setdefault("names", "deep500")
+        return super().log_mlflow_all(prefix, stats, **options)
+
+    def log_wb_all(self, prefix: str = "", stats: str = "mean", **options: Any) -> dict[str, float]:
+        """Logs the mean of every key to W&B under Deep500's names (``prefix/BATCH``)."""
+        options.setdefault("names", "deep500")
+        return super().log_wb_all(prefix, stats, **options)
 
     def print_all_time_stats(
         self, file: IO[str] | None = None, *, warmup: int | None = None

@@ -1,0 +1,339 @@
+"""Logs a timer's statistics, stats files and Chrome trace to an MLflow run."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from maeltrace._imports import require
+from maeltrace.sinks import (
+    SinkWarning,
+    check_arguments,
+    keep_pending,
+    metric_values,
+    output_files,
+    warn_failure,
+)
+
+if TYPE_CHECKING:
+    from maeltrace.timer import Timer
+
+__all__ = ["ARTIFACT_PATH", "BOUNDED_HTTP", "EXPERIMENT", "log_mlflow", "mlflow_metric_name"]
+
+SINK = "mlflow"
+
+ARTIFACT_PATH = "maeltrace"
+"""The run's artifact folder that the stats files, Chrome trace and report go into."""
+
+EXPERIMENT = "maeltrace"
+"""The experiment of runs in the SQLite store this sink falls back to (see `log_mlflow`)."""
+
+BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+"""MLflow's HTTP settings while `log_mlflow` talks to a server, where the user set none: one
+retry, instead of the default seven with exponential backoff (minutes against a closed port).
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` is set to ``timeout_s`` the same way."""
+
+_LOCAL_SCHEMES = ("sqlite", "file")
+_BAD_CHARACTERS = re.compile(r"[^/\w.\- :]")
+
+
+def mlflow_metric_name(name: str) -> str:
+    """``name`` as MLflow accepts it: characters other than letters, digits, ``_ - . : /``
+    and space become ``_``, and empty, ``.`` and ``..`` path segments are dropped or replaced,
+    since MLflow refuses names that change under path normalisation."""
+    segments = [s for s in _BAD_CHARACTERS.sub("_", name).split("/") if s]
+    return "/".join("_" if s in (".", "..") else s for s in segments) or "_"
+
+
+def log_mlflow(
+    timer: Timer,
+    prefix: str = "",
+    stats: str = "mean",
+    *,
+    artifacts: bool = True,
+    timeout_s: float = 5.0,
+    names: str = "maeltrace",
+    run_id: str | None = None,
+) -> dict[str, float]:
+    """Logs the timer's statistics as metrics of an MLflow run, in one batch.
+
+    Deep500's ``log_mlflow_all``, with CPU and GPU rows in one call. Metric names are those of
+    `maeltrace.sinks` (``<prefix><key>``, ``<prefix><key>/gpu``, ``.../<field>`` with
+    ``stats="all"``), made acceptable to MLflow by `mlflow_metric_name`; each is logged at
+    step 0 with the current time, as ``mlflow.log_metrics`` does.
+
+    The run: ``run_id`` if given (such as the run of Lightning's ``MLFlowLogger``), else the
+    active run of the calling thread (``mlflow.active_run()``), else the run named by
+    ``MLFLOW_RUN_ID``, all left running; else a new run, named by the timer's run id,
+    tagged ``maeltrace.run_id`` and ``maeltrace.host``, in the current experiment, and ended
+    (``FINISHED``) here. The store: the tracking URI configured (``mlflow.set_tracking_uri``,
+    ``MLFLOW_TRACKING_URI``), else MLflow's default, a SQLite file ``./mlflow.db`` since MLflow
+    3.7; where MLflow would fall back to its file store instead (an old ``./mlruns`` with
+    experiments in it; that store is refused from MLflow 3.18), the run goes to the SQLite store
+    ``<timer.output_dir>/mlflow.db``, experiment `EXPERIMENT`, artifacts in
+    ``<timer.output_dir>/mlartifacts``.
+
+    With ``artifacts``, the timer writes its stats files and Chrome trace
+    (`maeltrace.Timer.write_outputs`) and they go to the run's `ARTIFACT_PATH` folder, with its
+    report files (``report*``) where there are any.
+
+    Bounded: the MLflow calls run on a worker thread, and against a server this call waits
+    for them at most ``timeout_s`` seconds; meanwhile MLflow's HTTP client retries once and
+    waits ``timeout_s`` per request (`BOUNDED_HTTP`; settings the user made are kept, and the
+    change is seen by other threads' MLflow calls during the call). Local stores (SQLite,
+    files) are waited for. A call that fails or gets no answer in time issues one
+    `maeltrace.sinks.SinkWarning` and appends the metrics to the output folder's
+    ``pending-mlflow.json`` (see `maeltrace.sinks.keep_pending`); training goes on. Metrics of
+    a call that timed out may still arrive later, so that file can repeat them. Artifacts still
+    uploading when the metrics are in keep uploading in the background.
+
+    Args:
+        timer: the timer; a disabled timer logs nothing.
+        prefix: put before every name; a ``/`` is added after a non-empty prefix lacking one.
+        stats: ``"mean"`` or ``"all"`` (min, mean, median, max, stdev, p95, count).
+        artifacts: also upload the stats files, Chrome trace and report.
+        timeout_s: the longest wait for a tracking server, in seconds.
+        names: ``"maeltrace"`` or ``"deep500"`` (Deep500's names; see `maeltrace.sinks`).
+        run_id: the MLflow run to log to, in the store of the current tracking URI.
+
+    Returns:
+        The metrics, by the names logged (also when they could not be delivered).
+
+    Raises:
+        ImportError: MLflow is not installed; the message says
+            ``pip install 'maeltrace[mlflow]'``.
+        TypeError: ``prefix`` is not a string.
+        ValueError: ``stats``, ``names`` or ``timeout_s`` is not one that works.
+    """
+    mlflow = require("mlflow", "mlflow")
+    check_arguments(prefix, stats, names)
+    if isinstance(timeout_s, bool) or not (
+        isinstance(timeout_s, int | float) and 0 < timeout_s < math.inf
+    ):
+        raise ValueError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
+    if not timer.enabled:
+        return {}
+    try:
+        values = _mlflow_names(metric_values(timer.summary(), prefix, stats, names=names))
+        files = _files(timer) if artifacts else []
+        delivery = _Delivery(
+            mlflow=mlflow,
+            target=_target(mlflow, timer, run_id),
+            metrics=values,
+            files=files,
+            run_name=timer.run_id,
+            tags={"maeltrace.run_id": timer.run_id, "maeltrace.host": socket.gethostname()},
+            timeout_s=float(timeout_s),
+        )
+    except Exception as exc:  # a sink never stops training
+        warn_failure(SINK, "nothing was logged", exc, None)
+        return {}
+    error = delivery.run()
+    if error is not None:
+        _keep(timer, values, error, delivery)
+    return values
+
+
+def _files(timer: Timer) -> list[Path]:
+    try:
+        return output_files(timer)
+    except Exception as exc:  # the metrics still go
+        warn_failure(SINK, "the stats files and trace were not written", exc, None)
+        return []
+
+
+def _mlflow_names(values: Mapping[str, float]) -> dict[str, float]:
+    logged: dict[str, float] = {}
+    for name, value in values.items():
+        clean = mlflow_metric_name(name)
+        if clean in logged:
+            warnings.warn(
+                SinkWarning(f"{name!r} is {clean!r} in MLflow, as another metric; not logged"),
+                stacklevel=3,
+            )
+            continue
+        logged[clean] = value
+    return logged
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where metrics go: a tracking URI and an existing run, or how to start one."""
+
+    uri: str
+    run_id: str | None
+    """An existing run, left running; None starts one."""
+    artifact_root: Path | None = None
+    """With the SQLite fallback store: the artifact folder of its experiment."""
+
+    @property
+    def local(self) -> bool:
+        return self.uri.partition(":")[0].lower() in _LOCAL_SCHEMES
+
+
+def _target(mlflow: ModuleType, timer: Timer, run_id: str | None) -> _Target:
+    uri: str = mlflow.get_tracking_uri()
+    if run_id is not None:
+        return _Target(uri, run_id)
+    active = mlflow.active_run()
+    if active is not None:
+        return _Target(uri, active.info.run_id)
+    named = os.environ.get("MLFLOW_RUN_ID")  # mlflow.start_run would consume it
+    if named:
+        return _Target(uri, named)
+    if not mlflow.is_tracking_uri_set() and uri.startswith("file:"):
+        folder = timer.output_dir.resolve()
+        return _Target(f"sqlite:///{folder / 'mlflow.db'}", None, folder / "mlartifacts")
+    return _Target(uri, None)
+
+
+# MLflow's HTTP settings are environment variables read at each request; the calls that bound
+# them share one lock and restore the user's environment when the last one ends.
+_ENV_LOCK = threading.Lock()
+_env_users = 0
+_env_set: list[str] = []
+
+
+@contextlib.contextmanager
+def _bounded_http(timeout_s: float) -> Iterator[None]:
+    global _env_users
+    with _ENV_LOCK:
+        if _env_users == 0:
+            wanted = {**BOUNDED_HTTP, "MLFLOW_HTTP_REQUEST_TIMEOUT": str(math.ceil(timeout_s))}
+            for name, value in wanted.items():
+                if name not in os.environ:
+                    os.environ[name] = value
+                    _env_set.append(name)
+        _env_users += 1
+    try:
+        yield
+    finally:
+        with _ENV_LOCK:
+            _env_users -= 1
+            if _env_users == 0:
+                for name in _env_set:
+                    os.environ.pop(name, None)
+                _env_set.clear()
+
+
+@dataclass
+class _Delivery:
+    """One call's MLflow work, on a worker thread that the caller waits for (bounded)."""
+
+    mlflow: ModuleType
+    target: _Target
+    metrics: dict[str, float]
+    files: Sequence[Path]
+    run_name: str
+    tags: dict[str, str]
+    timeout_s: float
+    run_id: str | None = None
+    error: BaseException | None = None
+    metrics_done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> str | None:
+        """Delivers; returns None when the metrics are in (having warned if the artifacts
+        are not), else what went wrong."""
+        # Loaded here, on the caller's thread, so that the wait below is the tracker's only.
+        from mlflow.entities import Metric  # noqa: F401
+        from mlflow.tracking import MlflowClient  # noqa: F401
+
+        worker = threading.Thread(target=self._work, name="maeltrace-mlflow", daemon=True)
+        worker.start()
+        finished = self.done.wait(None if self.target.local else self.timeout_s)
+        where = self.target.uri
+        if finished and self.error is None:
+            return None
+        if finished and self.metrics_done.is_set():
+            assert self.error is not None
+            warn_failure(SINK, f"artifacts were not logged to run {self.run_id}", self.error, None)
+            return None
+        if self.metrics_done.is_set():
+            return None  # the metrics are in; the artifacts are still uploading
+        if finished:
+            assert self.error is not None
+            error = f"{type(self.error).__name__}: {self.error}"
+        else:
+            error = f"no answer from {where} within {self.timeout_s:g} s"
+        return error
+
+    def _work(self) -> None:
+        with _bounded_http(self.timeout_s):
+            try:
+                self._deliver()
+            except BaseException as exc:  # reported by the waiting caller
+                self.error = exc
+            finally:
+                self.done.set()
+
+    def _deliver(self) -> None:
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        mlflow = self.mlflow
+        client = MlflowClient(tracking_uri=self.target.uri)
+        started_fluent = started_client = False
+        self.run_id = self.target.run_id
+        if self.run_id is None:
+            if self.target.artifact_root is not None:
+                experiment = client.get_experiment_by_name(EXPERIMENT)
+                experiment_id = (
+                    experiment.experiment_id
+                    if experiment is not None
+                    else client.create_experiment(
+                        EXPERIMENT, artifact_location=self.target.artifact_root.as_uri()
+                    )
+                )
+                run = client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
+                started_client = True
+            else:
+                # The fluent API picks the experiment as the user's own runs would
+                # (mlflow.set_experiment, MLFLOW_EXPERIMENT_NAME/ID); the run is this
+                # thread's, never the caller's active run.
+                run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
+                started_fluent = True
+            self.run_id = run.info.run_id
+        status = "FAILED"
+        try:
+            now_ms = int(time.time() * 1000)
+            metrics = [Metric(k, v, now_ms, 0) for k, v in self.metrics.items()]
+            if metrics:
+                client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+            self.metrics_done.set()
+            for path in self.files:
+                client.log_artifact(self.run_id, str(path), ARTIFACT_PATH)
+            status = "FINISHED"
+        finally:
+            with contextlib.suppress(Exception):  # the error that matters is already raised
+                if started_fluent:
+                    mlflow.end_run(status)
+                elif started_client:
+                    client.set_terminated(self.run_id, status)
+
+
+def _keep(timer: Timer, values: Mapping[str, float], error: str, delivery: _Delivery) -> None:
+    try:
+        kept: Path | None = keep_pending(
+            timer,
+            SINK,
+            values,
+            error,
+            tracking_uri=delivery.target.uri,
+            mlflow_run_id=delivery.run_id,
+        )
+    except OSError as exc:
+        kept = None
+        error += f" (and the pending file could not be written: {exc})"
+    warn_failure(SINK, "metrics were not logged", error, kept)
