@@ -121,6 +121,7 @@ class TestSeedLogging:
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+        monkeypatch.chdir(tmp_path)  # the SQLite store puts artifacts under ./mlruns
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
         tmr = timer.Timer()
         for _ in range(3):
