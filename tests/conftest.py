@@ -16,6 +16,7 @@ from maeltrace.environment import (
     MAELTRACE_PURE_PYTHON,
 )
 from tests.services.jaeger import JaegerService
+from tests.services.mlflow_server import MlflowServer
 
 # TensorFlow, once loaded, makes the later load of triton (which torch's optimizers import
 # through torch._dynamo) abort the interpreter; loaded first, both work. The framework tests
@@ -65,6 +66,19 @@ def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JaegerService]:
     log = tmp_path_factory.mktemp("jaeger") / "jaeger.log"
     with JaegerService(log_path=log) as service:
         yield service
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server on SQLite, on a free loopback port, for the whole session
+    (it takes 15 to 30 s to start here)."""
+    from mlflow.tracking import MlflowClient
+
+    with MlflowServer(tmp_path_factory.mktemp("mlflow-server")) as running:
+        # A fresh server takes seconds over its first run; have that done before the tests.
+        client = MlflowClient(tracking_uri=running.uri)
+        client.set_terminated(client.create_run("0").info.run_id)
+        yield running
 
 
 # -- no silent skips in CI ---------------------------------------------------------------------

@@ -83,12 +83,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
-        yield server
-
-
 def config(tmp_path: Path, **overrides: Any) -> CollectConfig:
     """A test configuration: any free port, no MLflow unless given, quick retries."""
     values: dict[str, Any] = {

@@ -77,13 +77,9 @@ def clean_mlflow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 PATIENT = 60.0
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    with MlflowServer(tmp_path_factory.mktemp("mlflow-server")) as running:
-        # A fresh server takes seconds over its first run; have that done before the tests.
-        client = MlflowClient(tracking_uri=running.uri)
-        client.set_terminated(client.create_run("0").info.run_id)
-        yield running
+@pytest.fixture
+def server(mlflow_server: MlflowServer) -> MlflowServer:
+    return mlflow_server
 
 
 @pytest.fixture
