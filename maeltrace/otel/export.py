@@ -26,7 +26,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, NamedTuple, Protocol
@@ -288,14 +288,9 @@ class ExportConfig:
             if protocol is not None
             else _traces_variable(env, OTEL_EXPORTER_OTLP_PROTOCOL)
         )
-        chosen_protocol = HTTP_PROTOBUF
-        if raw_protocol is not None:
-            chosen_protocol = raw_protocol.strip().lower()
-            if chosen_protocol not in _PROTOCOLS:
-                raise ExportConfigError(
-                    f"{protocol_source}={raw_protocol!r} is not a supported OTLP protocol; "
-                    "use grpc, http/protobuf or http/json"
-                )
+        chosen_protocol = _choice(
+            raw_protocol, protocol_source, _PROTOCOLS, HTTP_PROTOBUF, "OTLP protocol"
+        )
 
         endpoint_source, raw_endpoint = (
             ("endpoint argument", endpoint)
@@ -330,14 +325,9 @@ class ExportConfig:
             timeout_s = _parse_timeout_ms(raw_timeout, timeout_source) / 1000.0
 
         compression_source, raw_compression = _traces_variable(env, OTEL_EXPORTER_OTLP_COMPRESSION)
-        compression = "none"
-        if raw_compression is not None:
-            compression = raw_compression.strip().lower()
-            if compression not in _COMPRESSIONS:
-                raise ExportConfigError(
-                    f"{compression_source}={raw_compression!r} is not a supported compression; "
-                    "use gzip or none"
-                )
+        compression = _choice(
+            raw_compression, compression_source, _COMPRESSIONS, "none", "compression"
+        )
 
         files: dict[str, str | None] = {}
         for variable in (
@@ -370,6 +360,17 @@ class ExportConfig:
             client_certificate=files[OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE],
             disabled=disabled,
         )
+
+
+def _choice(raw: str | None, source: str, allowed: Sequence[str], default: str, what: str) -> str:
+    """One of ``allowed`` (case and spaces ignored), or ``default`` when ``raw`` is None."""
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value not in allowed:
+        choices = ", ".join(allowed[:-1]) + " or " + allowed[-1]
+        raise ExportConfigError(f"{source}={raw!r} is not a supported {what}; use {choices}")
+    return value
 
 
 def _traces_variable(env: Mapping[str, str], generic: str) -> tuple[str, str | None]:
