@@ -76,14 +76,10 @@ How to run::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import gc
-import importlib.metadata
-import json
 import os
-import platform
 import re
 import socket
 import statistics
@@ -107,6 +103,11 @@ from maeltrace.otel.export import ExportConfig, ExportFailed, make_exporter
 from maeltrace.otel.resource import resource
 from maeltrace.otel.spans import SpanBuilder, TraceBudget, run_trace_id, trace_id
 from maeltrace.records import NO_PARENT, NO_TRACE, Records
+
+try:
+    from benchmarks import _common as common
+except ModuleNotFoundError:  # run as a script: benchmarks/ is first on sys.path
+    import _common as common  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -370,7 +371,7 @@ def _sdk_encoder() -> tuple[Callable[[Sequence[Any]], ExportTraceServiceRequest]
             "stand-in encoder (opentelemetry-exporter-otlp-proto-common is not installed; "
             "see _encode_stand_in)"
         )
-    version = _version("opentelemetry-exporter-otlp-proto-common")
+    version = common.version("opentelemetry-exporter-otlp-proto-common")
     return encode_spans, f"the SDK's encode_spans (exporter-otlp-proto-common {version})"
 
 
@@ -635,8 +636,7 @@ def _spin(ns: int) -> None:
 def measure_hot(candidates: list[HotCandidate], *, regions: int, rounds: int) -> None:
     """Round-robin turns as the module docstring describes; one warm-up round first."""
     for round_no in range(rounds + 1):
-        shift = round_no % len(candidates)
-        for cand in candidates[shift:] + candidates[:shift]:
+        for cand in common.rotated(candidates, round_no):
             tmr = cand.timer
             gc.collect()
             quiet_ns, quiet_end_ns = _epoch(tmr, regions)
@@ -671,8 +671,7 @@ def close_hot(candidates: list[HotCandidate]) -> None:
         tmr.close(timeout_s=30.0)
 
 
-def _same_round_ratios(values: list[float], reference: list[float]) -> list[float]:
-    return [v / r for v, r in zip(values, reference, strict=True) if r > 0]
+_same_round_ratios = common.same_round_ratios
 
 
 @dataclass(frozen=True, slots=True)
@@ -702,28 +701,15 @@ def noise_band(aa_ratios: list[float]) -> Band:
 # -- reporting ------------------------------------------------------------------------------
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+_table = common.table
+_rate = common.whole
 
 
 def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def _verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("yes" if ok else "NO")
+_verdict = common.verdict
 
 
 def report_throughput(runs: list[Throughput]) -> dict[str, Any]:
@@ -893,13 +879,6 @@ def report_targets(
 # -- environment and main -------------------------------------------------------------------
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def _jaeger_version() -> str:
     go_mod = ROOT / "collectors" / "jaeger" / "go.mod"
     try:
@@ -909,27 +888,12 @@ def _jaeger_version() -> str:
     return found.group(1) if found else "unknown"
 
 
-def _load() -> str:
-    try:
-        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def _environment() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "load avg 1/5/15m": _load(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "maeltrace": maeltrace.__version__,
-        "maeltrace recorder": maeltrace.Timer(enabled=True, export=False).implementation,
-        "opentelemetry-sdk": _version("opentelemetry-sdk"),
-        "opentelemetry-proto": _version("opentelemetry-proto"),
-        "protobuf": _version("protobuf"),
-        "grpcio": _version("grpcio"),
-        "jaeger": _jaeger_version(),
-    }
+    env = common.environment(
+        "opentelemetry-sdk", "opentelemetry-proto", "protobuf", "grpcio", all_loads=True
+    )
+    env["jaeger"] = _jaeger_version()
+    return env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -941,8 +905,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="small sizes and few rounds")
+    parser = common.parser(__doc__, "small sizes and few rounds")
     parser.add_argument("--epochs", type=int, help=f"epochs recorded (default {DEFAULT_EPOCHS})")
     parser.add_argument(
         "--batches", type=int, help=f"batches per epoch (default {DEFAULT_BATCHES:,})"
@@ -961,19 +924,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--hot-rounds", type=int, help=f"hot-path rounds (default {DEFAULT_HOT_ROUNDS})"
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures as JSON")
+    common.add_json(parser)
     args = parser.parse_args(argv)
-    epochs = args.epochs or (QUICK_EPOCHS if args.quick else DEFAULT_EPOCHS)
-    batches = args.batches or (QUICK_BATCHES if args.quick else DEFAULT_BATCHES)
-    hot_regions = args.hot_regions or (QUICK_HOT_REGIONS if args.quick else DEFAULT_HOT_REGIONS)
-    hot_rounds = args.hot_rounds or (QUICK_HOT_ROUNDS if args.quick else DEFAULT_HOT_ROUNDS)
+    epochs = common.pick(args.epochs, args.quick, QUICK_EPOCHS, DEFAULT_EPOCHS)
+    batches = common.pick(args.batches, args.quick, QUICK_BATCHES, DEFAULT_BATCHES)
+    hot_regions = common.pick(args.hot_regions, args.quick, QUICK_HOT_REGIONS, DEFAULT_HOT_REGIONS)
+    hot_rounds = common.pick(args.hot_rounds, args.quick, QUICK_HOT_ROUNDS, DEFAULT_HOT_ROUNDS)
     if min(epochs, batches, args.request_regions, hot_regions, hot_rounds) < 1:
         parser.error("sizes and rounds must be positive")
 
     env = _environment()
     regions = epochs * (batches * REGIONS_PER_BATCH + 1)
     print("maeltrace export: spans/s into a real Jaeger, against the OpenTelemetry SDK path")
-    print(", ".join(f"{k} {v}" for k, v in env.items()))
+    print(common.header_line(env))
     print(
         f"{regions:,} regions ({epochs} epochs x {batches:,} batches of io, batch, forward, "
         f"backward), {args.request_regions:,} per request; hot path: {hot_regions:,} regions "
@@ -987,7 +950,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jaeger_module.JaegerService() as jaeger,
         tempfile.TemporaryDirectory(prefix="maeltrace-bench-export-") as folder,
     ):
-        print(f"Jaeger up in {(perf_counter_ns() - started) / 1e9:.1f} s")
+        print(f"Jaeger up in {common.seconds_since(started):.1f} s")
         print()
         tmr = record(epochs, batches)
         runs = []
@@ -1031,26 +994,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("Targets (issue):")
     verdicts = report_targets(runs, hot, band, candidates)
-    env["load avg 1/5/15m at the end"] = _load()
+    env["load avg 1/5/15m at the end"] = common.load(all_three=True)
     print(
         f"\nmachine: {env['cpus']} cpus, load avg {env['load avg 1/5/15m']} at the start, "
         f"{env['load avg 1/5/15m at the end']} at the end"
     )
-    print(f"took {(perf_counter_ns() - started) / 1e9:.1f} s (Jaeger start and checks included)")
-    if args.json is not None:
-        payload = {
-            "environment": env,
-            "regions": regions,
-            "request_regions": args.request_regions,
-            "hot_regions": hot_regions,
-            "hot_rounds": hot_rounds,
-            "throughput": throughput,
-            "hot_path": hot,
-            "noise_band": [band.low, band.high],
-            "targets": verdicts,
-        }
-        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+    print(f"took {common.seconds_since(started):.1f} s (Jaeger start and checks included)")
+    payload = {
+        "environment": env,
+        "regions": regions,
+        "request_regions": args.request_regions,
+        "hot_regions": hot_regions,
+        "hot_rounds": hot_rounds,
+        "throughput": throughput,
+        "hot_path": hot,
+        "noise_band": [band.low, band.high],
+        "targets": verdicts,
+    }
+    common.write_json(args.json, payload)
     return 0
 
 

@@ -79,6 +79,11 @@ import maeltrace
 from maeltrace import Timer
 from maeltrace.records import FLAG_COMPILED
 
+try:
+    from benchmarks import _common as common
+except ModuleNotFoundError:  # run as a script: benchmarks/ is first on sys.path
+    import _common as common  # type: ignore[no-redef]
+
 HEADING = "maeltrace GPU check"
 CPU_BANNER = "no CUDA device: CPU figures, the targets apply to a GPU"
 SECTION_A = "(a) matmul: event-timed region vs the kernel time torch.profiler reports"
@@ -158,15 +163,8 @@ EXPORT_ENV = "MAELTRACE_EXPORT"
 
 def new_timer(**kwargs: Any) -> Timer:
     """A `Timer` that keeps its regions to itself (no spans, no files at exit)."""
-    previous = os.environ.get(EXPORT_ENV)
-    os.environ[EXPORT_ENV] = "0"
-    try:
+    with common.env_var(EXPORT_ENV, "0"):
         return Timer(**kwargs)
-    finally:
-        if previous is None:
-            del os.environ[EXPORT_ENV]
-        else:
-            os.environ[EXPORT_ENV] = previous
 
 
 def _ms(ns: float) -> str:
@@ -284,19 +282,23 @@ class Cnn:
     timed_step: Callable[[Timer], None]
 
 
-def make_cnn(env: TorchEnv, batch: int) -> Cnn:
+def make_cnn(env: TorchEnv, batch: int, channels: tuple[int, int] = (32, 64)) -> Cnn:
+    """Two 3x3 conv layers of ``channels`` with ReLU and 2x2 max-pooling, then a linear layer,
+    on one batch of 32x32x3 images, with SGD and momentum (tests/test_gpu.py uses it too).
+    Nothing in its steps waits for the device."""
     torch = env.torch
     nn = torch.nn
+    c1, c2 = channels
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1),
+        nn.Conv2d(3, c1, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
+        nn.Conv2d(c1, c2, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(64 * 8 * 8, 10),
+        nn.Linear(c2 * 8 * 8, 10),
     ).to(env.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, 32, 32, device=env.device)
@@ -556,8 +558,7 @@ def _interleaved(
     names = list(variants)
     out: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in common.rotated(names, r):
             out[name].append(block_ns(variants[name], block, sync))
     return out
 
@@ -731,7 +732,7 @@ def _section(run: Run, heading: str, body: Callable[[], None]) -> None:
         print("  FAILED:")
         print("".join(f"    {line}\n" for line in traceback.format_exc().splitlines()), end="")
         run.errors.append(heading)
-    print(f"  ({(perf_counter_ns() - started) / 1e9:.1f} s)\n")
+    print(f"  ({common.seconds_since(started):.1f} s)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -743,8 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0, or 1 where a section raised or a child process failed.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
+    parser = common.parser(__doc__, "smaller sizes, fewer rounds")
     parser.add_argument("--no-jax", action="store_true", help="skip the JAX section")
     parser.add_argument("--no-tf", action="store_true", help="skip the TensorFlow section")
     parser.add_argument("--section", choices=("jax", "tf"), help=argparse.SUPPRESS)
@@ -762,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch = env.torch
     print(f"{HEADING}{' (quick)' if args.quick else ''}")
     print(
-        f"python {sys.version.split()[0]}, maeltrace {maeltrace.__version__}, torch "
+        f"python {common.python_version()}, maeltrace {maeltrace.__version__}, torch "
         f"{torch.__version__} (CUDA {torch.version.cuda or 'none'}), device: {env.name}"
     )
     if run.cpu_figures:
@@ -791,7 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {t.what:<55} {t.figure:>9}   {run.verdict(t.met)}")
     for error in run.errors:
         print(f"  section failed: {error}")
-    print(f"\ntook {(perf_counter_ns() - started) / 1e9:.1f} s")
+    print(f"\ntook {common.seconds_since(started):.1f} s")
     return 1 if run.errors else 0
 
 

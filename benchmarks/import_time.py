@@ -25,7 +25,6 @@ How to run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -35,6 +34,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
+
+try:
+    from benchmarks import _common as common
+except ModuleNotFoundError:  # run as a script: benchmarks/ is first on sys.path
+    import _common as common  # type: ignore[no-redef]
 
 DEFAULT_RUNS = 7
 QUICK_RUNS = 3
@@ -181,16 +185,7 @@ def probe_modules() -> dict[str, Any]:
     return result
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+_table = common.table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -202,21 +197,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_RUNS} runs each")
+    parser = common.parser(__doc__, f"{QUICK_RUNS} runs each")
     parser.add_argument("--runs", type=int, help=f"timed runs each (default {DEFAULT_RUNS})")
     args = parser.parse_args(argv)
-    runs = args.runs or (QUICK_RUNS if args.quick else DEFAULT_RUNS)
+    runs = common.pick(args.runs, args.quick, QUICK_RUNS, DEFAULT_RUNS)
     if runs < 1:
         parser.error("--runs must be positive")
 
     print(f"maeltrace import time: {runs} fresh interpreters each (+1 warm-up), {sys.executable}")
-    try:
-        # Other work on the machine moves wall-clock figures; the load says how much there was.
-        load = f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        load = "unknown"
-    print(f"python {sys.version.split()[0]}, cpus {os.cpu_count()}, load avg 1m {load}")
+    header = {
+        "python": common.python_version(),
+        "cpus": os.cpu_count(),
+        "load avg 1m": common.load(),
+    }
+    print(common.header_line(header))
     print()
     baseline, imported = measure_wall(runs)
     base_ms = statistics.median(baseline)

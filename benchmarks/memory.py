@@ -28,11 +28,8 @@ How to run::
 
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
-import os
-import sys
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +39,11 @@ from typing import Any
 
 import maeltrace
 
+try:
+    from benchmarks import _common as common
+except ModuleNotFoundError:  # run as a script: benchmarks/ is first on sys.path
+    import _common as common  # type: ignore[no-redef]
+
 KEYS = ("forward", "backward", "optimizer")
 """Keys the regions cycle over: a training step's usual rows."""
 
@@ -50,8 +52,7 @@ QUICK_REGIONS = 50_000
 TARGET_BYTES = 64
 """The issue's target: at most this many bytes per recorded region."""
 
-PURE_PYTHON_ENV = "MAELTRACE_PURE_PYTHON"
-"""Environment variable that makes Timer() skip the compiled recorder."""
+PURE_PYTHON_ENV = common.PURE_PYTHON_ENV
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,28 +177,6 @@ def _no_store_count(held: object) -> None:
     return None
 
 
-@contextmanager
-def _env(name: str, value: str | None) -> Iterator[None]:
-    """Sets an environment variable for the block; ``None`` leaves the environment alone."""
-    if value is None:
-        yield
-        return
-    saved = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved
-
-
-def _implementation() -> str | None:
-    found = getattr(maeltrace.Timer(enabled=True, export=False), "implementation", None)
-    return found if isinstance(found, str) else None
-
-
 def measure(n: int) -> list[Measurement]:
     """Records ``n`` regions every way, one after the other, and measures each.
 
@@ -205,10 +184,10 @@ def measure(n: int) -> list[Measurement]:
         n: regions per way of recording.
     """
     # The default build first; then, where that is the compiled recorder, the Python one.
-    default_impl = _implementation()
+    default_impl = common.implementation()
     ways = [
         Way(
-            f"maeltrace Timer ({default_impl or 'default'})",
+            f"maeltrace Timer ({default_impl})",
             _record_maeltrace,
             _store_nbytes,
             lambda tmr: len(tmr.records()),
@@ -239,7 +218,7 @@ def measure(n: int) -> list[Measurement]:
     results = []
     for way in ways:
         # The default way runs in the environment as found: what this user gets.
-        with _env(PURE_PYTHON_ENV, way.pure_python):
+        with common.env_var(PURE_PYTHON_ENV, way.pure_python):
             results.append(_traced(way, n))
     return results
 
@@ -292,18 +271,7 @@ def report(results: Sequence[Measurement]) -> dict[str, Any]:
             "kept": r.kept,
             "meets_target": (worst <= TARGET_BYTES) if r.is_maeltrace else None,
         }
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    print(line(headers))
-    print(line(["-" * w for w in widths]))
-    for row in rows:
-        print(line(row))
+    print(common.table(headers, rows))
     print()
     for r in results:
         if r.kept is not None and r.kept != r.regions:
@@ -329,26 +297,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_REGIONS:,} regions")
+    parser = common.parser(__doc__, f"{QUICK_REGIONS:,} regions")
     parser.add_argument(
         "--regions", type=int, help=f"regions to record (default {DEFAULT_REGIONS:,})"
     )
     args = parser.parse_args(argv)
-    n = args.regions or (QUICK_REGIONS if args.quick else DEFAULT_REGIONS)
+    n = common.pick(args.regions, args.quick, QUICK_REGIONS, DEFAULT_REGIONS)
     if n < 1:
         parser.error("--regions must be positive")
 
     print(f"maeltrace memory per recorded region: {n:,} regions over {len(KEYS)} keys")
-    print(
-        f"python {sys.version.split()[0]}, maeltrace {maeltrace.__version__}, "
-        f"default recorder {_implementation() or 'unknown'}"
-    )
+    header = {
+        "python": common.python_version(),
+        "maeltrace": maeltrace.__version__,
+        "default recorder": common.implementation(),
+    }
+    print(common.header_line(header))
     print()
     started = perf_counter_ns()
     results = measure(n)
     report(results)
-    print(f"\ntook {(perf_counter_ns() - started) / 1e9:.1f} s (under tracemalloc)")
+    print(f"\ntook {common.seconds_since(started):.1f} s (under tracemalloc)")
     return 0
 
 

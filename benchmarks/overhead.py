@@ -59,12 +59,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
 import importlib.util
-import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import types
@@ -72,11 +68,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
 import maeltrace
+
+try:
+    from benchmarks import _common as common
+except ModuleNotFoundError:  # run as a script: benchmarks/ is first on sys.path
+    import _common as common  # type: ignore[no-redef]
 
 KEY = "step"
 """The key (or action/span name) every candidate times under."""
@@ -97,8 +97,7 @@ FLOOR = "floor: 2 clock reads + append"
 EMPTY_CALL = "floor: empty function call"
 OTEL = "OpenTelemetry SDK span"
 
-PURE_PYTHON_ENV = "MAELTRACE_PURE_PYTHON"
-"""Environment variable that makes Timer() skip the compiled recorder."""
+PURE_PYTHON_ENV = common.PURE_PYTHON_ENV
 
 GROUP_FLOOR = "floor"
 GROUP_MAELTRACE = "maeltrace"
@@ -477,10 +476,7 @@ def measure(candidates: list[Candidate], *, batch: int, rounds: int) -> None:
     """
     runnable = [c for c in candidates if c.run is not None]
     for round_no in range(rounds + 1):
-        # Rotating the order keeps any one candidate from always following the same neighbour
-        # (whose garbage, caches or worker threads it would otherwise inherit every round).
-        shift = round_no % len(runnable) if runnable else 0
-        for cand in runnable[shift:] + runnable[:shift]:
+        for cand in common.rotated(runnable, round_no):
             assert cand.run is not None
             gc.collect()
             with warnings.catch_warnings():
@@ -495,14 +491,11 @@ def measure(candidates: list[Candidate], *, batch: int, rounds: int) -> None:
 
 
 def _ratio(cand: Candidate, ref: Candidate | None) -> float | None:
-    """Median over rounds of the candidate's figure over the reference's in the same round.
-
-    Pairing by round cancels load that comes and goes across rounds (another process, CPU
-    frequency), which a ratio of the two medians would keep.
-    """
+    """Median over rounds of the candidate's figure over the reference's in the same round
+    (see `common.same_round_ratios`)."""
     if ref is None or not cand.samples or len(ref.samples) != len(cand.samples):
         return None
-    ratios = [c / r for c, r in zip(cand.samples, ref.samples, strict=True) if r > 0]
+    ratios = common.same_round_ratios(cand.samples, ref.samples)
     return statistics.median(ratios) if ratios else None
 
 
@@ -514,21 +507,8 @@ def _fmt_ratio(ratio: float | None) -> str:
     return f"{ratio:.2f}x"
 
 
-def _fmt_ns(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    # Left-align the first column (names), right-align the figures.
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+_fmt_ns = common.whole
+_table = common.table
 
 
 def _references(
@@ -542,9 +522,7 @@ def _references(
 
 
 def _verdict(ratio: float | None, limit: float) -> str:
-    if ratio is None:
-        return "n/a"
-    return "yes" if ratio <= limit else "NO"
+    return common.verdict(None if ratio is None else ratio <= limit)
 
 
 def report(candidates: list[Candidate]) -> dict[str, Any]:
@@ -644,45 +622,8 @@ def report(candidates: list[Candidate]) -> dict[str, Any]:
     return {"results": results, "targets": targets}
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _implementation() -> str:
-    # Which recorder an enabled Timer picks (a compiled extension or the pure-Python one);
-    # older builds have no such attribute, and then the bound method's type tells.
-    tmr = maeltrace.Timer(enabled=True, export=False)
-    found = getattr(tmr, "implementation", None)
-    if isinstance(found, str):
-        return found
-    return "compiled" if isinstance(tmr.start, types.BuiltinMethodType) else "python"
-
-
-def _load() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
-
-
 def _environment() -> dict[str, Any]:
-    return {
-        "maeltrace recorder": _implementation(),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        # Other work on the machine moves every figure; the load says how much there was.
-        "load avg 1m": _load(),
-        "maeltrace": maeltrace.__version__,
-        "torch": _version("torch"),
-        "torchtnt": _version("torchtnt"),
-        "lightning": _version("lightning"),
-        "opentelemetry-sdk": _version("opentelemetry-sdk"),
-    }
+    return common.environment("torch", "torchtnt", "lightning", "opentelemetry-sdk")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -694,42 +635,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="small batches and few rounds")
+    parser = common.parser(__doc__, "small batches and few rounds")
     parser.add_argument("--batch", type=int, help=f"regions per batch (default {DEFAULT_BATCH})")
     parser.add_argument("--rounds", type=int, help=f"timed rounds (default {DEFAULT_ROUNDS})")
     parser.add_argument("--no-peers", action="store_true", help="skip torch, Lightning, OTel")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write figures as JSON")
+    common.add_json(parser)
     parser.add_argument(
         "--pure-python",
         action="store_true",
         help=f"set {PURE_PYTHON_ENV}=1 so timers use the pure-Python recorder",
     )
     args = parser.parse_args(argv)
-    if args.pure_python:
-        # Read by Timer() at construction, so it must be set before any timer is built; put
-        # back afterwards because main() may run inside a test process.
-        saved = os.environ.get(PURE_PYTHON_ENV)
-        os.environ[PURE_PYTHON_ENV] = "1"
-        try:
-            return _run(args, parser)
-        finally:
-            if saved is None:
-                os.environ.pop(PURE_PYTHON_ENV, None)
-            else:
-                os.environ[PURE_PYTHON_ENV] = saved
-    return _run(args, parser)
+    # Read by Timer() at construction, so it must be set before any timer is built.
+    with common.env_var(PURE_PYTHON_ENV, "1" if args.pure_python else None):
+        return _run(args, parser)
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    batch = args.batch or (QUICK_BATCH if args.quick else DEFAULT_BATCH)
-    rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
+    batch = common.pick(args.batch, args.quick, QUICK_BATCH, DEFAULT_BATCH)
+    rounds = common.pick(args.rounds, args.quick, QUICK_ROUNDS, DEFAULT_ROUNDS)
     if batch < 1 or rounds < 1:
         parser.error("--batch and --rounds must be positive")
 
     env = _environment()
     print("maeltrace per-region overhead (ns per open+close, median over rounds)")
-    print(", ".join(f"{k} {v}" for k, v in env.items()))
+    print(common.header_line(env))
     print(f"batch {batch:,} regions x {rounds} rounds (+1 warm-up), round-robin")
     print()
     started = perf_counter_ns()
@@ -745,11 +675,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         finally:
             gc.unfreeze()
     figures = report(candidates)
-    print(f"\ntook {(perf_counter_ns() - started) / 1e9:.1f} s (peer imports included)")
-    if args.json is not None:
-        payload = {"environment": env, "batch": batch, "rounds": rounds, **figures}
-        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+    print(f"\ntook {common.seconds_since(started):.1f} s (peer imports included)")
+    payload = {"environment": env, "batch": batch, "rounds": rounds, **figures}
+    common.write_json(args.json, payload)
     return 0
 
 

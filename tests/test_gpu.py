@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import pytest
 
 import maeltrace
+from benchmarks.gpu import Cnn, TorchEnv, make_cnn
 from maeltrace import Timer, TimeType
 from maeltrace.records import FLAG_COMPILED, NO_DEVICE_TIME
 
@@ -55,45 +56,12 @@ def _cuda() -> None:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-class Cnn:
-    """A small CNN on CUDA, its optimizer and one batch; ``step`` trains one step, in gpu=True
-    regions batch/forward/backward when given a timer. Nothing in it waits for the GPU."""
-
-    def __init__(self, batch: int = 64) -> None:
-        assert torch is not None
-        nn = torch.nn
-        torch.manual_seed(0)
-        self.model = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(32 * 8 * 8, 10),
-        ).cuda()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        self.x = torch.randn(batch, 3, 32, 32, device="cuda")
-        self.y = torch.randint(0, 10, (batch,), device="cuda")
-
-    def step(self, tmr: Timer | None = None) -> None:
-        if tmr is None:
-            self._backward(self._forward())
-            return
-        with tmr.region(TimeType.BATCH, gpu=True):
-            with tmr.region(TimeType.FORWARD, gpu=True):
-                loss = self._forward()
-            with tmr.region(TimeType.BACKWARD, gpu=True):
-                self._backward(loss)
-
-    def _forward(self) -> Any:
-        return torch.nn.functional.cross_entropy(self.model(self.x), self.y)
-
-    def _backward(self, loss: Any) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+def _cnn(batch: int = 64) -> Cnn:
+    """The GPU benchmark's small CNN (``benchmarks/gpu.py``), narrower, on CUDA, its optimizer
+    and one batch: ``step`` trains one step, ``timed_step`` the same in gpu=True regions
+    batch/forward/backward. Nothing in it waits for the GPU."""
+    assert torch is not None
+    return make_cnn(TorchEnv(torch, True, "cuda", "cuda"), batch, channels=(16, 32))
 
 
 @dataclass
@@ -161,7 +129,10 @@ def gpu_trace_syncs() -> Iterator[list[str]]:
 
 def _trained(steps: int, tmr: Timer | None, cnn: Cnn) -> None:
     for _ in range(steps):
-        cnn.step(tmr)
+        if tmr is None:
+            cnn.step()
+        else:
+            cnn.timed_step(tmr)
 
 
 # -- the CUDA-event clock ---------------------------------------------------------------------
@@ -183,7 +154,7 @@ def test_the_torch_device_uses_cuda_events() -> None:
 
 
 def test_100_training_steps_make_no_host_sync_before_the_report() -> None:
-    cnn = Cnn()
+    cnn = _cnn()
     _trained(5, None, cnn)  # warm-up: allocator, cuDNN, optimizer state
     torch.cuda.synchronize()
     with sync_debug_warnings() as untimed:
@@ -206,7 +177,7 @@ def test_100_training_steps_make_no_host_sync_before_the_report() -> None:
 
 
 def test_nested_device_times_add_up_and_starts_are_monotonic() -> None:
-    cnn = Cnn()
+    cnn = _cnn()
     _trained(5, None, cnn)
     tmr = Timer(device="torch")
     _trained(STEPS, tmr, cnn)
@@ -282,7 +253,7 @@ def test_the_event_pool_stays_small_when_the_loop_synchronizes_every_10_steps() 
 def test_the_clock_makes_no_event_or_stream_sync_in_the_loop() -> None:
     """Counted by torch itself, not by the clock: Event.synchronize is outside the reach of
     the sync-debug mode. Last of the torch tests: the trace hooks stay active after it."""
-    cnn = Cnn()
+    cnn = _cnn()
     _trained(5, None, cnn)
     torch.cuda.synchronize()
     with gpu_trace_syncs() as untimed:
