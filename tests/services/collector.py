@@ -18,23 +18,21 @@ caller's ``env`` sets them. Only the standard library is used.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
-import signal
-import socket
 import subprocess
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
 
-from tests.services.jaeger import free_ports
+from tests.services.process import (  # the constants stay importable from here
+    HOST,
+    PORT_ATTEMPTS,  # noqa: F401
+    STOP_TIMEOUT,  # noqa: F401
+    BinaryService,
+    accepting,
+    built_binary,
+    free_ports,
+)
 
 __all__ = [
     "BUILD_SCRIPT",
@@ -53,15 +51,12 @@ CONFIG = ROOT / "collectors" / "otelcol.yaml"
 ENV_BINARY = "MAELTRACE_OTELCOL_BIN"
 """Environment variable naming a prebuilt Collector binary; when set, nothing is built."""
 
-HOST = "127.0.0.1"
 GRPC_VARIABLE = "OTELCOL_OTLP_GRPC"
 HTTP_VARIABLE = "OTELCOL_OTLP_HTTP"
 
 # A cold build downloads ~500 MB of modules and compiles for ~2.5 minutes on 2 cores.
 DEFAULT_BUILD_TIMEOUT = 30 * 60.0
 VALIDATE_TIMEOUT = 60.0
-STOP_TIMEOUT = 10.0
-PORT_ATTEMPTS = 3
 
 _ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -70,44 +65,13 @@ class CollectorError(RuntimeError):
     """The Collector could not be built, started or reached."""
 
 
-def _tail(text: str, lines: int) -> str:
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def collector_binary(build_timeout: float = DEFAULT_BUILD_TIMEOUT) -> Path:
     """Return the Collector binary: ``$MAELTRACE_OTELCOL_BIN`` or what ``build-collector`` built.
 
     Raises:
         CollectorError: the variable names no executable, or the build fails or times out.
     """
-    override = os.environ.get(ENV_BINARY)
-    if override:
-        path = Path(override)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise CollectorError(f"{ENV_BINARY}={override!r} is not an executable file")
-        return path
-    try:
-        result = subprocess.run(
-            [str(BUILD_SCRIPT)],
-            capture_output=True,
-            text=True,
-            timeout=build_timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
-        raise CollectorError(
-            f"{BUILD_SCRIPT} did not finish in {build_timeout:.0f} s:\n{_tail(stderr, 40)}"
-        ) from exc
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        raise CollectorError(
-            f"{BUILD_SCRIPT} failed (exit status {result.returncode}):\n{_tail(result.stderr, 40)}"
-        )
-    path = Path(lines[-1])
-    if not path.is_file():
-        raise CollectorError(f"{BUILD_SCRIPT} printed {path}, which is not a file")
-    return path
+    return built_binary(BUILD_SCRIPT, ENV_BINARY, build_timeout, CollectorError)
 
 
 def config_variables(path: str | os.PathLike[str]) -> set[str]:
@@ -146,17 +110,12 @@ def validate_config(
     )
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
-        os.killpg(process.pid, sig)
-
-
 def _port_of(address: str) -> int:
     """The port of ``host:port`` (or ``scheme://host:port``)."""
     return int(address.rsplit(":", 1)[1].rstrip("/"))
 
 
-class CollectorService:
+class CollectorService(BinaryService):
     """An OpenTelemetry Collector process running one config; a context manager.
 
     ``start()`` (or entering the ``with`` block) builds or finds the binary, starts it and waits
@@ -178,6 +137,10 @@ class CollectorService:
             ``stop()`` deletes. Pass a path to keep the log.
     """
 
+    _error = CollectorError
+    _display_name = "the Collector"
+    _log_prefix = "otelcol-"
+
     def __init__(
         self,
         binary: str | os.PathLike[str] | None = None,
@@ -191,77 +154,33 @@ class CollectorService:
         build_timeout: float = DEFAULT_BUILD_TIMEOUT,
         log_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._binary = Path(binary) if binary is not None else None
-        self._config = Path(config)
+        super().__init__(
+            binary,
+            config=config,
+            startup_timeout=startup_timeout,
+            build_timeout=build_timeout,
+            log_path=log_path,
+        )
         self._env = dict(env or {})
         self._variables = {"grpc": grpc_variable, "http": http_variable}
         self._cwd = Path(cwd) if cwd is not None else None
-        self._startup_timeout = startup_timeout
-        self._build_timeout = build_timeout
-        self._keep_log = log_path is not None
-        self._log_path = Path(log_path) if log_path is not None else None
-        self._process: subprocess.Popen[bytes] | None = None
         self._addresses: dict[str, str] = {}
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- lifecycle (start, stop, running: see ServiceProcess) --------------------------------
 
-    def __enter__(self) -> Self:
-        return self.start()
+    def _find_binary(self) -> Path:
+        return collector_binary(self._build_timeout)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> Self:
-        """Start the Collector and wait until its OTLP receivers accept connections.
-
-        Raises:
-            CollectorError: the build failed, or the process exited or did not serve in time
-                (the message ends with the tail of its log).
-        """
-        if self._process is not None:
-            raise CollectorError("this CollectorService is already running")
-        if self._binary is None:
-            self._binary = collector_binary(self._build_timeout)
-        if self._log_path is None:
-            fd, name = tempfile.mkstemp(prefix="otelcol-", suffix=".log")
-            os.close(fd)
-            self._log_path = Path(name)
+    def _port_was_taken(self) -> bool:
+        # Only ports picked here are retried; the caller's own are not.
         picks_ports = any(
             variable is not None and variable not in self._env
             for variable in self._variables.values()
         )
-        try:
-            # A port picked by free_ports() can be taken before the Collector binds it; retry.
-            for attempt in range(1, PORT_ATTEMPTS + 1):
-                try:
-                    self._launch()
-                    self._wait_until_serving()
-                except CollectorError:
-                    self._terminate()
-                    retry = picks_ports and "address already in use" in self.log()
-                    if attempt == PORT_ATTEMPTS or not retry:
-                        raise
-                else:
-                    return self
-        except BaseException:
-            self.stop()
-            raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def stop(self) -> None:
-        """Stop the process (terminate, then kill after a timeout); safe to call repeatedly."""
-        self._terminate()
-        if self._log_path is not None and not self._keep_log:
-            self._log_path.unlink(missing_ok=True)
-            self._log_path = None
+        return picks_ports and super()._port_was_taken()
 
     def _launch(self) -> None:
-        assert self._binary is not None and self._log_path is not None
+        assert self._binary is not None
         env = {**os.environ, **self._env}
         wanted = {
             kind: variable
@@ -276,60 +195,16 @@ class CollectorService:
             if kind in wanted:
                 env[variable] = f"{HOST}:{next(ports)}"
             self._addresses[kind] = env[variable]
-        with self._log_path.open("wb") as log:
-            self._process = subprocess.Popen(
-                [str(self._binary), f"--config={self._config}"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self._cwd,
-                start_new_session=True,  # own process group: Ctrl-C reaches pytest only
-            )
-
-    def _wait_until_serving(self) -> None:
-        deadline = time.monotonic() + self._startup_timeout
-        while True:
-            if not self.running:
-                assert self._process is not None
-                raise CollectorError(
-                    f"the Collector exited with status {self._process.returncode} while "
-                    f"starting; log tail:\n{self.log_tail()}"
-                )
-            if self._serving():
-                return
-            if time.monotonic() > deadline:
-                raise CollectorError(
-                    f"the Collector's OTLP receivers ({', '.join(self._addresses.values())}) did "
-                    f"not accept connections within {self._startup_timeout:.0f} s; "
-                    f"log tail:\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
+        self._spawn([str(self._binary), f"--config={self._config}"], env, cwd=self._cwd)
 
     def _serving(self) -> bool:
-        for address in self._addresses.values():
-            try:
-                socket.create_connection((HOST, _port_of(address)), timeout=1.0).close()
-            except OSError:
-                return False
-        return True
+        return accepting(_port_of(address) for address in self._addresses.values())
 
-    def _terminate(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        # The process leads its own process group (start_new_session), so signal the group.
-        _signal_group(process, signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
-            process.wait()
-
-    @property
-    def running(self) -> bool:
-        """Whether the process was started and has not exited."""
-        return self._process is not None and self._process.poll() is None
+    def _not_serving(self) -> str:
+        return (
+            f"the Collector's OTLP receivers ({', '.join(self._addresses.values())}) did "
+            "not accept connections"
+        )
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -341,56 +216,5 @@ class CollectorService:
         except KeyError:
             raise CollectorError(f"this CollectorService has no OTLP/{kind} receiver") from None
 
-    @property
-    def otlp_http_endpoint(self) -> str:
-        """Base URL of the OTLP/HTTP receiver; POST to ``<this>/v1/traces``."""
-        return f"http://{HOST}:{_port_of(self._address('http'))}"
-
-    @property
-    def otlp_grpc_endpoint(self) -> str:
-        """URL of the OTLP/gRPC receiver (plaintext: the ``http`` scheme means insecure)."""
-        return f"http://{HOST}:{_port_of(self._address('grpc'))}"
-
-    @property
-    def log_path(self) -> Path | None:
-        """The file receiving the process's output, while it exists."""
-        return self._log_path
-
-    def log(self) -> str:
-        """The process's output so far (empty before start or after a temporary log is gone)."""
-        if self._log_path is None:
-            return ""
-        try:
-            return self._log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the process's output."""
-        return _tail(self.log(), lines)
-
-    # -- OTLP ingestion ----------------------------------------------------------------------
-
-    def send_otlp_json(self, payload: Mapping[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-        """POST an OTLP/JSON ``ExportTraceServiceRequest`` to the receiver; return its reply.
-
-        Raises:
-            CollectorError: the receiver answered with an error status.
-        """
-        request = urllib.request.Request(
-            f"{self.otlp_http_endpoint}/v1/traces",
-            data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                body = response.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                detail = exc.read().decode(errors="replace")
-            raise CollectorError(
-                f"OTLP/HTTP export failed: {exc.code} {exc.reason}: {detail}"
-            ) from exc
-        reply: dict[str, Any] = json.loads(body) if body else {}
-        return reply
+    def _otlp_port(self, kind: str) -> int:  # for otlp_http_endpoint, otlp_grpc_endpoint
+        return _port_of(self._address(kind))

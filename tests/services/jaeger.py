@@ -17,21 +17,26 @@ Only the standard library is used.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
+
+from tests.services.process import (  # the constants stay importable from here
+    HOST,
+    PORT_ATTEMPTS,  # noqa: F401
+    STOP_TIMEOUT,  # noqa: F401
+    BinaryService,
+    accepting,
+    built_binary,
+    free_port,
+    free_ports,
+)
 
 __all__ = [
     "BUILD_SCRIPT",
@@ -51,40 +56,14 @@ CONFIG = ROOT / "collectors" / "jaeger" / "config.yaml"
 ENV_BINARY = "MAELTRACE_JAEGER_BIN"
 """Environment variable naming a prebuilt Jaeger binary; when set, nothing is built."""
 
-HOST = "127.0.0.1"
 JSON = dict[str, Any]
 
 # A cold build downloads ~1.7 GB of modules and compiles for ~10 minutes on 2 cores.
 DEFAULT_BUILD_TIMEOUT = 45 * 60.0
-STOP_TIMEOUT = 10.0
-PORT_ATTEMPTS = 3
 
 
 class JaegerError(RuntimeError):
     """Jaeger could not be built, started or queried, or the expected data never arrived."""
-
-
-def free_ports(count: int, host: str = HOST) -> list[int]:
-    """Return ``count`` distinct TCP ports on ``host`` that were free a moment ago.
-
-    The OS picks them; all stay bound until every one is picked, so none repeats.
-    """
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
-
-
-def free_port(host: str = HOST) -> int:
-    """Return a TCP port on ``host`` that was free a moment ago (the OS picks it)."""
-    return free_ports(1, host)[0]
-
-
-def _tail(text: str, lines: int) -> str:
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def jaeger_binary(build_timeout: float = DEFAULT_BUILD_TIMEOUT) -> Path:
@@ -93,39 +72,7 @@ def jaeger_binary(build_timeout: float = DEFAULT_BUILD_TIMEOUT) -> Path:
     Raises:
         JaegerError: the variable names no executable, or the build fails or times out.
     """
-    override = os.environ.get(ENV_BINARY)
-    if override:
-        path = Path(override)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise JaegerError(f"{ENV_BINARY}={override!r} is not an executable file")
-        return path
-    try:
-        result = subprocess.run(
-            [str(BUILD_SCRIPT)],
-            capture_output=True,
-            text=True,
-            timeout=build_timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
-        raise JaegerError(
-            f"{BUILD_SCRIPT} did not finish in {build_timeout:.0f} s:\n{_tail(stderr, 40)}"
-        ) from exc
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        raise JaegerError(
-            f"{BUILD_SCRIPT} failed (exit status {result.returncode}):\n{_tail(result.stderr, 40)}"
-        )
-    path = Path(lines[-1])
-    if not path.is_file():
-        raise JaegerError(f"{BUILD_SCRIPT} printed {path}, which is not a file")
-    return path
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
-        os.killpg(process.pid, sig)
+    return built_binary(BUILD_SCRIPT, ENV_BINARY, build_timeout, JaegerError)
 
 
 def count_spans(traces: list[JSON]) -> int:
@@ -133,7 +80,7 @@ def count_spans(traces: list[JSON]) -> int:
     return sum(len(trace["spans"]) for trace in traces)
 
 
-class JaegerService:
+class JaegerService(BinaryService):
     """A Jaeger v2 process on free loopback ports; a context manager.
 
     ``start()`` (or entering the ``with`` block) builds or finds the binary, starts it and waits
@@ -149,6 +96,10 @@ class JaegerService:
             ``stop()`` deletes. Pass a path to keep the log.
     """
 
+    _error = JaegerError
+    _display_name = "Jaeger"
+    _log_prefix = "jaeger-"
+
     def __init__(
         self,
         binary: str | os.PathLike[str] | None = None,
@@ -158,69 +109,22 @@ class JaegerService:
         build_timeout: float = DEFAULT_BUILD_TIMEOUT,
         log_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._binary = Path(binary) if binary is not None else None
-        self._config = Path(config)
-        self._startup_timeout = startup_timeout
-        self._build_timeout = build_timeout
-        self._keep_log = log_path is not None
-        self._log_path = Path(log_path) if log_path is not None else None
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            binary,
+            config=config,
+            startup_timeout=startup_timeout,
+            build_timeout=build_timeout,
+            log_path=log_path,
+        )
         self._ports: dict[str, int] = {}
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- lifecycle (start, stop, running: see ServiceProcess) --------------------------------
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> Self:
-        """Start Jaeger and wait until it serves; return ``self``.
-
-        Raises:
-            JaegerError: the build failed, or the process exited or did not serve in time
-                (the message ends with the tail of its log).
-        """
-        if self._process is not None:
-            raise JaegerError("this JaegerService is already running")
-        if self._binary is None:
-            self._binary = jaeger_binary(self._build_timeout)
-        if self._log_path is None:
-            fd, name = tempfile.mkstemp(prefix="jaeger-", suffix=".log")
-            os.close(fd)
-            self._log_path = Path(name)
-        try:
-            # A port picked by free_port() can be taken before Jaeger binds it; retry then.
-            for attempt in range(1, PORT_ATTEMPTS + 1):
-                try:
-                    self._launch()
-                    self._wait_until_serving()
-                except JaegerError:
-                    self._terminate()
-                    if attempt == PORT_ATTEMPTS or "address already in use" not in self.log():
-                        raise
-                else:
-                    return self
-        except BaseException:
-            self.stop()
-            raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def stop(self) -> None:
-        """Stop the process (terminate, then kill after a timeout); safe to call repeatedly."""
-        self._terminate()
-        if self._log_path is not None and not self._keep_log:
-            self._log_path.unlink(missing_ok=True)
-            self._log_path = None
+    def _find_binary(self) -> Path:
+        return jaeger_binary(self._build_timeout)
 
     def _launch(self) -> None:
-        assert self._binary is not None and self._log_path is not None
+        assert self._binary is not None
         names = ("otlp_grpc", "otlp_http", "query_http", "query_grpc")
         self._ports = dict(zip(names, free_ports(len(names)), strict=True))
         env = {
@@ -230,62 +134,19 @@ class JaegerService:
             "JAEGER_QUERY_HTTP": f"{HOST}:{self._ports['query_http']}",
             "JAEGER_QUERY_GRPC": f"{HOST}:{self._ports['query_grpc']}",
         }
-        with self._log_path.open("wb") as log:
-            self._process = subprocess.Popen(
-                [str(self._binary), "--config", f"file:{self._config}"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # own process group: Ctrl-C reaches pytest only
-            )
-
-    def _wait_until_serving(self) -> None:
-        deadline = time.monotonic() + self._startup_timeout
-        while True:
-            if not self.running:
-                assert self._process is not None
-                raise JaegerError(
-                    f"Jaeger exited with status {self._process.returncode} while starting; "
-                    f"log tail:\n{self.log_tail()}"
-                )
-            if self._serving():
-                return
-            if time.monotonic() > deadline:
-                raise JaegerError(
-                    f"Jaeger did not serve {self.query_url}/api/services and the OTLP ports "
-                    f"within {self._startup_timeout:.0f} s; log tail:\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
+        self._spawn([str(self._binary), "--config", f"file:{self._config}"], env)
 
     def _serving(self) -> bool:
-        for name in ("otlp_grpc", "otlp_http"):
-            try:
-                socket.create_connection((HOST, self._ports[name]), timeout=1.0).close()
-            except OSError:
-                return False
+        if not accepting(self._ports[name] for name in ("otlp_grpc", "otlp_http")):
+            return False
         try:
             self.services()
         except (JaegerError, OSError):
             return False
         return True
 
-    def _terminate(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        # The process leads its own process group (start_new_session), so signal the group.
-        _signal_group(process, signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
-            process.wait()
-
-    @property
-    def running(self) -> bool:
-        """Whether the process was started and has not exited."""
-        return self._process is not None and self._process.poll() is None
+    def _not_serving(self) -> str:
+        return f"Jaeger did not serve {self.query_url}/api/services and the OTLP ports"
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -294,15 +155,8 @@ class JaegerService:
             raise JaegerError("JaegerService is not started")
         return self._ports[name]
 
-    @property
-    def otlp_http_endpoint(self) -> str:
-        """Base URL of the OTLP/HTTP receiver; POST to ``<this>/v1/traces``."""
-        return f"http://{HOST}:{self._port('otlp_http')}"
-
-    @property
-    def otlp_grpc_endpoint(self) -> str:
-        """URL of the OTLP/gRPC receiver (plaintext: the ``http`` scheme means insecure)."""
-        return f"http://{HOST}:{self._port('otlp_grpc')}"
+    def _otlp_port(self, kind: str) -> int:  # for otlp_http_endpoint, otlp_grpc_endpoint
+        return self._port(f"otlp_{kind}")
 
     @property
     def query_url(self) -> str:
@@ -313,50 +167,6 @@ class JaegerService:
     def query_grpc_endpoint(self) -> str:
         """``host:port`` of the query service's gRPC API (api_v2 and api_v3)."""
         return f"{HOST}:{self._port('query_grpc')}"
-
-    @property
-    def log_path(self) -> Path | None:
-        """The file receiving the process's output, while it exists."""
-        return self._log_path
-
-    def log(self) -> str:
-        """The process's output so far (empty before start or after a temporary log is gone)."""
-        if self._log_path is None:
-            return ""
-        try:
-            return self._log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the process's output."""
-        return _tail(self.log(), lines)
-
-    # -- OTLP ingestion ----------------------------------------------------------------------
-
-    def send_otlp_json(self, payload: Mapping[str, Any], timeout: float = 10.0) -> JSON:
-        """POST an OTLP/JSON ``ExportTraceServiceRequest`` to the receiver; return its reply.
-
-        Raises:
-            JaegerError: the receiver answered with an error status.
-        """
-        request = urllib.request.Request(
-            f"{self.otlp_http_endpoint}/v1/traces",
-            data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                body = response.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                detail = exc.read().decode(errors="replace")
-            raise JaegerError(
-                f"OTLP/HTTP export failed: {exc.code} {exc.reason}: {detail}"
-            ) from exc
-        reply: JSON = json.loads(body) if body else {}
-        return reply
 
     # -- query API ---------------------------------------------------------------------------
 

@@ -12,26 +12,28 @@ Only the standard library is used here.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from tests.services.jaeger import HOST, free_port
+from tests.services.process import (  # the constants stay importable from here
+    ADDRESS_IN_USE,
+    HOST,
+    PORT_ATTEMPTS,  # noqa: F401
+    STOP_TIMEOUT,
+    ServiceProcess,
+    free_port,
+    signal_group,
+)
 
 __all__ = ["MlflowServer", "MlflowServerError", "mlflow_executable"]
 
 STARTUP_TIMEOUT = 180.0
 """Seconds to wait for ``/health``: about 13 s on a quiet machine, 20 to 40 s on a busy one."""
-STOP_TIMEOUT = 10.0
-PORT_ATTEMPTS = 3
 
 
 class MlflowServerError(RuntimeError):
@@ -50,7 +52,7 @@ def mlflow_executable() -> Path:
     return path
 
 
-class MlflowServer:
+class MlflowServer(ServiceProcess):
     """``mlflow server`` on a free loopback port; a context manager.
 
     Entering starts it and waits for ``/health``; leaving (also on an exception, and when the
@@ -63,11 +65,23 @@ class MlflowServer:
         startup_timeout: seconds to wait for ``/health``.
     """
 
+    _error = MlflowServerError
+    _display_name = "mlflow server"
+    _poll_interval = 0.2
+
     def __init__(self, folder: str | os.PathLike[str], *, startup_timeout: float = STARTUP_TIMEOUT):
+        super().__init__(startup_timeout=startup_timeout)
         self.folder = Path(folder)
-        self.startup_timeout = startup_timeout
         self.port: int | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def startup_timeout(self) -> float:
+        """Seconds to wait for ``/health``."""
+        return self._startup_timeout
+
+    @startup_timeout.setter
+    def startup_timeout(self, value: float) -> None:
+        self._startup_timeout = value
 
     @property
     def uri(self) -> str:
@@ -91,54 +105,14 @@ class MlflowServer:
         """The server's stdout and stderr."""
         return self.folder / "server.log"
 
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the server's output."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+    # -- lifecycle (start, stop, running, log_tail: see ServiceProcess) ---------------------
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> Self:
-        """Starts the server and waits until ``/health`` answers; returns ``self``.
-
-        Raises:
-            MlflowServerError: it exited or did not answer in time (with its log's tail).
-        """
-        if self._process is not None:
-            raise MlflowServerError("this MlflowServer is already running")
+    def _prepare(self) -> None:
+        # The log is the folder's server.log, kept and appended to: no temporary one.
         self.folder.mkdir(parents=True, exist_ok=True)
-        try:
-            # A port free a moment ago can be taken before the server binds it; retry then.
-            for attempt in range(1, PORT_ATTEMPTS + 1):
-                self._launch()
-                try:
-                    self._wait_until_healthy()
-                except MlflowServerError:
-                    self._terminate()
-                    if attempt == PORT_ATTEMPTS or "address already in use" not in self.log_tail():
-                        raise
-                else:
-                    return self
-        except BaseException:
-            self.stop()
-            raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    def stop(self) -> None:
-        """Stops the server's process group; safe to call repeatedly."""
-        self._terminate()
+    def _port_was_taken(self) -> bool:
+        return ADDRESS_IN_USE in self.log_tail()  # the log holds earlier runs too
 
     def _launch(self) -> None:
         self.port = free_port()
@@ -159,35 +133,7 @@ class MlflowServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         # No job runner: it starts seven more worker processes that tracking does not need.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.folder,
-                start_new_session=True,  # its own process group, stopped as one
-            )
-
-    def _wait_until_healthy(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            process = self._process
-            assert process is not None
-            if process.poll() is not None:
-                raise MlflowServerError(
-                    f"mlflow server exited with status {process.returncode} while starting; "
-                    f"log tail:\n{self.log_tail()}"
-                )
-            if self.healthy():
-                return
-            if time.monotonic() > deadline:
-                raise MlflowServerError(
-                    f"mlflow server did not answer {self.uri}/health within "
-                    f"{self.startup_timeout:.0f} s; log tail:\n{self.log_tail()}"
-                )
-            time.sleep(0.2)
+        self._spawn(command, env, cwd=self.folder, append=True)  # its own group, stopped as one
 
     def healthy(self) -> bool:
         """Whether ``/health`` answers ``200`` now."""
@@ -197,18 +143,24 @@ class MlflowServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def _serving(self) -> bool:
+        return self.healthy()
+
+    def _not_serving(self) -> str:
+        return f"mlflow server did not answer {self.uri}/health"
+
     def _terminate(self) -> None:
+        # Unlike the base class's, this signals the group even after the leader exited, and
+        # kills what the leader left in it.
         process, self._process = self._process, None
         if process is None:
             return
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):  # the group is gone already
-                os.killpg(process.pid, sig)
+            signal_group(process, sig)
             try:
                 process.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 continue
             # The leader is gone; children it left in the group go with a kill.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            signal_group(process, signal.SIGKILL)
             return
