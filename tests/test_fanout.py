@@ -47,6 +47,7 @@ def wandb_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(folder))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.teardown()  # W&B reads WANDB_DIR once per setup: forget an earlier test's
     yield folder
     wandb.teardown()
 
