@@ -64,6 +64,7 @@ def test_a_training_loop_fans_out_to_jaeger_mlflow_and_wandb(
     monkeypatch.setenv("OTEL_SERVICE_NAME", service)
     client = mlflow.tracking.MlflowClient(tracking_uri=mlflow_server.uri)
     traces_experiment = client.create_experiment(f"traces-{run_id}")
+    traces_run = client.create_run(traces_experiment).info.run_id
     collect = CollectConfig(
         port=0,
         mlflow_tracking_uri=mlflow_server.uri,
@@ -79,6 +80,7 @@ def test_a_training_loop_fans_out_to_jaeger_mlflow_and_wandb(
                 "JAEGER_OTLP_GRPC_ENDPOINT": _host_port(jaeger.otlp_grpc_endpoint),
                 "MLFLOW_TRACKING_URI": mlflow_server.uri,
                 "MLFLOW_EXPERIMENT_ID": traces_experiment,
+                "MLFLOW_RUN_ID": traces_run,
                 "MAELTRACE_COLLECT_ENDPOINT": summaries.url,
                 "OTELCOL_ARCHIVE": str(tmp_path / "archive.jsonl"),
             },
@@ -102,6 +104,10 @@ def test_a_training_loop_fans_out_to_jaeger_mlflow_and_wandb(
     # MLflow: the traces in the experiment...
     found = _wait_for(lambda: client.search_traces(locations=[traces_experiment]) or None)
     assert len(found) >= EPOCHS
+    linked = _wait_for(
+        lambda: client.search_traces(locations=[traces_experiment], run_id=traces_run) or None
+    )
+    assert len(linked) >= EPOCHS  # x-mlflow-run-id linked them to the run
     # ... and one run with the summary, whose metrics equal stats.json.
     experiment = client.get_experiment_by_name(f"summaries-{run_id}")
     (run,) = client.search_runs([experiment.experiment_id])
