@@ -8,6 +8,7 @@ import platform
 import socket
 import sys
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 from maeltrace._version import __version__
@@ -61,4 +62,11 @@ def run_metadata(anchor: ClockAnchor, run_id: str) -> dict[str, Any]:
         "start_time": started.isoformat(),
         "start_time_unix_nano": anchor.wall_time_unix_nano,
         "clock": "time.perf_counter_ns",
+        "rank": _rank(),
     }
+
+
+def _rank() -> dict[str, object]:
+    from maeltrace.distributed import rank_info
+
+    return asdict(rank_info())

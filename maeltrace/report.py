@@ -157,6 +157,12 @@ class Summary:
         if failed:
             listed = ", ".join(f"{label}: {n}" for label, n in failed.items())
             out.append(f"\nFailed regions, not in the statistics: {listed}\n")
+        rank = self.metadata.get("rank")
+        if isinstance(rank, dict) and rank.get("world_size", 1) > 1:
+            out.append(
+                f"\nRank {rank['rank']} of {rank['world_size']} on {rank['node']}"
+                f" ({rank['source']}).\n"
+            )
         clock = self.device_clock
         if clock is not None and any(row.device for row in self.rows):
             out.append(f"\nGPU rows: {clock['name']}: {clock['description']}.\n")

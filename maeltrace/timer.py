@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from maeltrace import _hotpath
     from maeltrace.otel.export import ExportConfig
     from maeltrace.otel.pipeline import SpanPipeline
+    from maeltrace.distributed import GatheredStats
     from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
 
@@ -821,6 +822,15 @@ class Timer:
             FileExistsError: the file exists and ``exist_ok`` is false.
         """
         self.summary(warmup=warmup).save(filename, exist_ok=exist_ok)
+
+    def gather_stats(self, group: Any = None, *, warmup: int | None = None) -> GatheredStats:
+        """Every rank's statistics of every key, and across ranks the slowest rank, the max/min
+        ratio of means and pooled statistics, from fixed-size summaries; a collective with
+        ``torch.distributed`` initialised. See `maeltrace.distributed.gather_stats`, which states
+        the accuracy of the pooled percentiles."""
+        from maeltrace.distributed import gather_stats
+
+        return gather_stats(self, group, warmup=warmup)
 
     def log_mlflow_all(
         self, prefix: str = "", stats: str = "mean", **options: Any

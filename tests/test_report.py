@@ -155,3 +155,15 @@ class TestFiles:
     def test_a_missing_folder_is_an_os_error(self, tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError):
             _timer().save_all_time_stats(tmp_path / "nope" / "s.json")
+
+
+def test_the_rank_is_in_the_metadata_and_under_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    summary = _timer().summary()
+    assert summary.metadata["rank"]["rank"] == 1
+    assert summary.metadata["rank"]["world_size"] == 2
+    assert "\nRank 1 of 2 on " in summary.to_markdown()
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert "Rank " not in _timer().summary().to_markdown()
