@@ -44,9 +44,9 @@ from maeltrace.stats import TimeStats, compute_stats
 
 if TYPE_CHECKING:
     from maeltrace import _hotpath
+    from maeltrace.distributed import GatheredStats
     from maeltrace.otel.export import ExportConfig
     from maeltrace.otel.pipeline import SpanPipeline
-    from maeltrace.distributed import GatheredStats
     from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
 
