@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from maeltrace import Records
 
 
@@ -21,3 +23,21 @@ def counts(records: Records) -> dict[str, int]:
         key = str(records.keys[key_id])
         out[key] = out.get(key, 0) + 1
     return out
+
+
+def otlp_json_span(
+    trace_id: str, span_id: str, name: str, start_us: int, duration_us: int, parent_id: str = ""
+) -> dict[str, Any]:
+    """One span in OTLP/JSON (hex ids, 64-bit times as strings), keyed ``maeltrace.key``."""
+    span: dict[str, Any] = {
+        "traceId": trace_id,
+        "spanId": span_id,
+        "name": name,
+        "kind": 1,  # SPAN_KIND_INTERNAL
+        "startTimeUnixNano": str(start_us * 1000),
+        "endTimeUnixNano": str((start_us + duration_us) * 1000),
+        "attributes": [{"key": "maeltrace.key", "value": {"stringValue": name}}],
+    }
+    if parent_id:
+        span["parentSpanId"] = parent_id
+    return span

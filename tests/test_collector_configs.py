@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import otlp_json_span
 from tests.services.collector import (
     CONFIG,
     CollectorService,
@@ -162,23 +163,6 @@ def test_collector_validate_rejects_a_broken_config(tmp_path: Path) -> None:
 # -- end to end ---------------------------------------------------------------------------------
 
 
-def _span(
-    trace_id: str, span_id: str, name: str, start_us: int, duration_us: int, parent_id: str = ""
-) -> dict[str, Any]:
-    span: dict[str, Any] = {
-        "traceId": trace_id,
-        "spanId": span_id,
-        "name": name,
-        "kind": 1,  # SPAN_KIND_INTERNAL
-        "startTimeUnixNano": str(start_us * 1000),
-        "endTimeUnixNano": str((start_us + duration_us) * 1000),
-        "attributes": [{"key": "maeltrace.key", "value": {"stringValue": name}}],
-    }
-    if parent_id:
-        span["parentSpanId"] = parent_id
-    return span
-
-
 def _archived_spans(archive: Path, trace_id: str, count: int, timeout: float) -> list[Any]:
     """Poll the archive (OTLP/JSON ``TracesData``, one per line) for ``count`` spans of the
     trace; return them."""
@@ -219,8 +203,8 @@ def test_collector_fans_out_to_jaeger_and_the_archive(tmp_path: Path) -> None:
                     {
                         "scope": {"name": "maeltrace.tests"},
                         "spans": [
-                            _span(trace_id, parent_id, "train_step", parent_start, 40_000),
-                            _span(
+                            otlp_json_span(trace_id, parent_id, "train_step", parent_start, 40_000),
+                            otlp_json_span(
                                 trace_id,
                                 child_id,
                                 "forward",

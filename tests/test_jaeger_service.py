@@ -11,35 +11,13 @@ import secrets
 import socket
 import time
 import urllib.request
-from typing import Any
 
 import pytest
 
+from tests.helpers import otlp_json_span
 from tests.services.jaeger import JaegerService
 
 SERVICE = "maeltrace-smoke"
-
-
-def _span(
-    trace_id: str,
-    span_id: str,
-    name: str,
-    start_us: int,
-    duration_us: int,
-    parent_id: str = "",
-) -> dict[str, Any]:
-    span: dict[str, Any] = {
-        "traceId": trace_id,
-        "spanId": span_id,
-        "name": name,
-        "kind": 1,  # SPAN_KIND_INTERNAL
-        "startTimeUnixNano": str(start_us * 1000),
-        "endTimeUnixNano": str((start_us + duration_us) * 1000),
-        "attributes": [{"key": "maeltrace.region", "value": {"stringValue": name}}],
-    }
-    if parent_id:
-        span["parentSpanId"] = parent_id
-    return span
 
 
 def test_otlp_json_round_trip(jaeger: JaegerService) -> None:
@@ -60,8 +38,10 @@ def test_otlp_json_round_trip(jaeger: JaegerService) -> None:
                     {
                         "scope": {"name": "maeltrace.tests"},
                         "spans": [
-                            _span(trace_id, parent_id, "train_step", parent_start, 40_000),
-                            _span(trace_id, child_id, "forward", child_start, 12_345, parent_id),
+                            otlp_json_span(trace_id, parent_id, "train_step", parent_start, 40_000),
+                            otlp_json_span(
+                                trace_id, child_id, "forward", child_start, 12_345, parent_id
+                            ),
                         ],
                     }
                 ],
@@ -95,7 +75,7 @@ def test_otlp_json_round_trip(jaeger: JaegerService) -> None:
     assert (child["startTime"], child["duration"]) == (child_start, 12_345)
     for span in (parent, child):
         assert trace["processes"][span["processID"]]["serviceName"] == SERVICE
-        assert {"key": "maeltrace.region", "type": "string", "value": span["operationName"]} in (
+        assert {"key": "maeltrace.key", "type": "string", "value": span["operationName"]} in (
             span["tags"]
         )
 
