@@ -233,6 +233,14 @@ class Timer:
         self._export_offsets: list[int] = []
         self._user_parents: dict[int, tuple[bytes, bytes]] = {}
         self._export_config: ExportConfig | None = None
+        if trace_budget is not None:
+            from maeltrace.otel.spans import TraceBudget
+
+            if not isinstance(trace_budget, TraceBudget):
+                raise TypeError(
+                    f"trace_budget must be a maeltrace.otel.spans.TraceBudget, not "
+                    f"{type(trace_budget).__name__}"
+                )
         self._trace_budget = trace_budget
         self._output_dir = Path(output_dir) if output_dir is not None else None
         self.export = False

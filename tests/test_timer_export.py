@@ -121,6 +121,10 @@ class TestConfiguration:
         with pytest.raises(ExportConfigError, match="endpoint"):
             Timer(export=True, endpoint="not a url")
 
+    def test_a_trace_budget_that_is_not_one_is_a_type_error(self) -> None:
+        with pytest.raises(TypeError, match="TraceBudget"):
+            Timer(export=True, trace_budget=5000)  # type: ignore[arg-type]  # the mistake
+
     def test_sdk_disabled_turns_export_off(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
