@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from maeltrace import Records
@@ -41,3 +44,55 @@ def otlp_json_span(
     if parent_id:
         span["parentSpanId"] = parent_id
     return span
+
+
+@dataclass(frozen=True)
+class SmokeTrace:
+    """A two-span OTLP/JSON trace (``train_step`` with a ``forward`` child) for receivers.
+
+    Attributes:
+        trace_id, parent_id, child_id: fresh hex ids.
+        parent_start_us, child_start_us: unix µs, 100 ms ago and 5 ms after that.
+    """
+
+    trace_id: str
+    parent_id: str
+    child_id: str
+    parent_start_us: int
+    child_start_us: int
+    parent_duration_us = 40_000
+    child_duration_us = 12_345
+
+    @classmethod
+    def new(cls) -> SmokeTrace:
+        parent_start = time.time_ns() // 1000 - 100_000
+        return cls(
+            secrets.token_hex(16),
+            secrets.token_hex(8),
+            secrets.token_hex(8),
+            parent_start,
+            parent_start + 5_000,
+        )
+
+    def payload(self, service: str) -> dict[str, Any]:
+        """The ``ExportTraceServiceRequest`` in OTLP/JSON, under ``service``."""
+        spans = [
+            otlp_json_span(
+                self.trace_id,
+                self.parent_id,
+                "train_step",
+                self.parent_start_us,
+                self.parent_duration_us,
+            ),
+            otlp_json_span(
+                self.trace_id,
+                self.child_id,
+                "forward",
+                self.child_start_us,
+                self.child_duration_us,
+                self.parent_id,
+            ),
+        ]
+        resource = {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]}
+        scope = {"scope": {"name": "maeltrace.tests"}, "spans": spans}
+        return {"resourceSpans": [{"resource": resource, "scopeSpans": [scope]}]}

@@ -17,7 +17,6 @@ cold) and, for the end-to-end test, Jaeger. A failing build fails these tests; n
 from __future__ import annotations
 
 import json
-import secrets
 import time
 import urllib.parse
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import otlp_json_span
+from tests.helpers import SmokeTrace
 from tests.services.collector import (
     CONFIG,
     CollectorService,
@@ -187,37 +186,10 @@ def _archived_spans(archive: Path, trace_id: str, count: int, timeout: float) ->
 
 @pytest.mark.slow
 def test_collector_fans_out_to_jaeger_and_the_archive(tmp_path: Path) -> None:
-    trace_id, parent_id, child_id = (
-        secrets.token_hex(16),
-        secrets.token_hex(8),
-        secrets.token_hex(8),
-    )
-    parent_start = time.time_ns() // 1000 - 100_000  # µs, 100 ms ago
-    payload = {
-        "resourceSpans": [
-            {
-                "resource": {
-                    "attributes": [{"key": "service.name", "value": {"stringValue": SERVICE}}]
-                },
-                "scopeSpans": [
-                    {
-                        "scope": {"name": "maeltrace.tests"},
-                        "spans": [
-                            otlp_json_span(trace_id, parent_id, "train_step", parent_start, 40_000),
-                            otlp_json_span(
-                                trace_id,
-                                child_id,
-                                "forward",
-                                parent_start + 5_000,
-                                12_345,
-                                parent_id,
-                            ),
-                        ],
-                    }
-                ],
-            }
-        ]
-    }
+    smoke = SmokeTrace.new()
+    trace_id, parent_id, child_id = smoke.trace_id, smoke.parent_id, smoke.child_id
+    parent_start = smoke.parent_start_us
+    payload = smoke.payload(SERVICE)
     # Nothing listens on these: MLflow's and the summary service's exporters fail and retry,
     # which must not hold up Jaeger's copy or the archive.
     mlflow_port, collect_port = free_ports(2)

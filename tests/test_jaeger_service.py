@@ -6,56 +6,21 @@ are cold). A failing build fails these tests; nothing is skipped.
 
 from __future__ import annotations
 
-import json
-import secrets
 import socket
-import time
-import urllib.request
 
 import pytest
 
-from tests.helpers import otlp_json_span
+from tests.helpers import SmokeTrace
 from tests.services.jaeger import JaegerService
 
 SERVICE = "maeltrace-smoke"
 
 
 def test_otlp_json_round_trip(jaeger: JaegerService) -> None:
-    trace_id, parent_id, child_id = (
-        secrets.token_hex(16),
-        secrets.token_hex(8),
-        secrets.token_hex(8),
-    )
-    parent_start = time.time_ns() // 1000 - 100_000  # µs, 100 ms ago
-    child_start = parent_start + 5_000
-    payload = {
-        "resourceSpans": [
-            {
-                "resource": {
-                    "attributes": [{"key": "service.name", "value": {"stringValue": SERVICE}}]
-                },
-                "scopeSpans": [
-                    {
-                        "scope": {"name": "maeltrace.tests"},
-                        "spans": [
-                            otlp_json_span(trace_id, parent_id, "train_step", parent_start, 40_000),
-                            otlp_json_span(
-                                trace_id, child_id, "forward", child_start, 12_345, parent_id
-                            ),
-                        ],
-                    }
-                ],
-            }
-        ]
-    }
-    request = urllib.request.Request(
-        f"{jaeger.otlp_http_endpoint}/v1/traces",
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
+    smoke = SmokeTrace.new()
+    trace_id, parent_id, child_id = smoke.trace_id, smoke.parent_id, smoke.child_id
+    parent_start, child_start = smoke.parent_start_us, smoke.child_start_us
+    jaeger.send_otlp_json(smoke.payload(SERVICE))  # raises on an error status
 
     traces = jaeger.wait_for_spans(SERVICE, 2, timeout=30, start_us=parent_start)
     assert SERVICE in jaeger.services()
