@@ -7,22 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from maeltrace._version import __version__
+from maeltrace.arguments import non_negative_int, positive_int
 
 __all__ = ["main"]
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,10 +24,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Runs a small CPU training loop under a Timer, prints the seed-style "
         "table and writes stats.json, stats.csv and stats.md into the run's output folder.",
     )
-    demo.add_argument("--epochs", type=_positive, default=3)
-    demo.add_argument("--batches", type=_positive, default=40, help="batches per epoch")
-    demo.add_argument("--batch-size", type=_positive, default=64)
-    demo.add_argument("--warmup", type=_non_negative, default=1, help="samples skipped per key")
+    demo.add_argument("--epochs", type=positive_int, default=3)
+    demo.add_argument("--batches", type=positive_int, default=40, help="batches per epoch")
+    demo.add_argument("--batch-size", type=positive_int, default=64)
+    demo.add_argument("--warmup", type=non_negative_int, default=1, help="samples skipped per key")
     demo.add_argument("--output-dir", help="default $MAELTRACE_OUTPUT_DIR or ./maeltrace-out")
     demo.add_argument("--run-id", help="default $MAELTRACE_RUN_ID, the launcher's, or a new one")
     replay = commands.add_parser(

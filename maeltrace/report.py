@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from maeltrace.files import atomic_write_text
-from maeltrace.keys import Key, key_label
+from maeltrace.keys import Key, canonical_key, key_label
 from maeltrace.records import Records
 from maeltrace.stats import TimeStats, compute_stats
 
@@ -50,6 +51,8 @@ class Row:
         compiled: the row holds the regions that compiled code (JAX's first calls), kept apart
             from the key's steady state.
         qualify: name the clock in the label, as the seed's tables do when GPU rows exist.
+        samples_ns: the durations the statistics were computed from, in ns, in start order
+            (``stats.json`` keeps them, so plots and ``maeltrace compare`` can use them).
     """
 
     key: Key
@@ -59,6 +62,7 @@ class Row:
     failed: int
     compiled: bool = False
     qualify: bool = False
+    samples_ns: tuple[int, ...] = ()
 
     @property
     def device(self) -> bool:
@@ -134,9 +138,47 @@ class Summary:
                         failed=failed,
                         compiled=compiled,
                         qualify=qualify,
+                        samples_ns=tuple(durations),
                     )
                 )
         return cls(rows=tuple(rows), warmup=warmup, metadata=metadata or {})
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> Summary:
+        """The summary that `to_dict` gave (what ``stats.json`` holds).
+
+        Files written before ``samples_ns`` was kept load with empty samples.
+
+        Raises:
+            ValueError: ``obj`` is not a ``maeltrace.stats/1`` summary.
+        """
+        if not isinstance(obj, Mapping) or obj.get("schema") != SCHEMA:
+            raise ValueError(f"not a maeltrace summary (schema {SCHEMA!r} expected)")
+        try:
+            regions = obj["regions"]
+            rows = [_row_from_dict(region) for region in regions]
+            qualify = any(row.device for row in rows)
+            return cls(
+                rows=tuple(dataclasses.replace(row, qualify=qualify) for row in rows),
+                warmup=int(obj["warmup"]),
+                metadata=dict(obj.get("metadata") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed maeltrace summary: {exc!r}") from exc
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Summary:
+        """Reads a ``stats.json`` file written by `save`.
+
+        Raises:
+            OSError: the file cannot be read.
+            ValueError: it is not JSON, or not a maeltrace summary; the message names the file.
+        """
+        target = Path(path)
+        try:
+            return cls.from_dict(json.loads(target.read_text(encoding="utf-8")))
+        except ValueError as exc:
+            raise ValueError(f"{target}: {exc}") from exc
 
     @property
     def device_clock(self) -> dict[str, str] | None:
@@ -217,6 +259,7 @@ class Summary:
                     "failed": row.failed,
                     "stats": row.stats.to_dict(),
                     "steady": row.steady.to_dict() if row.steady is not None else None,
+                    "samples_ns": list(row.samples_ns),
                 }
                 for row in self.rows
             ],
@@ -259,6 +302,22 @@ class Summary:
                 f"cannot tell the format of {target.name!r}: use one of {', '.join(FORMATS)}"
             )
         return atomic_write_text(target, text, exist_ok=exist_ok)
+
+
+def _row_from_dict(region: Mapping[str, Any]) -> Row:
+    samples = tuple(int(ns) for ns in region.get("samples_ns") or ())
+    if any(ns < 0 for ns in samples):
+        raise ValueError("negative duration in samples_ns")
+    steady = region.get("steady")
+    return Row(
+        key=canonical_key(region["key"]),
+        clock=str(region["clock"]),
+        stats=TimeStats(**region["stats"]),
+        steady=TimeStats(**steady) if steady is not None else None,
+        failed=int(region["failed"]),
+        compiled=bool(region["compiled"]),
+        samples_ns=samples,
+    )
 
 
 def _table(rows: Sequence[tuple[str, TimeStats | None]]) -> str:

@@ -1,13 +1,22 @@
-"""Small readers of timer records shared by the framework tests."""
+"""Small readers of timer records shared by the framework tests, and a runner of the apps."""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from maeltrace import Records
+from maeltrace.report import Summary
+
+ROOT = Path(__file__).resolve().parents[1]
+APPS = ROOT / "apps"
 
 
 def parent_keys(records: Records) -> dict[str, set[str | None]]:
@@ -96,3 +105,65 @@ class SmokeTrace:
         resource = {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]}
         scope = {"scope": {"name": "maeltrace.tests"}, "spans": spans}
         return {"resourceSpans": [{"resource": resource, "scopeSpans": [scope]}]}
+
+
+@dataclass(frozen=True)
+class AppRun:
+    """What one run of an example app left in its folder.
+
+    Attributes:
+        folder: the run's folder.
+        info: its ``app.json``.
+        summary: its ``stats.json``.
+        events: the complete events (``"ph": "X"``) of its ``trace.json``.
+        stdout: what it printed.
+    """
+
+    folder: Path
+    info: dict[str, Any]
+    summary: Summary
+    events: list[dict[str, Any]]
+    stdout: str
+
+    def counts(self, clock: str = "cpu") -> dict[str, int]:
+        """Samples per key in the statistics, of the CPU rows or of the device rows."""
+        return {
+            str(row.key): row.stats.count
+            for row in self.summary.rows
+            if row.device == (clock != "cpu") and not row.compiled
+        }
+
+    def parent_keys(self) -> dict[str, set[str | None]]:
+        """For each key, the keys of its regions' parents, from the CPU events of the trace."""
+        cpu = [e for e in self.events if e["cat"] == "cpu"]
+        key_of_seq = {e["args"]["seq"]: e["args"]["key"] for e in cpu}
+        out: dict[str, set[str | None]] = {}
+        for event in cpu:
+            parent = key_of_seq.get(event["args"].get("parent_seq"))
+            out.setdefault(event["args"]["key"], set()).add(parent)
+        return out
+
+
+def run_app(script: str, folder: Path, *args: str, timeout_s: float = 300) -> AppRun:
+    """Runs ``apps/<script>`` in its own process, as ``maeltrace bench`` does, with the
+    embedded default's export on, and reads back what it wrote into ``folder``."""
+    env = dict(os.environ)
+    env.pop("MAELTRACE_EXPORT", None)
+    done = subprocess.run(
+        [sys.executable, str(APPS / script), "--output-dir", str(folder), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    trace = json.loads((folder / "trace.json").read_text())
+    return AppRun(
+        folder=folder,
+        info=json.loads((folder / "app.json").read_text()),
+        summary=Summary.load(folder / "stats.json"),
+        events=[e for e in trace["traceEvents"] if e["ph"] == "X"],
+        stdout=done.stdout,
+    )
