@@ -201,7 +201,10 @@ class App:
             result = dict(train(tmr, config, progress))
         wall_s = time.time() - started
         tmr.print_all_time_stats()
-        tmr.save_all_time_stats(folder / "stats.csv")
+        # Also where MAELTRACE_EXPORT=0 keeps the timer from writing them when it closes.
+        summary = tmr.summary()
+        tmr.write_outputs(summary)
+        summary.save(folder / "stats.csv")
         info: dict[str, Any] = {
             "schema": APP_SCHEMA,
             "name": self.name,

@@ -30,6 +30,46 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--warmup", type=non_negative_int, default=1, help="samples skipped per key")
     demo.add_argument("--output-dir", help="default $MAELTRACE_OUTPUT_DIR or ./maeltrace-out")
     demo.add_argument("--run-id", help="default $MAELTRACE_RUN_ID, the launcher's, or a new one")
+    bench = commands.add_parser(
+        "bench",
+        help="run the example apps, each in its own process, and write an illustrated report",
+        description="Runs the example applications of apps/ (all, or those named: full names "
+        "or prefixes such as ap4), each in its own process, into one folder "
+        "<output root>/bench-<time>-<hex>/, logs them to MLflow (MLFLOW_TRACKING_URI, else a "
+        "SQLite store in the output root) and writes report.md and report.html. Exits 1 when "
+        "an app failed.",
+    )
+    bench.add_argument("apps", nargs="*", metavar="APP", help="default: every app")
+    bench.add_argument(
+        "--size", choices=("tiny", "small", "medium"), default="small", help="default small"
+    )
+    bench.add_argument("--epochs", type=positive_int, help="default: each app's for the size")
+    bench.add_argument("--batches", type=positive_int, help="batches per epoch")
+    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    bench.add_argument(
+        "--output-dir", help="output root; default $MAELTRACE_OUTPUT_DIR or ./maeltrace-out"
+    )
+    bench.add_argument("--apps-dir", help="folder of the app scripts; default the clone's apps/")
+    bench.add_argument(
+        "--timeout", type=positive_int, default=600, help="seconds one app may run; default 600"
+    )
+    bench.add_argument("--tracking-uri", help="MLflow tracking URI; default as described above")
+    bench.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    bench.add_argument("--list", action="store_true", help="list the apps and exit")
+    report = commands.add_parser(
+        "report",
+        help="rebuild report.md and report.html of a bench folder or a run folder",
+        description="Writes report.md and report.html (tables, flame chart, distributions) "
+        "into DIR, a folder of `maeltrace bench` or the folder of one run.",
+    )
+    report.add_argument("dir", help="the bench folder or run folder")
+    compare = commands.add_parser(
+        "compare",
+        help="compare two runs region by region; exit 1 when one got slower",
+        description="Compares BASELINE and CANDIDATE (see `maeltrace compare --help`).",
+        add_help=False,
+    )
+    compare.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     replay = commands.add_parser(
         "replay",
         help="send a spill file (OTLP JSON lines) to an OTLP endpoint",
@@ -78,6 +118,56 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from maeltrace.bench import BenchOptions, default_apps_dir, discover_apps, run_bench
+
+    apps_dir = Path(args.apps_dir) if args.apps_dir else default_apps_dir()
+    if args.list:
+        for name, script in discover_apps(apps_dir).items():
+            print(f"{name:<30} {script}")
+        return 0
+    options = BenchOptions(
+        apps=args.apps,
+        size=args.size,
+        epochs=args.epochs,
+        batches=args.batches,
+        device=args.device,
+        output_root=Path(args.output_dir) if args.output_dir else None,
+        apps_dir=apps_dir,
+        timeout_s=float(args.timeout),
+        mlflow=not args.no_mlflow,
+        tracking_uri=args.tracking_uri,
+    )
+    result = run_bench(options)
+    failed = [o.name for o in result.outcomes if o.status != "ok"]
+    print(
+        f"\n{len(result.outcomes) - len(failed)} of {len(result.outcomes)} apps finished"
+        + (f"; failed: {', '.join(failed)} (see their log.txt)" if failed else "")
+    )
+    print("Where to look:")
+    if result.report is not None:
+        print(f"  report     {result.report[1]}  (and {result.report[0].name})")
+    print(f"  traces     {result.folder}/<app>/trace.json  in https://ui.perfetto.dev")
+    if result.otlp_endpoint:
+        print(f"  spans      sent to {result.otlp_endpoint} (service name = app name)")
+    if result.mlflow is not None:
+        print(f"  MLflow     {result.mlflow['ui']}")
+    print(f"  compare    maeltrace compare {result.folder} <a later bench folder>")
+    return 0 if result.ok else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from maeltrace.benchreport import write_report
+
+    files = write_report(Path(args.dir))
+    print(f"wrote {files.html} and {files.markdown}")
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     from maeltrace.otel.export import ExportConfig, replay
 
@@ -100,13 +190,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         from maeltrace.collect.service import main as collect_main
 
         return collect_main(argv[1:])
+    if argv[:1] == ["compare"]:
+        from maeltrace.compare import main as compare_main
+
+        return compare_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
             return _demo(args)
         if args.command == "replay":
             return _replay(args)
-    except (ValueError, OSError) as exc:
+        if args.command == "bench":
+            return _bench(args)
+        if args.command == "report":
+            return _report(args)
+    except (ValueError, OSError, ImportError) as exc:
         print(f"maeltrace: error: {exc}", file=sys.stderr)
         return 2
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses others

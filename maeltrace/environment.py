@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "MAELTRACE_APPS_DIR",
     "MAELTRACE_DISABLED",
     "MAELTRACE_EXPORT",
     "MAELTRACE_OUTPUT_DIR",
@@ -12,6 +13,10 @@ __all__ = [
     "MAELTRACE_RUN_ID",
     "env_flag",
 ]
+
+MAELTRACE_APPS_DIR = "MAELTRACE_APPS_DIR"
+"""Folder of the example apps that ``maeltrace bench`` runs; default ``apps/`` of the source tree
+maeltrace runs from, else of the working folder."""
 
 MAELTRACE_DISABLED = "MAELTRACE_DISABLED"
 """``1``, ``true``, ``yes`` or ``on`` makes every `Timer` built afterwards a no-op, as if it were
