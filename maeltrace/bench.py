@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from maeltrace._version import __version__
-from maeltrace.environment import MAELTRACE_APPS_DIR, MAELTRACE_OUTPUT_DIR
+from maeltrace.environment import MAELTRACE_APPS_DIR
 from maeltrace.files import atomic_write_text
-from maeltrace.output import DEFAULT_OUTPUT_DIR
+from maeltrace.output import output_root
 
 __all__ = [
     "BENCH_SCHEMA",
@@ -215,7 +215,7 @@ def run_bench(options: BenchOptions, *, stream: IO[str] | None = None) -> BenchR
     """
     out = stream or sys.stderr
     apps = select_apps(options.apps, discover_apps(options.apps_dir or default_apps_dir()))
-    root = options.output_root or Path(os.environ.get(MAELTRACE_OUTPUT_DIR) or DEFAULT_OUTPUT_DIR)
+    root = options.output_root or output_root()
     bench_id = new_bench_id()
     folder = root / bench_id
     folder.mkdir(parents=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maeltrace.bench import BENCH_SCHEMA
 from maeltrace.files import atomic_write_text
 from maeltrace.keys import TimeType, key_label
 from maeltrace.report import COLUMNS, Row, Summary, format_seconds
@@ -31,7 +32,6 @@ from maeltrace.stats import TimeStats
 
 __all__ = ["ReportFiles", "write_report"]
 
-BENCH_SCHEMA = "maeltrace.bench/1"
 APP_SCHEMA = "maeltrace.app/1"
 STATUSES = ("ok", "failed", "timeout")
 

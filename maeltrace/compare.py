@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from maeltrace._imports import require
 from maeltrace.arguments import non_negative_int, positive_int
+from maeltrace.bench import BENCH_SCHEMA
 from maeltrace.errors import MaeltraceError
 from maeltrace.files import atomic_write_text
 from maeltrace.keys import canonical_key, key_label
+from maeltrace.output import output_root
 from maeltrace.report import Row, Summary
-from maeltrace.sinks.mlflow import ARTIFACT_PATH
+from maeltrace.sinks.mlflow import ARTIFACT_PATH, bench_store, bounded_http
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,8 +45,6 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 __all__ = [
-    "BENCH_EXPERIMENT",
-    "DEFAULT_TRACKING_URI",
     "MIN_SAMPLES",
     "CompareError",
     "CompareReport",
@@ -60,15 +60,8 @@ __all__ = [
 
 PROG = "maeltrace compare"
 
-DEFAULT_TRACKING_URI = "sqlite:///maeltrace-out/mlflow.db"
-"""The store that ``maeltrace bench`` logs to, relative to the working folder; used for run
-ids when neither ``--tracking-uri`` nor ``MLFLOW_TRACKING_URI`` names one."""
-
-BENCH_SCHEMA = "maeltrace.bench/1"
-"""The ``schema`` of a bench folder's ``bench.json``."""
-
-BENCH_EXPERIMENT = "maeltrace-bench"
-"""The MLflow experiment of ``maeltrace bench`` runs (a run id is looked up in any)."""
+MLFLOW_TIMEOUT_S = 10.0
+"""Per request to a tracking server, with one retry (`maeltrace.sinks.mlflow.bounded_http`)."""
 
 APP_TAG = "maeltrace.app"
 """Tag of a bench's child run: the app's name."""
@@ -604,7 +597,7 @@ def load_summaries(
     Args:
         source: the path or run id.
         tracking_uri: the MLflow store of run ids; default ``MLFLOW_TRACKING_URI``, else
-            `DEFAULT_TRACKING_URI`.
+            ``maeltrace bench``'s store in the output folder (`maeltrace.sinks.mlflow.bench_store`).
 
     Raises:
         CompareError: the source is missing, unreadable or malformed, or no such run exists.
@@ -695,7 +688,7 @@ def _load_summary(path: Path) -> Summary:
 
 
 def _tracking_uri(tracking_uri: str | None) -> str:
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or bench_store(output_root())[0]
 
 
 def _load_run(
@@ -712,6 +705,11 @@ def _load_run(
     if database is not None and not database.is_file():
         raise CompareError(f"{unknown} (there is no store at {database})")
     require("mlflow", "mlflow")
+    with bounded_http(MLFLOW_TIMEOUT_S):
+        return _load_run_from(uri, run_id, unknown)
+
+
+def _load_run_from(uri: str, run_id: str, unknown: str) -> dict[str, Summary]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -907,7 +905,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tracking-uri",
-        help=f"MLflow store of run ids (default $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})",
+        help="MLflow store of run ids (default $MLFLOW_TRACKING_URI, else the bench's store "
+        "<output root>/mlflow.db)",
     )
     parser.add_argument(
         "--json",

@@ -7,10 +7,15 @@ from pathlib import Path
 
 from maeltrace.environment import MAELTRACE_OUTPUT_DIR
 
-__all__ = ["DEFAULT_OUTPUT_DIR", "run_output_dir"]
+__all__ = ["DEFAULT_OUTPUT_DIR", "output_root", "run_output_dir"]
 
 DEFAULT_OUTPUT_DIR = "maeltrace-out"
 """The output folder when ``MAELTRACE_OUTPUT_DIR`` is unset, relative to the working folder."""
+
+
+def output_root() -> Path:
+    """The output folder: ``MAELTRACE_OUTPUT_DIR``, else `DEFAULT_OUTPUT_DIR`."""
+    return Path(os.environ.get(MAELTRACE_OUTPUT_DIR) or DEFAULT_OUTPUT_DIR)
 
 
 def run_output_dir(run_id: str, base: str | os.PathLike[str] | None = None) -> Path:
@@ -26,9 +31,6 @@ def run_output_dir(run_id: str, base: str | os.PathLike[str] | None = None) -> P
     """
     if not run_id or run_id in (".", "..") or os.sep in run_id or (os.altsep or os.sep) in run_id:
         raise ValueError(f"run id {run_id!r} cannot name a folder")
-    root = Path(
-        base if base is not None else os.environ.get(MAELTRACE_OUTPUT_DIR) or DEFAULT_OUTPUT_DIR
-    )
-    folder = root / run_id
+    folder = (Path(base) if base is not None else output_root()) / run_id
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -18,8 +18,6 @@ from hypothesis import strategies as st
 
 from maeltrace import Timer, TimeType
 from maeltrace.compare import (
-    BENCH_EXPERIMENT,
-    DEFAULT_TRACKING_URI,
     CompareError,
     Verdict,
     _bootstrap_medians,
@@ -29,6 +27,7 @@ from maeltrace.compare import (
     main,
 )
 from maeltrace.report import Row, Summary
+from maeltrace.sinks.mlflow import BENCH_EXPERIMENT
 from maeltrace.stats import compute_stats
 
 MEDIAN_NS = 1_000_000
@@ -531,7 +530,7 @@ class TestMlflowSources:
     def test_the_default_store_is_the_bench_store_of_the_working_folder(
         self, store: Store, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        assert DEFAULT_TRACKING_URI == "sqlite:///maeltrace-out/mlflow.db"
+        monkeypatch.delenv("MAELTRACE_OUTPUT_DIR")  # ./maeltrace-out/mlflow.db
         monkeypatch.chdir(store.root)
         assert load_summaries(store.cand_parent) == CAND_APPS
 
@@ -560,9 +559,10 @@ class TestMlflowSources:
     def test_a_missing_default_store_is_an_error_and_is_not_created(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
+        monkeypatch.delenv("MAELTRACE_OUTPUT_DIR")
         monkeypatch.chdir(tmp_path)
         ran = run_main(capsys, "a" * 32, "b" * 32)
-        assert_error(ran, "there is no store at maeltrace-out/mlflow.db")
+        assert_error(ran, f"there is no store at {tmp_path.resolve()}/maeltrace-out/mlflow.db")
         assert list(tmp_path.iterdir()) == []
 
 

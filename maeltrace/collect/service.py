@@ -51,8 +51,8 @@ from starlette.routing import Route
 
 from maeltrace.collect.mlflow_out import MlflowSink, PendingFile, Publisher, WandbSink
 from maeltrace.collect.summaries import RunSummaries
-from maeltrace.environment import MAELTRACE_OUTPUT_DIR
 from maeltrace.otel.otlp_json import traces_from_json_line
+from maeltrace.output import output_root
 
 if TYPE_CHECKING:
     import uvicorn
@@ -106,7 +106,7 @@ def _default_tracking_uri() -> str | None:
 
 
 def _default_state_dir() -> Path:
-    return Path(os.environ.get(MAELTRACE_OUTPUT_DIR) or "maeltrace-out") / "collect"
+    return output_root() / "collect"
 
 
 @dataclass(frozen=True, repr=False)

@@ -34,7 +34,9 @@ __all__ = [
     "BENCH_EXPERIMENT",
     "BOUNDED_HTTP",
     "EXPERIMENT",
+    "bench_store",
     "bench_tracking_uri",
+    "bounded_http",
     "log_bench",
     "log_bench_report",
     "log_mlflow",
@@ -219,7 +221,9 @@ _env_set: list[str] = []
 
 
 @contextlib.contextmanager
-def _bounded_http(timeout_s: float) -> Iterator[None]:
+def bounded_http(timeout_s: float) -> Iterator[None]:
+    """Bounds MLflow's HTTP client for the duration: `BOUNDED_HTTP`'s one retry and a request
+    timeout of ``timeout_s``, where the user set neither; calls may nest and overlap."""
     global _env_users
     with _ENV_LOCK:
         if _env_users == 0:
@@ -283,7 +287,7 @@ class _Delivery:
         return error
 
     def _work(self) -> None:
-        with _bounded_http(self.timeout_s):
+        with bounded_http(self.timeout_s):
             try:
                 self._deliver()
             except BaseException as exc:  # reported by the waiting caller
@@ -355,16 +359,22 @@ def _keep(timer: Timer, values: Mapping[str, float], error: str, delivery: _Deli
 # -- maeltrace bench ------------------------------------------------------------------------
 
 
+def bench_store(root: Path) -> tuple[str, Path]:
+    """The default store of ``maeltrace bench``: the tracking URI of the SQLite file
+    ``<root>/mlflow.db`` and its artifact folder ``<root>/mlartifacts``, absolute."""
+    folder = root.resolve()
+    return f"sqlite:///{folder / 'mlflow.db'}", folder / "mlartifacts"
+
+
 def bench_tracking_uri(tracking_uri: str | None, root: Path) -> tuple[str, Path | None]:
-    """Where ``maeltrace bench`` logs: ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the
-    SQLite store ``<root>/mlflow.db`` with artifacts in ``<root>/mlartifacts`` (returned second;
-    None for a store of the user's)."""
+    """Where ``maeltrace bench`` logs: ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else
+    `bench_store` in ``root`` (created); second, the artifact folder of a new experiment
+    (None for a store of the user's)."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri, None
-    folder = root.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}", folder / "mlartifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    return bench_store(root)
 
 
 def log_bench(
@@ -410,7 +420,7 @@ def log_bench(
     uri, artifact_root = bench_tracking_uri(tracking_uri, default_root)
     bench = json.loads((folder / "bench.json").read_text(encoding="utf-8"))
     bench_id = str(bench["bench_id"])
-    with _bounded_http(timeout_s):
+    with bounded_http(timeout_s):
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(BENCH_EXPERIMENT)
         experiment_id = (
@@ -501,7 +511,7 @@ def log_bench_report(folder: Path, logged: Mapping[str, object], timeout_s: floa
 
     runs = logged["runs"]
     assert isinstance(runs, Mapping)
-    with _bounded_http(timeout_s):
+    with bounded_http(timeout_s):
         client = MlflowClient(tracking_uri=str(logged["tracking_uri"]))
         parent = str(logged["parent_run_id"])
         for name in ("report.md", "report.html"):
