@@ -36,7 +36,7 @@ from maeltrace.files import atomic_write_text
 from maeltrace.keys import canonical_key, key_label
 from maeltrace.output import output_root
 from maeltrace.report import Row, Summary
-from maeltrace.sinks.mlflow import ARTIFACT_PATH, bench_store, bounded_http
+from maeltrace.sinks.mlflow import ARTIFACT_PATH, bench_store, bounded_http, sqlite_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -701,7 +701,7 @@ def _load_run(
         else f"no MLflow run {run_id} in {uri}"
     )
     # MLflow would create a missing SQLite store; a typo must not leave one behind.
-    database = _sqlite_path(uri)
+    database = sqlite_path(uri)
     if database is not None and not database.is_file():
         raise CompareError(f"{unknown} (there is no store at {database})")
     require("mlflow", "mlflow")
@@ -737,14 +737,6 @@ def _load_run_from(uri: str, run_id: str, unknown: str) -> dict[str, Summary]:
             "with one"
         )
     return out
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return None
-    path = uri[len(prefix) :].partition("?")[0]
-    return Path(path) if path and path != ":memory:" else None
 
 
 def _has_stats(client: MlflowClient, run_id: str) -> bool:

@@ -182,10 +182,12 @@ class TestRunning:
 
 class TestMlflow:
     def test_a_bench_is_a_parent_run_with_a_nested_run_per_app(
-        self, apps_dir: Path, tmp_path: Path
+        self, apps_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         from mlflow.tracking import MlflowClient
 
+        (tmp_path / "cwd").mkdir()
+        monkeypatch.chdir(tmp_path / "cwd")
         result = run_bench(options(apps_dir, tmp_path, apps=["ap1", "ap2"]), stream=io.StringIO())
         assert result.mlflow is not None
         manifest = json.loads((result.folder / "bench.json").read_text())
@@ -210,6 +212,9 @@ class TestMlflow:
             assert "maeltrace/flame.png" in artifacts
         report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
         assert {"report/report.html", "report/report.md"} <= report
+        # Artifacts sit beside the SQLite file, not in MLflow's default ./mlruns.
+        assert (tmp_path / "mlartifacts").is_dir()
+        assert list((tmp_path / "cwd").iterdir()) == []
 
     def test_a_tracking_server_that_is_down_leaves_the_results_on_disk(
         self, apps_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

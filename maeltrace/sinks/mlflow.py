@@ -41,6 +41,7 @@ __all__ = [
     "log_bench_report",
     "log_mlflow",
     "mlflow_metric_name",
+    "sqlite_path",
 ]
 
 SINK = "mlflow"
@@ -366,15 +367,26 @@ def bench_store(root: Path) -> tuple[str, Path]:
     return f"sqlite:///{folder / 'mlflow.db'}", folder / "mlartifacts"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for other stores."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    path = uri[len(prefix) :].partition("?")[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def bench_tracking_uri(tracking_uri: str | None, root: Path) -> tuple[str, Path | None]:
     """Where ``maeltrace bench`` logs: ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else
-    `bench_store` in ``root`` (created); second, the artifact folder of a new experiment
-    (None for a store of the user's)."""
+    `bench_store` in ``root`` (created); second, the artifact folder of a new experiment:
+    ``mlartifacts`` beside a SQLite file (MLflow's default, ``./mlruns``, would land in the
+    working folder), None for a tracking server, which has its own."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri, None
-    root.mkdir(parents=True, exist_ok=True)
-    return bench_store(root)
+    if not uri:
+        root.mkdir(parents=True, exist_ok=True)
+        return bench_store(root)
+    database = sqlite_path(uri)
+    return uri, database.resolve().parent / "mlartifacts" if database is not None else None
 
 
 def log_bench(
