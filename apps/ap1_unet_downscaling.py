@@ -19,13 +19,16 @@ each epoch a ``batch`` region per train step with the ``io`` gap before each (th
 the next batch plus Keras' per-batch work). The callback's batch regions are GPU regions with
 ``--device cuda`` (which raises RuntimeError where TensorFlow sees no GPU).
 
+The random fields (``smooth_fields``, ``coarsen``) come from ``apps/_fields.py``, and the
+device choice, the U-Net's layers (``unet_features``) and the progress callback from
+``apps/_tf.py``, shared with the other TensorFlow apps; what is timed, and how, is all here.
+
 Sizes: ``scale`` is the side of a patch in fine grid points (a multiple of 8): tiny 16, small
 32, medium 64.
 """
 
 from __future__ import annotations
 
-import math
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -33,8 +36,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
-import tensorflow as tf
+from _fields import coarsen, smooth_fields
 from _harness import App, AppConfig, Progress, Size
+from _tf import progress_callback, unet_features, use_device
 
 from maeltrace import Timer, TimeType
 from maeltrace.keras import FIT, TimerCallback
@@ -59,34 +63,6 @@ TEMPERATURE_SCALE_K = 10.0
 ELEVATION_SCALE_M = 1000.0
 
 
-def use_device(config: AppConfig) -> None:
-    """Keeps TensorFlow off the GPU for ``--device cpu``; insists on one for ``cuda``."""
-    if config.gpu:
-        if not tf.config.list_physical_devices("GPU"):
-            raise RuntimeError("--device cuda needs a GPU that TensorFlow can see; it sees none")
-    else:
-        tf.config.set_visible_devices([], "GPU")
-
-
-def smooth_fields(rng: np.random.Generator, count: int, side: int, length_px: float) -> np.ndarray:
-    """``count`` random fields correlated over ``length_px``, of unit standard deviation over
-    all of them (a field much smaller than its length is close to one random constant)."""
-    noise = rng.standard_normal((count, side, side))
-    k = np.fft.fftfreq(side)
-    k2 = k[:, None] ** 2 + k[None, :] ** 2
-    spectrum = np.exp(-2 * (math.pi * length_px) ** 2 * k2)
-    fields = np.fft.ifft2(np.fft.fft2(noise) * spectrum).real
-    return fields / fields.std()
-
-
-def coarsen(fields: np.ndarray) -> np.ndarray:
-    """Block means over ``COARSE_FACTOR`` points, repeated back onto the fine grid."""
-    n, side, _ = fields.shape
-    blocks = side // COARSE_FACTOR
-    coarse = fields.reshape(n, blocks, COARSE_FACTOR, blocks, COARSE_FACTOR).mean(axis=(2, 4))
-    return coarse.repeat(COARSE_FACTOR, axis=1).repeat(COARSE_FACTOR, axis=2)
-
-
 def make_data(config: AppConfig) -> tuple[np.ndarray, np.ndarray]:
     """Inputs ``(n, side, side, 4)`` and fine temperature ``(n, side, side, 1)``, scaled."""
     rng = np.random.default_rng(config.seed)
@@ -97,12 +73,12 @@ def make_data(config: AppConfig) -> tuple[np.ndarray, np.ndarray]:
         large_scale_k - LAPSE_RATE_K_PER_M * elevation_m + 0.5 * smooth_fields(rng, n, side, 1.0)
     )
     forecast_error_k = 1.0 * smooth_fields(rng, n, side, side / 4)
-    coarse_k = coarsen(fine_k) + forecast_error_k
+    coarse_k = coarsen(fine_k, COARSE_FACTOR) + forecast_error_k
     inputs = np.stack(
         [
             coarse_k / TEMPERATURE_SCALE_K,
             elevation_m / ELEVATION_SCALE_M,
-            coarsen(elevation_m) / ELEVATION_SCALE_M,
+            coarsen(elevation_m, COARSE_FACTOR) / ELEVATION_SCALE_M,
             (elevation_m > 0).astype(np.float64),
         ],
         axis=-1,
@@ -111,23 +87,13 @@ def make_data(config: AppConfig) -> tuple[np.ndarray, np.ndarray]:
     return inputs.astype(np.float32), target.astype(np.float32)
 
 
-def conv_pair(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
-    for _ in range(2):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-    return x
-
-
 def build_unet(side: int, channels: int, width: int = 16) -> keras.Model:
-    """A two-level U-Net: encoder, bottleneck, decoder with skip connections."""
+    """A two-level U-Net (`unet_features`) with one output channel, the fine temperature."""
     inputs = keras.Input((side, side, channels))
-    skip1 = conv_pair(inputs, width)
-    skip2 = conv_pair(keras.layers.MaxPooling2D()(skip1), 2 * width)
-    x = conv_pair(keras.layers.MaxPooling2D()(skip2), 4 * width)
-    x = keras.layers.Conv2DTranspose(2 * width, 2, strides=2)(x)
-    x = conv_pair(keras.layers.Concatenate()([x, skip2]), 2 * width)
-    x = keras.layers.Conv2DTranspose(width, 2, strides=2)(x)
-    x = conv_pair(keras.layers.Concatenate()([x, skip1]), width)
-    outputs = keras.layers.Conv2D(1, 1)(x)
+    # Built before the output layer: each layer's initial weights depend on how many
+    # layers were built before it.
+    features = unet_features(inputs, width)
+    outputs = keras.layers.Conv2D(1, 1)(features)
     return keras.Model(inputs, outputs, name="unet_downscaling")
 
 
@@ -145,10 +111,7 @@ def train(tmr: Timer, config: AppConfig, progress: Progress) -> dict[str, float]
         batch_size=config.batch_size,
         epochs=config.epochs,
         steps_per_epoch=config.batches,
-        callbacks=[
-            TimerCallback(tmr, gpu=config.gpu),
-            keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: progress()),
-        ],
+        callbacks=[TimerCallback(tmr, gpu=config.gpu), progress_callback(progress)],
         verbose=0,
     )
     return {

@@ -23,6 +23,9 @@ in each, a ``batch`` region per train step with the ``io`` gap before each, as t
 table 3 reports; the batch regions are GPU regions with ``--device cuda`` (which raises
 RuntimeError where TensorFlow sees no GPU).
 
+The device choice and the progress callback come from ``apps/_tf.py``, shared with the other
+TensorFlow apps; what is timed, and how, is all here.
+
 Sizes: ``scale`` is the number of vertical levels of a column: tiny 16, small 40, medium 137.
 """
 
@@ -35,8 +38,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
-import tensorflow as tf
 from _harness import App, AppConfig, Progress, Size
+from _tf import progress_callback, use_device
 
 from maeltrace import Timer, TimeType
 from maeltrace.keras import FIT, TimerCallback
@@ -59,15 +62,6 @@ SOLAR_CONSTANT_W_M2 = 1361.0
 STEFAN_BOLTZMANN = 5.670e-8
 # g / c_p in K per (W/m2 per hPa) per day: heating of a layer from a flux divergence.
 HEATING_K_PER_DAY = 9.81 / 1004.0 / 100.0 * 86400.0
-
-
-def use_device(config: AppConfig) -> None:
-    """Keeps TensorFlow off the GPU for ``--device cpu``; insists on one for ``cuda``."""
-    if config.gpu:
-        if not tf.config.list_physical_devices("GPU"):
-            raise RuntimeError("--device cuda needs a GPU that TensorFlow can see; it sees none")
-    else:
-        tf.config.set_visible_devices([], "GPU")
 
 
 def transmit(tau: np.ndarray, incoming: np.ndarray, sources: np.ndarray) -> np.ndarray:
@@ -163,10 +157,7 @@ def train(tmr: Timer, config: AppConfig, progress: Progress) -> dict[str, float]
         batch_size=config.batch_size,
         epochs=config.epochs,
         steps_per_epoch=config.batches,
-        callbacks=[
-            TimerCallback(tmr, gpu=config.gpu),
-            keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: progress()),
-        ],
+        callbacks=[TimerCallback(tmr, gpu=config.gpu), progress_callback(progress)],
         verbose=0,
     )
     return {"loss": float(history.history["loss"][-1])}

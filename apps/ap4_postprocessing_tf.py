@@ -36,6 +36,10 @@ runs the backward pass as compiled graph too. The optimizer update is a second
 price is that the step is three graph launches instead of one, and that TensorFlow cannot
 fuse across the phases.
 
+The random fields (``smooth_fields``) come from ``apps/_fields.py``, and the device choice, the
+U-Net's layers (``unet_features``) and the ``tf.data`` pipeline (``batched_dataset``) from
+``apps/_tf.py``, shared with the other TensorFlow apps; what is timed, and how, is all here.
+
 Sizes: ``scale`` is the side of a patch in grid points (a multiple of 4): tiny 16, small 32,
 medium 64.
 """
@@ -50,7 +54,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
+from _fields import smooth_fields
 from _harness import App, AppConfig, Progress, Size
+from _tf import batched_dataset, unet_features, use_device
 
 from maeltrace import Timer, TimeType
 
@@ -83,27 +89,6 @@ CLIMATE_MEAN_K = 275.0
 CLIMATE_STD_K = 8.0
 
 
-def use_device(tmr: Timer, config: AppConfig) -> None:
-    """Keeps TensorFlow off the GPU for ``--device cpu``; insists on one for ``cuda`` and
-    has GPU regions timed on TensorFlow's clock."""
-    if config.gpu:
-        if not tf.config.list_physical_devices("GPU"):
-            raise RuntimeError("--device cuda needs a GPU that TensorFlow can see; it sees none")
-        tmr.use_device(prefer="tensorflow")
-    else:
-        tf.config.set_visible_devices([], "GPU")
-
-
-def smooth_fields(rng: np.random.Generator, count: int, side: int, length_px: float) -> np.ndarray:
-    """``count`` random fields correlated over ``length_px``, of unit standard deviation over
-    all of them."""
-    noise = rng.standard_normal((count, side, side))
-    k = np.fft.fftfreq(side)
-    k2 = k[:, None] ** 2 + k[None, :] ** 2
-    fields = np.fft.ifft2(np.fft.fft2(noise) * np.exp(-2 * (math.pi * length_px) ** 2 * k2)).real
-    return fields / fields.std()
-
-
 def make_ensembles(config: AppConfig) -> tuple[np.ndarray, np.ndarray]:
     """Members ``(n, side, side, 10)`` and truth ``(n, side, side, 1)``, in kelvin."""
     rng = np.random.default_rng(config.seed)
@@ -128,33 +113,18 @@ def features(members: tf.Tensor, truth: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor
 
 
 def make_dataset(config: AppConfig) -> tf.data.Dataset:
-    members, truth = make_ensembles(config)
-    return (
-        tf.data.Dataset.from_tensor_slices((members, truth))
-        .shuffle(len(members), seed=config.seed)
-        .map(features, num_parallel_calls=config.workers or None, deterministic=True)
-        .batch(config.batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-
-
-def conv_pair(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
-    for _ in range(2):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-    return x
+    """The shuffled, batched ensembles, with `features` mapped over them."""
+    return batched_dataset(make_ensembles(config), config, features)
 
 
 def build_unet(side: int, channels: int, width: int = 16) -> keras.Model:
-    """A two-level U-Net returning the mean correction and the raw spread per grid point."""
+    """A two-level U-Net (`unet_features`) returning the mean correction and the raw spread
+    per grid point."""
     inputs = keras.Input((side, side, channels))
-    skip1 = conv_pair(inputs, width)
-    skip2 = conv_pair(keras.layers.MaxPooling2D()(skip1), 2 * width)
-    x = conv_pair(keras.layers.MaxPooling2D()(skip2), 4 * width)
-    x = keras.layers.Conv2DTranspose(2 * width, 2, strides=2)(x)
-    x = conv_pair(keras.layers.Concatenate()([x, skip2]), 2 * width)
-    x = keras.layers.Conv2DTranspose(width, 2, strides=2)(x)
-    x = conv_pair(keras.layers.Concatenate()([x, skip1]), width)
-    outputs = keras.layers.Conv2D(2, 1)(x)
+    # Built before the output layer: each layer's initial weights depend on how many
+    # layers were built before it.
+    features = unet_features(inputs, width)
+    outputs = keras.layers.Conv2D(2, 1)(features)
     return keras.Model(inputs, outputs, name="unet_postprocessing")
 
 
@@ -169,7 +139,7 @@ def gaussian_crps(mean: tf.Tensor, std: tf.Tensor, truth: tf.Tensor) -> tf.Tenso
 def train(tmr: Timer, config: AppConfig, progress: Progress) -> dict[str, float]:
     if config.scale % 4:
         raise ValueError(f"scale must be a multiple of 4, not {config.scale}")
-    use_device(tmr, config)
+    use_device(config, tmr)
     keras.utils.set_random_seed(config.seed)
     dataset = make_dataset(config)
     model = build_unet(config.scale, MEMBERS + 2)

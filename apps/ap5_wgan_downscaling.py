@@ -35,6 +35,11 @@ Regions, and how they nest::
 All but ``io`` are GPU regions with ``--device cuda`` (which raises RuntimeError where
 TensorFlow sees no GPU).
 
+The random fields (``smooth_fields``, ``coarsen``) come from ``apps/_fields.py``, and the
+device choice, the generator's U-Net layers (``unet_features``) and the ``tf.data`` pipeline
+(``batched_dataset``) from ``apps/_tf.py``, shared with the other TensorFlow apps; what is
+timed, and how, is all here.
+
 Sizes: ``scale`` is the side of a patch in fine grid points (a multiple of 8): tiny 16, small
 32, medium 64.
 """
@@ -49,7 +54,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
+from _fields import coarsen, smooth_fields
 from _harness import App, AppConfig, Progress, Size
+from _tf import batched_dataset, unet_features, use_device
 
 from maeltrace import Timer, TimeType
 
@@ -83,42 +90,14 @@ TEMPERATURE_SCALE_K = 10.0
 ELEVATION_SCALE_M = 1000.0
 
 
-def use_device(tmr: Timer, config: AppConfig) -> None:
-    """Keeps TensorFlow off the GPU for ``--device cpu``; insists on one for ``cuda`` and
-    has GPU regions timed on TensorFlow's clock."""
-    if config.gpu:
-        if not tf.config.list_physical_devices("GPU"):
-            raise RuntimeError("--device cuda needs a GPU that TensorFlow can see; it sees none")
-        tmr.use_device(prefer="tensorflow")
-    else:
-        tf.config.set_visible_devices([], "GPU")
-
-
-def smooth_fields(rng: np.random.Generator, count: int, side: int, length_px: float) -> np.ndarray:
-    """``count`` random fields correlated over ``length_px``, of unit standard deviation over
-    all of them."""
-    noise = rng.standard_normal((count, side, side))
-    k = np.fft.fftfreq(side)
-    k2 = k[:, None] ** 2 + k[None, :] ** 2
-    fields = np.fft.ifft2(np.fft.fft2(noise) * np.exp(-2 * (math.pi * length_px) ** 2 * k2)).real
-    return fields / fields.std()
-
-
-def coarsen(fields: np.ndarray) -> np.ndarray:
-    """Block means over ``COARSE_FACTOR`` points, repeated back onto the fine grid."""
-    n, side, _ = fields.shape
-    blocks = side // COARSE_FACTOR
-    coarse = fields.reshape(n, blocks, COARSE_FACTOR, blocks, COARSE_FACTOR).mean(axis=(2, 4))
-    return coarse.repeat(COARSE_FACTOR, axis=1).repeat(COARSE_FACTOR, axis=2)
-
-
 def make_data(config: AppConfig) -> tuple[np.ndarray, np.ndarray]:
     """Predictors ``(n, side, side, 4)`` and fine 2 m temperature ``(n, side, side, 1)``,
     scaled to order one."""
     rng = np.random.default_rng(config.seed)
     n, side = config.batches * config.batch_size, config.scale
     elevation_m = np.maximum(700.0 * (smooth_fields(rng, n, side, side / 8) + 0.5), 0.0)
-    valley_m = coarsen(elevation_m) - elevation_m  # positive below the surrounding terrain
+    # Positive below the surrounding terrain, where cold air pools when the air is stable.
+    valley_m = coarsen(elevation_m, COARSE_FACTOR) - elevation_m
     large_scale_k = 6.0 * smooth_fields(rng, n, side, side / 2) + rng.normal(8.0, 6.0, (n, 1, 1))
     stability = np.maximum(smooth_fields(rng, n, side, side / 2) + 0.5, 0.0)
     t850_k = large_scale_k - 8.0 + 4.0 * stability
@@ -130,10 +109,10 @@ def make_data(config: AppConfig) -> tuple[np.ndarray, np.ndarray]:
     )
     predictors = np.stack(
         [
-            coarsen(t2m_k) / TEMPERATURE_SCALE_K,
-            coarsen(t850_k) / TEMPERATURE_SCALE_K,
+            coarsen(t2m_k, COARSE_FACTOR) / TEMPERATURE_SCALE_K,
+            coarsen(t850_k, COARSE_FACTOR) / TEMPERATURE_SCALE_K,
             elevation_m / ELEVATION_SCALE_M,
-            coarsen(elevation_m) / ELEVATION_SCALE_M,
+            coarsen(elevation_m, COARSE_FACTOR) / ELEVATION_SCALE_M,
         ],
         axis=-1,
     )
@@ -141,23 +120,14 @@ def make_data(config: AppConfig) -> tuple[np.ndarray, np.ndarray]:
     return predictors.astype(np.float32), target.astype(np.float32)
 
 
-def conv_pair(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
-    for _ in range(2):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-    return x
-
-
 def build_generator(side: int, channels: int, width: int = 16) -> keras.Model:
-    """A two-level U-Net adding its output to the coarse 2 m temperature (channel 0)."""
+    """A two-level U-Net (`unet_features`) adding its output to the coarse 2 m temperature
+    (channel 0)."""
     inputs = keras.Input((side, side, channels))
-    skip1 = conv_pair(inputs, width)
-    skip2 = conv_pair(keras.layers.MaxPooling2D()(skip1), 2 * width)
-    x = conv_pair(keras.layers.MaxPooling2D()(skip2), 4 * width)
-    x = keras.layers.Conv2DTranspose(2 * width, 2, strides=2)(x)
-    x = conv_pair(keras.layers.Concatenate()([x, skip2]), 2 * width)
-    x = keras.layers.Conv2DTranspose(width, 2, strides=2)(x)
-    x = conv_pair(keras.layers.Concatenate()([x, skip1]), width)
-    correction = keras.layers.Conv2D(1, 1)(x)
+    # Built before the output layer: each layer's initial weights depend on how many
+    # layers were built before it.
+    features = unet_features(inputs, width)
+    correction = keras.layers.Conv2D(1, 1)(features)
     coarse = keras.layers.Lambda(lambda t: t[..., :1])(inputs)
     return keras.Model(inputs, keras.layers.Add()([coarse, correction]), name="generator")
 
@@ -177,15 +147,10 @@ def build_critic(side: int, channels: int, width: int = 16) -> keras.Model:
 def train(tmr: Timer, config: AppConfig, progress: Progress) -> dict[str, float]:
     if config.scale % (2 * COARSE_FACTOR):
         raise ValueError(f"scale must be a multiple of {2 * COARSE_FACTOR}, not {config.scale}")
-    use_device(tmr, config)
+    use_device(config, tmr)
     keras.utils.set_random_seed(config.seed)
     predictors, target = make_data(config)
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((predictors, target))
-        .shuffle(len(predictors), seed=config.seed)
-        .batch(config.batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    dataset = batched_dataset((predictors, target), config)
     channels = predictors.shape[-1]
     generator = build_generator(config.scale, channels)
     critic = build_critic(config.scale, channels)

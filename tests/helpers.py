@@ -1,22 +1,31 @@
-"""Small readers of timer records shared by the framework tests, and a runner of the apps."""
+"""Small readers of timer records shared by the framework tests, and a runner of the apps
+with the checks their tests share."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from maeltrace import Records
 from maeltrace.report import Summary
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ROOT / "apps"
+APP_FILES = frozenset(
+    {"stats.json", "stats.md", "stats.csv", "trace.json", "traces.otlp.jsonl", "app.json"}
+)
+"""The files every run of an example app writes into its folder."""
 
 
 def parent_keys(records: Records) -> dict[str, set[str | None]]:
@@ -143,21 +152,60 @@ class AppRun:
             out.setdefault(event["args"]["key"], set()).add(parent)
         return out
 
+    def children_in_order(self, parent: str) -> list[list[str]]:
+        """For each CPU region of key ``parent``, in start order, its children's keys in start
+        order."""
+        cpu = [e for e in self.events if e["cat"] == "cpu"]
+        parents = sorted(
+            (e for e in cpu if e["args"]["key"] == parent), key=lambda e: float(e["ts"])
+        )
+        children: dict[int, list[tuple[float, str]]] = {e["args"]["seq"]: [] for e in parents}
+        for event in cpu:
+            parent_seq = event["args"].get("parent_seq")
+            if parent_seq in children:
+                children[parent_seq].append((float(event["ts"]), event["args"]["key"]))
+        return [[key for _, key in sorted(children[e["args"]["seq"]])] for e in parents]
+
+    def total_s(self, key: str) -> float:
+        """Total time of the CPU row of ``key``, in seconds."""
+        (row,) = (r for r in self.summary.rows if str(r.key) == key and not r.device)
+        return row.stats.total
+
+    def files_written(self) -> set[str]:
+        """Which of `APP_FILES` the run wrote, not empty."""
+        return {
+            name
+            for name in APP_FILES
+            if (self.folder / name).is_file() and (self.folder / name).stat().st_size > 0
+        }
+
+
+def app_process(
+    script: str, *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``apps/<script>`` with ``args`` in its own process from the repository root, and
+    returns how it ended, whatever its exit status.
+
+    Args:
+        env: its environment; default this process's.
+    """
+    return subprocess.run(
+        [sys.executable, str(APPS / script), *args],
+        cwd=ROOT,
+        env=dict(os.environ if env is None else env),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
 
 def run_app(script: str, folder: Path, *args: str, timeout_s: float = 300) -> AppRun:
     """Runs ``apps/<script>`` in its own process, as ``maeltrace bench`` does, with the
     embedded default's export on, and reads back what it wrote into ``folder``."""
     env = dict(os.environ)
     env.pop("MAELTRACE_EXPORT", None)
-    done = subprocess.run(
-        [sys.executable, str(APPS / script), "--output-dir", str(folder), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
+    done = app_process(script, "--output-dir", str(folder), *args, env=env, timeout_s=timeout_s)
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     trace = json.loads((folder / "trace.json").read_text())
     return AppRun(
@@ -167,3 +215,83 @@ def run_app(script: str, folder: Path, *args: str, timeout_s: float = 300) -> Ap
         events=[e for e in trace["traceEvents"] if e["ph"] == "X"],
         stdout=done.stdout,
     )
+
+
+def shared_app_run(
+    tmp_path_factory: pytest.TempPathFactory, script: str, *args: str, epochs: int, batches: int
+) -> Iterator[AppRun]:
+    """One run of an app at ``--size tiny`` with ``epochs`` and ``batches``, for a module-scoped
+    fixture to yield from: its tests read it without running the app again.
+
+    The environment is what the autouse fixtures give each test (no OTLP settings of the
+    machine, an output root in a temporary folder), which a module-scoped fixture does not get.
+    """
+    folder = tmp_path_factory.mktemp(script.removesuffix(".py")) / "run"
+    with pytest.MonkeyPatch.context() as env:
+        for name in [n for n in os.environ if n.startswith("OTEL_")]:
+            env.delenv(name)
+        env.setenv("MAELTRACE_OUTPUT_DIR", str(folder.parent / "maeltrace-out"))
+        size = ["--size", "tiny", "--epochs", str(epochs), "--batches", str(batches)]
+        yield run_app(script, folder, *size, *args)
+
+
+def app_run_fixture(
+    name: str, script: str, *args: str, epochs: int, batches: int
+) -> Callable[[pytest.TempPathFactory], Iterator[AppRun]]:
+    """A module-scoped fixture called ``name`` giving the tests of a module one
+    `shared_app_run` of ``apps/<script>`` with ``args``; assign it to ``name`` in the module."""
+
+    def app_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppRun]:
+        yield from shared_app_run(tmp_path_factory, script, *args, epochs=epochs, batches=batches)
+
+    app_run.__doc__ = f"One tiny run of {script}, shared by the tests of the module."
+    return pytest.fixture(scope="module", name=name)(app_run)
+
+
+def assert_ran_on_the_cpu_and_wrote_its_files(
+    run: AppRun, *, name: str, framework: str, seed_app: str, epochs: int, batches: int
+) -> None:
+    """Checks what every app's run on the CPU shares: its ``app.json`` names it and its
+    configuration, no row is a GPU row, it wrote `APP_FILES`, it recorded exactly the keys it
+    lists, and its results are finite numbers."""
+    assert run.info["name"] == name
+    assert run.info["seed_app"] == seed_app
+    assert run.info["framework"] == framework
+    assert run.info["framework_version"]
+    assert run.info["config"]["device"] == "cpu"
+    assert run.info["config"]["epochs"] == epochs
+    assert run.info["config"]["batches"] == batches
+    assert run.info["expected"] == {"epoch": epochs, "batch": epochs * batches}
+    assert run.counts("gpu") == {}
+    assert not any(row.device for row in run.summary.rows)
+    assert run.files_written() == APP_FILES
+    # Every key the app lists is recorded, and every key recorded is listed.
+    assert set(run.info["regions"]) == set(run.counts())
+    result = run.info["result"]
+    assert result
+    assert all(math.isfinite(value) for value in result.values())
+
+
+def step_counts(epochs: int, batches: int, *step_keys: str) -> dict[str, int]:
+    """Samples per key of a loop timing ``epoch``, and in it ``io`` and ``batch`` per batch,
+    with each of ``step_keys`` once in each batch."""
+    steps = epochs * batches
+    return {"epoch": epochs, "io": steps, "batch": steps} | dict.fromkeys(step_keys, steps)
+
+
+def step_parents(*step_keys: str) -> dict[str, set[str | None]]:
+    """Parents per key of the loop that `step_counts` counts."""
+    return {"epoch": {None}, "io": {"epoch"}, "batch": {"epoch"}} | {
+        key: {"batch"} for key in step_keys
+    }
+
+
+def assert_times_a_step_per_batch(run: AppRun, *step_keys: str, epochs: int, batches: int) -> None:
+    """Checks the regions of a custom loop: ``epoch`` regions, in each an ``io`` region then a
+    ``batch`` region per batch, and in each batch ``step_keys`` once each, in that order; the
+    app lists exactly these keys, in this order."""
+    assert run.counts() == step_counts(epochs, batches, *step_keys)
+    assert run.parent_keys() == step_parents(*step_keys)
+    assert run.children_in_order("epoch") == [["io", "batch"] * batches] * epochs
+    assert run.children_in_order("batch") == [list(step_keys)] * (epochs * batches)
+    assert run.info["regions"] == ["epoch", "io", "batch", *step_keys]

@@ -3,89 +3,54 @@
 
 from __future__ import annotations
 
-import math
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from maeltrace.report import Summary
-from tests.helpers import APPS, ROOT, AppRun, run_app
+from tests.helpers import (
+    AppRun,
+    app_process,
+    app_run_fixture,
+    assert_ran_on_the_cpu_and_wrote_its_files,
+    assert_times_a_step_per_batch,
+    step_counts,
+    step_parents,
+)
 
 EPOCHS = 2
 BATCHES = 3
 STEPS = EPOCHS * BATCHES
 N_CRITIC = 4  # AP5's critic updates per batch
-FILES = {"stats.json", "stats.md", "stats.csv", "trace.json", "traces.otlp.jsonl", "app.json"}
+
+# One run of each app, shared by its tests.
+ap1 = app_run_fixture("ap1", "ap1_unet_downscaling.py", epochs=EPOCHS, batches=BATCHES)
+ap3 = app_run_fixture("ap3", "ap3_radiation_lstm.py", epochs=EPOCHS, batches=BATCHES)
+ap4 = app_run_fixture("ap4", "ap4_postprocessing_tf.py", epochs=EPOCHS, batches=BATCHES)
+ap5 = app_run_fixture("ap5", "ap5_wgan_downscaling.py", epochs=EPOCHS, batches=BATCHES)
 
 
-def _run(tmp_path_factory: pytest.TempPathFactory, script: str) -> Iterator[AppRun]:
-    folder = tmp_path_factory.mktemp(script.removesuffix(".py")) / "run"
-    with pytest.MonkeyPatch.context() as env:
-        # As the autouse fixture does per test: no OTLP settings of the machine apply.
-        for name in [n for n in os.environ if n.startswith("OTEL_")]:
-            env.delenv(name)
-        env.setenv("MAELTRACE_OUTPUT_DIR", str(folder.parent / "maeltrace-out"))
-        yield run_app(
-            script, folder, "--size", "tiny", "--epochs", str(EPOCHS), "--batches", str(BATCHES)
-        )
+def _assert_ran_on_the_cpu_and_wrote_its_files(
+    run: AppRun, name: str, framework: str, seed_app: str
+) -> None:
+    assert_ran_on_the_cpu_and_wrote_its_files(
+        run, name=name, framework=framework, seed_app=seed_app, epochs=EPOCHS, batches=BATCHES
+    )
 
 
-@pytest.fixture(scope="module")
-def ap1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppRun]:
-    yield from _run(tmp_path_factory, "ap1_unet_downscaling.py")
+def _assert_the_timer_callback_regions(run: AppRun) -> None:
+    """Checks the regions `maeltrace.keras.TimerCallback` records around ``model.fit``."""
+    assert run.counts() == {"fit": 1, "epoch": EPOCHS, "io": STEPS, "batch": STEPS}
+    parents = {"fit": {None}, "epoch": {"fit"}, "io": {"epoch"}, "batch": {"epoch"}}
+    assert run.parent_keys() == parents
+    # The IO gap precedes each batch: io and batch alternate in every epoch.
+    assert run.children_in_order("epoch") == [["io", "batch"] * BATCHES] * EPOCHS
+    assert run.info["regions"] == ["fit", "epoch", "io", "batch"]
 
 
-@pytest.fixture(scope="module")
-def ap3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppRun]:
-    yield from _run(tmp_path_factory, "ap3_radiation_lstm.py")
-
-
-@pytest.fixture(scope="module")
-def ap4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppRun]:
-    yield from _run(tmp_path_factory, "ap4_postprocessing_tf.py")
-
-
-@pytest.fixture(scope="module")
-def ap5(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppRun]:
-    yield from _run(tmp_path_factory, "ap5_wgan_downscaling.py")
-
-
-def _children_in_order(run: AppRun, parent: str) -> list[list[str]]:
-    """For each CPU region of key ``parent``, its children's keys in start order."""
-    cpu = [e for e in run.events if e["cat"] == "cpu"]
-    parents = sorted((e for e in cpu if e["args"]["key"] == parent), key=lambda e: float(e["ts"]))
-    children: dict[int, list[tuple[float, str]]] = {e["args"]["seq"]: [] for e in parents}
-    for event in cpu:
-        parent_seq = event["args"].get("parent_seq")
-        if parent_seq in children:
-            children[parent_seq].append((float(event["ts"]), event["args"]["key"]))
-    return [[key for _, key in sorted(children[e["args"]["seq"]])] for e in parents]
-
-
-def _assert_ran_on_the_cpu_and_wrote_its_files(run: AppRun, name: str, framework: str) -> None:
-    assert run.info["name"] == name
-    assert run.info["framework"] == framework
-    assert run.info["framework_version"]
-    assert run.info["config"]["device"] == "cpu"
-    assert run.info["config"]["epochs"] == EPOCHS
-    assert run.info["expected"] == {"epoch": EPOCHS, "batch": STEPS}
-    assert run.counts("gpu") == {}
-    assert not any(row.device for row in run.summary.rows)
-    assert {p.name for p in run.folder.iterdir()} >= FILES
-    assert all((run.folder / file).stat().st_size > 0 for file in FILES)
-    # Every key the app lists is recorded, and every key recorded is listed.
-    assert set(run.info["regions"]) == set(run.counts())
-    result = run.info["result"]
-    assert result
-    assert all(math.isfinite(value) for value in result.values())
-
-
-KERAS_COUNTS = {"fit": 1, "epoch": EPOCHS, "io": STEPS, "batch": STEPS}
-KERAS_PARENTS = {"fit": {None}, "epoch": {"fit"}, "io": {"epoch"}, "batch": {"epoch"}}
+AP4_STEP = ("forward", "backward", "optimizer")
+AP5_STEP = ("critic", "generator")
 
 
 @pytest.mark.slow
@@ -93,15 +58,10 @@ class TestAp1UnetDownscaling:
     def test_the_timer_callback_records_fit_epochs_and_an_io_gap_per_batch(
         self, ap1: AppRun
     ) -> None:
-        assert ap1.counts() == KERAS_COUNTS
-        assert ap1.parent_keys() == KERAS_PARENTS
-        # The IO gap precedes each batch: io and batch alternate in every epoch.
-        assert _children_in_order(ap1, "epoch") == [["io", "batch"] * BATCHES] * EPOCHS
-        assert ap1.info["regions"] == ["fit", "epoch", "io", "batch"]
+        _assert_the_timer_callback_regions(ap1)
 
     def test_ran_on_the_cpu_wrote_its_files_and_learned_something(self, ap1: AppRun) -> None:
-        _assert_ran_on_the_cpu_and_wrote_its_files(ap1, "ap1-unet-downscaling", "keras")
-        assert ap1.info["seed_app"] == "AP1"
+        _assert_ran_on_the_cpu_and_wrote_its_files(ap1, "ap1-unet-downscaling", "keras", "AP1")
         assert set(ap1.info["result"]) == {"loss", "mae_k"}
         assert 0 < ap1.info["result"]["loss"] < 10
 
@@ -111,14 +71,10 @@ class TestAp3RadiationLstm:
     def test_the_timer_callback_records_fit_epochs_and_an_io_gap_per_batch(
         self, ap3: AppRun
     ) -> None:
-        assert ap3.counts() == KERAS_COUNTS
-        assert ap3.parent_keys() == KERAS_PARENTS
-        assert _children_in_order(ap3, "epoch") == [["io", "batch"] * BATCHES] * EPOCHS
-        assert ap3.info["regions"] == ["fit", "epoch", "io", "batch"]
+        _assert_the_timer_callback_regions(ap3)
 
     def test_ran_on_the_cpu_wrote_its_files_and_learned_something(self, ap3: AppRun) -> None:
-        _assert_ran_on_the_cpu_and_wrote_its_files(ap3, "ap3-radiation-lstm", "keras")
-        assert ap3.info["seed_app"] == "AP3"
+        _assert_ran_on_the_cpu_and_wrote_its_files(ap3, "ap3-radiation-lstm", "keras", "AP3")
         # Standardised targets: a model no better than their mean scores about 1.
         assert 0 < ap3.info["result"]["loss"] < 2
 
@@ -126,29 +82,12 @@ class TestAp3RadiationLstm:
 @pytest.mark.slow
 class TestAp4PostprocessingTf:
     def test_records_io_and_a_forward_backward_optimizer_step_per_batch(self, ap4: AppRun) -> None:
-        assert ap4.counts() == {
-            "epoch": EPOCHS,
-            "io": STEPS,
-            "batch": STEPS,
-            "forward": STEPS,
-            "backward": STEPS,
-            "optimizer": STEPS,
-        }
-        assert ap4.parent_keys() == {
-            "epoch": {None},
-            "io": {"epoch"},
-            "batch": {"epoch"},
-            "forward": {"batch"},
-            "backward": {"batch"},
-            "optimizer": {"batch"},
-        }
-        assert _children_in_order(ap4, "epoch") == [["io", "batch"] * BATCHES] * EPOCHS
-        assert _children_in_order(ap4, "batch") == [["forward", "backward", "optimizer"]] * STEPS
-        assert ap4.info["regions"] == ["epoch", "io", "batch", "forward", "backward", "optimizer"]
+        assert_times_a_step_per_batch(ap4, *AP4_STEP, epochs=EPOCHS, batches=BATCHES)
 
     def test_ran_on_the_cpu_wrote_its_files_and_scores_crps(self, ap4: AppRun) -> None:
-        _assert_ran_on_the_cpu_and_wrote_its_files(ap4, "ap4-postprocessing-tf", "tensorflow")
-        assert ap4.info["seed_app"] == "AP4"
+        _assert_ran_on_the_cpu_and_wrote_its_files(
+            ap4, "ap4-postprocessing-tf", "tensorflow", "AP4"
+        )
         result = ap4.info["result"]
         assert set(result) == {"loss", "crps_k", "raw_ensemble_crps_k"}
         assert result["crps_k"] == pytest.approx(8 * result["loss"])
@@ -159,36 +98,16 @@ class TestAp4PostprocessingTf:
 @pytest.mark.slow
 class TestAp5WganDownscaling:
     def test_records_n_critic_updates_then_a_generator_update_per_batch(self, ap5: AppRun) -> None:
-        assert ap5.counts() == {
-            "epoch": EPOCHS,
-            "io": STEPS,
-            "batch": STEPS,
-            "critic": STEPS,
-            "critic_step": STEPS * N_CRITIC,
-            "generator": STEPS,
+        assert ap5.counts() == step_counts(EPOCHS, BATCHES, *AP5_STEP) | {
+            "critic_step": STEPS * N_CRITIC
         }
-        assert ap5.parent_keys() == {
-            "epoch": {None},
-            "io": {"epoch"},
-            "batch": {"epoch"},
-            "critic": {"batch"},
-            "critic_step": {"critic"},
-            "generator": {"batch"},
-        }
-        assert _children_in_order(ap5, "batch") == [["critic", "generator"]] * STEPS
-        assert _children_in_order(ap5, "critic") == [["critic_step"] * N_CRITIC] * STEPS
-        assert ap5.info["regions"] == [
-            "epoch",
-            "io",
-            "batch",
-            "critic",
-            "critic_step",
-            "generator",
-        ]
+        assert ap5.parent_keys() == step_parents(*AP5_STEP) | {"critic_step": {"critic"}}
+        assert ap5.children_in_order("batch") == [list(AP5_STEP)] * STEPS
+        assert ap5.children_in_order("critic") == [["critic_step"] * N_CRITIC] * STEPS
+        assert ap5.info["regions"] == ["epoch", "io", "batch", "critic", "critic_step", "generator"]
 
     def test_ran_on_the_cpu_wrote_its_files_and_reports_both_losses(self, ap5: AppRun) -> None:
-        _assert_ran_on_the_cpu_and_wrote_its_files(ap5, "ap5-wgan-downscaling", "tensorflow")
-        assert ap5.info["seed_app"] == "AP5"
+        _assert_ran_on_the_cpu_and_wrote_its_files(ap5, "ap5-wgan-downscaling", "tensorflow", "AP5")
         assert set(ap5.info["result"]) == {"loss", "critic_loss", "mae_k"}
         assert ap5.info["result"]["mae_k"] > 0
 
@@ -197,20 +116,12 @@ class TestAp5WganDownscaling:
 def test_ap4_on_cuda_times_on_the_gpu_or_fails_clearly_without_one(tmp_path: Path) -> None:
     args = ["--size", "tiny", "--epochs", "1", "--batches", "2", "--device", "cuda"]
     folder = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(APPS / "ap4_postprocessing_tf.py"),
-            "--output-dir",
-            str(folder),
-            *args,
-        ],
-        cwd=ROOT,
+    done = app_process(
+        "ap4_postprocessing_tf.py",
+        "--output-dir",
+        str(folder),
+        *args,
         env={**os.environ, "MAELTRACE_OUTPUT_DIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
     )
     message = "--device cuda needs a GPU that TensorFlow can see; it sees none"
     if message in done.stderr:

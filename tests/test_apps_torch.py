@@ -9,100 +9,35 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import APPS, ROOT, AppRun, run_app
+from tests.helpers import (
+    APPS,
+    ROOT,
+    AppRun,
+    app_run_fixture,
+    assert_ran_on_the_cpu_and_wrote_its_files,
+    assert_times_a_step_per_batch,
+)
 
 EPOCHS = 2
 BATCHES = 3
-STEPS = EPOCHS * BATCHES
-FILES = {"stats.json", "stats.md", "stats.csv", "trace.json", "traces.otlp.jsonl", "app.json"}
 
-
-def _run(tmp_path_factory: pytest.TempPathFactory, script: str, *args: str) -> Iterator[AppRun]:
-    folder = tmp_path_factory.mktemp(script.removesuffix(".py")) / "run"
-    with pytest.MonkeyPatch.context() as env:
-        # As the autouse fixture does per test: no OTLP settings of the machine apply.
-        for name in [n for n in os.environ if n.startswith("OTEL_")]:
-            env.delenv(name)
-        env.setenv("MAELTRACE_OUTPUT_DIR", str(folder.parent / "maeltrace-out"))
-        yield run_app(
-            script,
-            folder,
-            "--size",
-            "tiny",
-            "--epochs",
-            str(EPOCHS),
-            "--batches",
-            str(BATCHES),
-            *args,
-        )
-
-
-@pytest.fixture(scope="module")
-def ap2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppRun]:
-    yield from _run(tmp_path_factory, "ap2_rain_transformer.py")
-
-
-@pytest.fixture(scope="module")
-def ap4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppRun]:
-    yield from _run(tmp_path_factory, "ap4_postprocessing_torch.py")
-
-
-@pytest.fixture(scope="module")
-def ap6(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppRun]:
-    # One worker keeps the run short; the worker processes are what AP6 is about.
-    yield from _run(tmp_path_factory, "ap6_swav_clustering.py", "--workers", "1")
-
-
-def _children_in_order(run: AppRun, parent: str) -> list[list[str]]:
-    """For each CPU region of key ``parent``, its children's keys in start order."""
-    cpu = [e for e in run.events if e["cat"] == "cpu"]
-    parents = sorted((e for e in cpu if e["args"]["key"] == parent), key=lambda e: float(e["ts"]))
-    children: dict[int, list[tuple[float, str]]] = {e["args"]["seq"]: [] for e in parents}
-    for event in cpu:
-        parent_seq = event["args"].get("parent_seq")
-        if parent_seq in children:
-            children[parent_seq].append((float(event["ts"]), event["args"]["key"]))
-    return [[key for _, key in sorted(children[e["args"]["seq"]])] for e in parents]
-
-
-def _total_s(run: AppRun, key: str) -> float:
-    (row,) = (r for r in run.summary.rows if str(r.key) == key and not r.device)
-    return row.stats.total
+# One run of each app, shared by its tests.
+ap2 = app_run_fixture("ap2", "ap2_rain_transformer.py", epochs=EPOCHS, batches=BATCHES)
+ap4 = app_run_fixture("ap4", "ap4_postprocessing_torch.py", epochs=EPOCHS, batches=BATCHES)
+# One worker keeps the run short; the worker processes are what AP6 is about.
+ap6 = app_run_fixture(
+    "ap6", "ap6_swav_clustering.py", "--workers", "1", epochs=EPOCHS, batches=BATCHES
+)
 
 
 def _assert_ran_on_the_cpu_and_wrote_its_files(run: AppRun, name: str, seed_app: str) -> None:
-    assert run.info["name"] == name
-    assert run.info["seed_app"] == seed_app
-    assert run.info["framework"] == "torch"
-    assert run.info["framework_version"]
-    assert run.info["config"]["device"] == "cpu"
-    assert run.info["config"]["epochs"] == EPOCHS
-    assert run.info["config"]["batches"] == BATCHES
-    assert run.info["expected"] == {"epoch": EPOCHS, "batch": STEPS}
-    assert run.counts("gpu") == {}
-    assert not any(row.device for row in run.summary.rows)
-    assert {p.name for p in run.folder.iterdir()} >= FILES
-    assert all((run.folder / file).stat().st_size > 0 for file in FILES)
-    # Every key the app lists is recorded, and every key recorded is listed.
-    assert set(run.info["regions"]) == set(run.counts())
-    result = run.info["result"]
-    assert result
-    assert all(math.isfinite(value) for value in result.values())
-
-
-def _step_counts(*step_keys: str) -> dict[str, int]:
-    return {"epoch": EPOCHS, "io": STEPS, "batch": STEPS} | dict.fromkeys(step_keys, STEPS)
-
-
-def _step_parents(*step_keys: str) -> dict[str, set[str | None]]:
-    return {"epoch": {None}, "io": {"epoch"}, "batch": {"epoch"}} | {
-        key: {"batch"} for key in step_keys
-    }
+    assert_ran_on_the_cpu_and_wrote_its_files(
+        run, name=name, framework="torch", seed_app=seed_app, epochs=EPOCHS, batches=BATCHES
+    )
 
 
 AP2_STEP = ("forward", "backward", "comm", "optimizer")
@@ -113,13 +48,9 @@ AP6_STEP = ("forward", "sinkhorn", "backward", "optimizer")
 @pytest.mark.slow
 class TestAp2RainTransformer:
     def test_each_batch_is_a_data_parallel_step_with_its_all_reduce(self, ap2: AppRun) -> None:
-        assert ap2.counts() == _step_counts(*AP2_STEP)
-        assert ap2.parent_keys() == _step_parents(*AP2_STEP)
         # The loader's fetch precedes each step, and the all-reduce sits between the backward
         # pass and the optimizer, as in data-parallel training.
-        assert _children_in_order(ap2, "epoch") == [["io", "batch"] * BATCHES] * EPOCHS
-        assert _children_in_order(ap2, "batch") == [list(AP2_STEP)] * STEPS
-        assert ap2.info["regions"] == ["epoch", "io", "batch", *AP2_STEP]
+        assert_times_a_step_per_batch(ap2, *AP2_STEP, epochs=EPOCHS, batches=BATCHES)
 
     def test_ran_on_the_cpu_wrote_its_files_and_classified(self, ap2: AppRun) -> None:
         _assert_ran_on_the_cpu_and_wrote_its_files(ap2, "ap2-rain-transformer", "AP2")
@@ -132,11 +63,7 @@ class TestAp2RainTransformer:
 @pytest.mark.slow
 class TestAp4PostprocessingTorch:
     def test_times_io_and_forward_backward_and_optimizer_in_each_batch(self, ap4: AppRun) -> None:
-        assert ap4.counts() == _step_counts(*AP4_STEP)
-        assert ap4.parent_keys() == _step_parents(*AP4_STEP)
-        assert _children_in_order(ap4, "epoch") == [["io", "batch"] * BATCHES] * EPOCHS
-        assert _children_in_order(ap4, "batch") == [list(AP4_STEP)] * STEPS
-        assert ap4.info["regions"] == ["epoch", "io", "batch", *AP4_STEP]
+        assert_times_a_step_per_batch(ap4, *AP4_STEP, epochs=EPOCHS, batches=BATCHES)
 
     def test_ran_on_the_cpu_wrote_its_files_and_scored_both_forecasts(self, ap4: AppRun) -> None:
         _assert_ran_on_the_cpu_and_wrote_its_files(ap4, "ap4-postprocessing-torch", "AP4")
@@ -150,11 +77,7 @@ class TestAp4PostprocessingTorch:
 @pytest.mark.slow
 class TestAp6SwavClustering:
     def test_times_io_and_the_sinkhorn_codes_in_each_batch(self, ap6: AppRun) -> None:
-        assert ap6.counts() == _step_counts(*AP6_STEP)
-        assert ap6.parent_keys() == _step_parents(*AP6_STEP)
-        assert _children_in_order(ap6, "epoch") == [["io", "batch"] * BATCHES] * EPOCHS
-        assert _children_in_order(ap6, "batch") == [list(AP6_STEP)] * STEPS
-        assert ap6.info["regions"] == ["epoch", "io", "batch", *AP6_STEP]
+        assert_times_a_step_per_batch(ap6, *AP6_STEP, epochs=EPOCHS, batches=BATCHES)
 
     def test_ran_on_the_cpu_with_one_worker_and_wrote_its_files(self, ap6: AppRun) -> None:
         _assert_ran_on_the_cpu_and_wrote_its_files(ap6, "ap6-swav-clustering", "AP6")
@@ -170,7 +93,7 @@ class TestAp6SwavClustering:
         # train on it: the loop waits for 40-50 % of the epoch here, on a busy machine too
         # (starting and stopping the worker takes most of the rest). A fifth leaves room and
         # still fails if the augmentation moves out of the loader.
-        assert _total_s(ap6, "io") >= 0.2 * _total_s(ap6, "epoch")
+        assert ap6.total_s("io") >= 0.2 * ap6.total_s("epoch")
 
 
 @pytest.mark.slow
