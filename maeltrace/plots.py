@@ -8,11 +8,9 @@ gives byte-identical PNG files (the ``Software`` tag, the only varying metadata,
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - the report extra is installed i
         f"the report's plots need matplotlib and numpy: pip install 'maeltrace[report]' ({exc})"
     ) from exc
 
+from maeltrace.files import atomic_write_bytes
 from maeltrace.keys import TimeType
 from maeltrace.report import Row
 
@@ -649,15 +648,5 @@ def _darker(colour: tuple[float, float, float]) -> tuple[float, float, float]:
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    target = Path(path)
-    # Through a temporary file, so a report being rewritten never shows half an image.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(buffer.getvalue())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    return target
+    # Atomic, so a report being rewritten never shows half an image.
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -12,7 +12,7 @@ import pytest
 
 import maeltrace
 from maeltrace import Timer, TimeType
-from maeltrace.files import atomic_write_text
+from maeltrace.files import atomic_write_bytes, atomic_write_text
 from maeltrace.report import COLUMNS, FORMATS, format_seconds
 
 
@@ -151,6 +151,21 @@ class TestFiles:
             atomic_write_text(path, "new text")
         assert path.read_text(encoding="utf-8") == "old"
         assert [p.name for p in tmp_path.iterdir()] == ["s.txt"]
+
+    @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+    def test_files_get_the_permissions_of_the_umask_as_open_would_give(
+        self, tmp_path: Path, umask: int, mode: int
+    ) -> None:
+        old = os.umask(umask)
+        try:
+            written = atomic_write_bytes(tmp_path / "flame.png", b"\x89PNG")
+            replaced = atomic_write_text(tmp_path / "report.html", "<p>")
+            atomic_write_text(replaced, "<p>again")
+        finally:
+            os.umask(old)
+        assert written.stat().st_mode & 0o777 == mode
+        assert replaced.stat().st_mode & 0o777 == mode
+        assert written.read_bytes() == b"\x89PNG" and replaced.read_text() == "<p>again"
 
     def test_a_missing_folder_is_an_os_error(self, tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError):
