@@ -8,6 +8,12 @@ whole interval lies above 1, `Verdict.FASTER` in the mirror case, `Verdict.SAME`
 interval lies within the threshold either way, and `Verdict.UNCLEAR` otherwise (the interval is
 too wide to tell). Rows with fewer than `MIN_SAMPLES` samples a side are never flagged.
 
+The interval covers the spread of the samples within each run, not the spread between runs: a
+busy machine, another process, a different CPU frequency move every sample of a run together.
+Two benches of the same code on a shared two-core machine differed by up to 50 % in a region,
+well outside their intervals. Compare runs made on the same, quiet machine, and set the
+threshold above the spread that two runs of the baseline show against each other.
+
 The statistics are pure functions (`compare_samples`, `compare_summaries`); numpy and MLflow
 load only in the functions that need them.
 """
@@ -860,7 +866,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Tells whether CANDIDATE is slower than BASELINE, region by region: the "
         "ratio of median durations with a bootstrap confidence interval. A row is slower when "
         "the ratio exceeds 1 + threshold and the whole interval lies above 1. Exit status: 1 "
-        "when any row is slower, 0 otherwise, 2 for bad input.",
+        "when any row is slower, 0 otherwise, 2 for bad input. The interval covers the noise "
+        "within each run, not between runs: compare runs from the same quiet machine, with a "
+        "threshold above the spread of two runs of the baseline.",
     )
     source = (
         "a bench folder (bench.json), an app's run folder (stats.json), a stats.json file, or "
