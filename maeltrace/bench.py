@@ -339,8 +339,26 @@ def _run_app(
         else:
             returncode = process.returncode
             status = "ok" if returncode == 0 else "failed"
-    bar.finish(status, wall_s)
+    bar.finish(status, wall_s, _why(log_path) if status == "failed" else None)
     return AppOutcome(name, name, status, returncode, wall_s, f"{name}/log.txt")
+
+
+_MISSING = re.compile(r"^ModuleNotFoundError: No module named '([^'.]+)")
+
+
+def _why(log_path: Path) -> str:
+    """One line on why an app failed: the install hint for a missing framework, else the last
+    line of its log."""
+    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for line in reversed(lines):
+        missing = _MISSING.match(line)
+        if missing:
+            return (
+                f"{missing[1]} is not installed: install maeltrace[apps] "
+                "(`uv run --extra apps ...`, `pip install 'maeltrace[apps]'`)"
+            )
+    last = next((line for line in reversed(lines) if line.strip()), "")
+    return f"{last.strip()[:200]} (see {log_path})"
 
 
 def _pump(source: IO[str], log: IO[str], bar: _AppBar) -> None:
@@ -444,9 +462,9 @@ class _AppBar:
         if self.parent.tty:
             print(f"\r{self._line(elapsed_s)}\x1b[K", end="", file=self.parent.out, flush=True)
 
-    def finish(self, status: str, wall_s: float) -> None:
+    def finish(self, status: str, wall_s: float, why: str | None = None) -> None:
         mark = {"ok": "done"}.get(status, status.upper())
-        text = f"{self.head} {mark} in {wall_s:.1f} s"
+        text = f"{self.head} {mark} in {wall_s:.1f} s" + (f": {why}" if why else "")
         if self.parent.tty:
             print(f"\r{text}\x1b[K", file=self.parent.out, flush=True)
         else:

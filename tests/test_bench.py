@@ -160,13 +160,24 @@ class TestRunning:
         self, apps_dir: Path, tmp_path: Path
     ) -> None:
         write_app(apps_dir, "ap1_first.py", body="raise RuntimeError('out of memory, say')")
-        result = run_bench(options(apps_dir, tmp_path, mlflow=False), stream=io.StringIO())
+        stream = io.StringIO()
+        result = run_bench(options(apps_dir, tmp_path, mlflow=False), stream=stream)
         assert not result.ok
         assert [o.status for o in result.outcomes] == ["failed", "ok", "ok"]
         assert result.outcomes[0].returncode == 1
         log = (result.folder / "ap1-first" / "log.txt").read_text()
         assert "RuntimeError: out of memory, say" in log
+        assert "FAILED in" in stream.getvalue() and "out of memory, say (see" in stream.getvalue()
         assert cli.main(["report", str(result.folder)]) == 0  # the report still builds
+
+    def test_a_missing_framework_gets_the_install_hint(
+        self, apps_dir: Path, tmp_path: Path
+    ) -> None:
+        write_app(apps_dir, "ap1_first.py", body="import tensorflow_that_is_not_installed")
+        stream = io.StringIO()
+        run_bench(options(apps_dir, tmp_path, apps=["ap1"], mlflow=False), stream=stream)
+        assert "tensorflow_that_is_not_installed is not installed" in stream.getvalue()
+        assert "maeltrace[apps]" in stream.getvalue()
 
     def test_an_app_past_the_timeout_is_killed(self, apps_dir: Path, tmp_path: Path) -> None:
         write_app(apps_dir, "ap1_first.py", body="import time; time.sleep(60)")
