@@ -703,7 +703,15 @@ for ((rank = 0; rank < ${SLURM_NTASKS:-1}; rank++)); do
     pids+=($!)
 done
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+for pid in "${pids[@]}"; do
+    # A trapped signal cuts a wait short; like srun, wait until the task has really exited.
+    while true; do
+        wait "$pid"
+        code=$?
+        kill -0 "$pid" 2>/dev/null || break
+    done
+    ((code == 0)) || status=$code
+done
 exit "$status"
 """
 
