@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from maeltrace import cli
 from maeltrace.bench import BenchOptions, _ProgressBar, discover_apps, run_bench, select_apps
 from maeltrace.report import Summary
 from tests.helpers import APPS
+from tests.services.jaeger import JaegerService
 
 LOOP_APP = """
 from _harness import App, Size
@@ -241,6 +243,28 @@ class TestMlflow:
         assert result.ok and result.mlflow is None and result.report is not None
         assert "MLflow logging failed" in stream.getvalue()
         assert (result.folder / "ap1-first" / "stats.json").is_file()
+
+
+def test_with_an_otlp_endpoint_each_app_sends_its_spans_under_its_own_name(
+    apps_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jaeger: JaegerService
+) -> None:
+    script = f"ap1_jaeger_{uuid.uuid4().hex[:8]}.py"
+    write_app(apps_dir, script)
+    service = script.removesuffix(".py").replace("_", "-")
+    monkeypatch.delenv("MAELTRACE_EXPORT")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_http_endpoint)
+    result = run_bench(
+        options(apps_dir, tmp_path, apps=[service], mlflow=False), stream=io.StringIO()
+    )
+    assert result.ok and result.otlp_endpoint == jaeger.otlp_http_endpoint
+    manifest = json.loads((result.folder / "bench.json").read_text())
+    assert manifest["otlp_endpoint"] == jaeger.otlp_http_endpoint
+    # Two epochs of 3 io, 3 batch and 3 forward spans under the epoch, and the run span.
+    traces = jaeger.wait_for_spans(service, 2 * 10 + 1)
+    epochs = [t for t in traces if any(s["operationName"] == "epoch" for s in t["spans"])]
+    assert len(epochs) == 2 and all(len(t["spans"]) == 10 for t in epochs)
+    assert not (result.folder / service / "traces.otlp.jsonl").exists()  # sent, not written
+    assert (result.folder / service / "trace.json").is_file()  # the report's flame chart
 
 
 @pytest.mark.slow
