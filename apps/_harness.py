@@ -35,20 +35,17 @@ from typing import Any
 
 from maeltrace import Timer
 from maeltrace.arguments import non_negative_int, positive_int
+from maeltrace.bench import APP_SCHEMA, PROGRESS_PREFIX
 from maeltrace.files import atomic_write_text
 from maeltrace.metadata import new_run_id, run_id_from_environment
 from maeltrace.output import run_output_dir
 
-__all__ = ["PROGRESS_PREFIX", "SIZES", "App", "AppConfig", "Progress", "Size"]
+__all__ = ["SIZES", "App", "AppConfig", "Progress", "Size"]
 
-PROGRESS_PREFIX = "@maeltrace-progress"
-"""Start of the progress lines an app prints for ``maeltrace bench``."""
 
 SIZES = ("tiny", "small", "medium")
 """``--size`` choices: ``tiny`` for the test suite, ``small`` (the default) finishes in well
 under a minute on two CPU cores, ``medium`` is a few times heavier."""
-
-APP_SCHEMA = "maeltrace.app/1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,10 +199,11 @@ class App:
         with tmr:
             result = dict(train(tmr, config, progress))
         wall_s = time.time() - started
-        tmr.print_all_time_stats()
-        # Also where MAELTRACE_EXPORT=0 keeps the timer from writing them when it closes.
         summary = tmr.summary()
-        tmr.write_outputs(summary)
+        print(summary.to_markdown(), end="")
+        if not tmr.export:
+            # Closing wrote them only where it exported (MAELTRACE_EXPORT=0 turns that off).
+            tmr.write_outputs(summary)
         summary.save(folder / "stats.csv")
         info: dict[str, Any] = {
             "schema": APP_SCHEMA,
