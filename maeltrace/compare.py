@@ -21,7 +21,6 @@ load only in the functions that need them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import enum
 import json
 import math
@@ -29,20 +28,30 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from maeltrace._imports import require
 from maeltrace.arguments import non_negative_int, positive_int
-from maeltrace.bench import BENCH_SCHEMA
+from maeltrace.bench import read_bench
 from maeltrace.errors import MaeltraceError
-from maeltrace.files import atomic_write_text
+from maeltrace.files import atomic_write_text, read_json_object
 from maeltrace.keys import canonical_key, key_label
 from maeltrace.output import output_root
 from maeltrace.report import Row, Summary
-from maeltrace.sinks.mlflow import ARTIFACT_PATH, bench_store, bounded_http, sqlite_path
+from maeltrace.sinks.mlflow import (
+    ARTIFACT_PATH,
+    BENCH_APP_TAG,
+    BENCH_TIMEOUT_S,
+    PARENT_RUN_TAG,
+    STATS_ARTIFACT,
+    bench_tracking_uri,
+    bounded_http,
+    sqlite_path,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,18 +75,6 @@ __all__ = [
 
 PROG = "maeltrace compare"
 
-MLFLOW_TIMEOUT_S = 10.0
-"""Per request to a tracking server, with one retry (`maeltrace.sinks.mlflow.bounded_http`)."""
-
-APP_TAG = "maeltrace.app"
-"""Tag of a bench's child run: the app's name."""
-
-PARENT_TAG = "mlflow.parentRunId"
-"""MLflow's tag of a nested run: its parent's run id."""
-
-STATS_ARTIFACT = f"{ARTIFACT_PATH}/stats.json"
-"""The artifact of a run that holds its summary."""
-
 SCHEMA = "maeltrace.compare/1"
 """The ``schema`` of the ``--json`` output."""
 
@@ -96,7 +93,7 @@ GPU = "gpu"
 # file); any other string is one only where no such path exists and MLflow would accept it.
 _HEX_RUN_ID = re.compile(r"[0-9a-f]{32}")
 _MLFLOW_RUN_ID = re.compile(r"[A-Za-z0-9][\w\-]{0,255}")
-_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+_FIRST_CALL = " (first call)"
 
 
 class CompareError(MaeltraceError, ValueError):
@@ -201,7 +198,8 @@ class Unmatched:
         if self.key is None:
             return f"{self.app} (whole app)"
         notes = f"{self.clock}, first call" if self.first_call else self.clock
-        return f"{self.app}: {_key_label(self.key)} ({notes})"
+        region = (self.region or self.key).removesuffix(_FIRST_CALL)
+        return f"{self.app}: {region} ({notes})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,11 +375,32 @@ def compare_samples(
         ImportError: numpy is not installed; the message names ``maeltrace[report]``.
     """
     _check_settings(threshold, confidence, resamples, seed)
-    np = require("numpy", "report")
+    return _compare(
+        require("numpy", "report"),
+        baseline_ns,
+        candidate_ns,
+        threshold=threshold,
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
+
+
+def _compare(
+    np: ModuleType,
+    baseline_ns: Sequence[float],
+    candidate_ns: Sequence[float],
+    *,
+    threshold: float,
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> Comparison:
+    """`compare_samples` with checked settings and numpy loaded (once for all rows)."""
     base = np.sort(np.asarray(baseline_ns, dtype=np.float64))
     cand = np.sort(np.asarray(candidate_ns, dtype=np.float64))
-    base_median = float(np.median(base)) if base.size else None
-    cand_median = float(np.median(cand)) if cand.size else None
+    base_median = _sorted_median(base)
+    cand_median = _sorted_median(cand)
     ratio = (
         None if base_median is None or cand_median is None else _divide(cand_median, base_median)
     )
@@ -412,17 +431,27 @@ def compare_samples(
     )
 
 
+def _sorted_median(ordered: NDArray[np.float64]) -> float | None:
+    """`numpy.median` of the sorted ``ordered``, without its partitioning copy; None if empty."""
+    n = ordered.size
+    if not n:
+        return None
+    if math.isnan(ordered[-1]):  # NaN sorts last; numpy.median gives NaN for any NaN
+        return math.nan
+    middle = n // 2
+    return float(ordered[middle] if n % 2 else (ordered[middle - 1] + ordered[middle]) / 2.0)
+
+
 def _bootstrap_medians(
     ordered: NDArray[np.float64], resamples: int, rng: np.random.Generator
 ) -> NDArray[np.float64]:
     """Medians of ``resamples`` bootstrap resamples of the sorted ``ordered``."""
-    import numpy as np
-
     n = ordered.size
 
     def at(u: NDArray[np.float64]) -> NDArray[np.float64]:
-        # floor(n * U) of a uniform U is a uniform index, and monotone in U.
-        return ordered[np.minimum((u * n).astype(np.intp), n - 1)]
+        # floor(n * U) of a uniform U is a uniform index, and monotone in U; U can be 1.
+        index: NDArray[np.intp] = (u * n).astype("intp").clip(None, n - 1)
+        return ordered[index]
 
     if n % 2:
         k = (n + 1) // 2  # the k-th smallest of n uniforms is Beta(k, n + 1 - k)
@@ -454,11 +483,19 @@ def _divide(numerator: float, denominator: float) -> float:
     return math.inf if numerator else math.nan
 
 
-def _check_settings(threshold: float, confidence: float, resamples: int, seed: int) -> None:
+def _check_threshold(threshold: float) -> None:
     if not (isinstance(threshold, int | float) and 0 <= threshold < math.inf):
         raise CompareError(f"the threshold must be a finite number >= 0, not {threshold!r}")
+
+
+def _check_confidence(confidence: float) -> None:
     if not (isinstance(confidence, int | float) and 0 < confidence < 1):
         raise CompareError(f"the confidence must lie strictly between 0 and 1, not {confidence!r}")
+
+
+def _check_settings(threshold: float, confidence: float, resamples: int, seed: int) -> None:
+    _check_threshold(threshold)
+    _check_confidence(confidence)
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
         raise CompareError(f"resamples must be an int >= 1, not {resamples!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -493,11 +530,12 @@ def compare_summaries(
         include_warmup: compare the warm-up samples too.
 
     Raises:
-        CompareError: a setting is out of range, a summary holds one row twice, or no row is
-            on both sides.
+        CompareError: a setting is out of range, a summary holds one row twice or a row whose
+            key is not a region key, or no row is on both sides.
         ImportError: numpy is not installed.
     """
     _check_settings(threshold, confidence, resamples, seed)
+    np = require("numpy", "report")
     if len(baseline) == 1 and len(candidate) == 1 and baseline.keys() != candidate.keys():
         ((base_name, only_base),) = baseline.items()
         ((cand_name, only_cand),) = candidate.items()
@@ -517,7 +555,8 @@ def compare_summaries(
             if cand_row is None:
                 unmatched.append(_unmatched("baseline", app, ident, base_row))
                 continue
-            comparison = compare_samples(
+            comparison = _compare(
+                np,
                 _samples(base_row, base_summary, include_warmup),
                 _samples(cand_row, cand_summary, include_warmup),
                 threshold=threshold,
@@ -558,7 +597,11 @@ _Ident = tuple[str, str, bool]
 def _rows(app: str, summary: Summary) -> dict[_Ident, Row]:
     out: dict[_Ident, Row] = {}
     for row in summary.rows:
-        ident = (str(row.key), GPU if row.device else CPU, row.compiled)
+        try:  # a summary built in code, not loaded, may hold any key
+            key = canonical_key(row.key)
+        except (TypeError, ValueError) as exc:
+            raise CompareError(f"{app}: the summary holds a row of key {row.key!r}: {exc}") from exc
+        ident = (str(key), GPU if row.device else CPU, row.compiled)
         if ident in out:
             raise CompareError(f"{app}: the summary holds the row {_region(row)!r} twice")
         out[ident] = row
@@ -570,14 +613,8 @@ def _samples(row: Row, summary: Summary, include_warmup: bool) -> tuple[int, ...
 
 
 def _region(row: Row) -> str:
-    return _key_label(row.key) + (" (first call)" if row.compiled else "")
-
-
-def _key_label(key: str) -> str:
-    try:
-        return key_label(canonical_key(key))
-    except (TypeError, ValueError):  # a summary built by hand may hold any string
-        return str(key)
+    # `_rows` has checked the key; Summary.load gives canonical keys, code may give strings.
+    return key_label(canonical_key(row.key)) + (_FIRST_CALL if row.compiled else "")
 
 
 def _unmatched(side: str, app: str, ident: _Ident, row: Row) -> Unmatched:
@@ -596,9 +633,9 @@ def load_summaries(
     A source is a bench folder (``bench.json``: every app with status ``ok``), an app's run
     folder (``stats.json``, named by its ``app.json``, else by the folder), a ``stats.json``
     file (named likewise by its folder), or an MLflow run id: 32 hex digits, or any string that
-    is not an existing path. A run with a `STATS_ARTIFACT` artifact gives its summary, named by
-    its ``maeltrace.app`` tag, else its run name; a run without one (a bench's parent run) gives
-    those of its child runs that have one.
+    is not an existing path. A run with a `maeltrace.sinks.mlflow.STATS_ARTIFACT` artifact gives
+    its summary, named by its `maeltrace.sinks.mlflow.BENCH_APP_TAG` tag, else its run name; a
+    run without one (a bench's parent run) gives those of its child runs that have one.
 
     Args:
         source: the path or run id.
@@ -614,11 +651,12 @@ def load_summaries(
     if not source:
         raise CompareError("an empty string names no file, folder or run")
     path = Path(source)
-    if _HEX_RUN_ID.fullmatch(source) is None and path.exists():
+    looks_like_path = _HEX_RUN_ID.fullmatch(source) is None
+    if looks_like_path and path.exists():
         return _load_path(path)
     if _MLFLOW_RUN_ID.fullmatch(source) is None:
         raise CompareError(f"{source}: no such file or folder")
-    return _load_run(source, tracking_uri, looks_like_path=_HEX_RUN_ID.fullmatch(source) is None)
+    return _load_run(source, tracking_uri, looks_like_path=looks_like_path)
 
 
 def _load_path(path: Path) -> dict[str, Summary]:
@@ -638,50 +676,31 @@ def _load_path(path: Path) -> dict[str, Summary]:
 
 
 def _load_bench(folder: Path) -> dict[str, Summary]:
-    where = folder / "bench.json"
-    info = _read_json(where)
-    if not isinstance(info, dict) or info.get("schema") != BENCH_SCHEMA:
-        raise CompareError(f"{where}: not a maeltrace bench (schema {BENCH_SCHEMA!r} expected)")
-    apps = info.get("apps")
-    if not isinstance(apps, list):
-        raise CompareError(f"{where}: 'apps' is not a list")
-    out: dict[str, Summary] = {}
-    for app in apps:
-        if not isinstance(app, dict):
-            raise CompareError(f"{where}: an entry of 'apps' is not an object: {app!r}")
-        name, sub, status = app.get("name"), app.get("folder"), app.get("status")
-        if not (isinstance(name, str) and name and isinstance(sub, str) and sub):
-            raise CompareError(f"{where}: an app lacks a 'name' or 'folder': {app!r}")
-        if not isinstance(status, str):
-            raise CompareError(f"{where}: app {name!r} has no 'status'")
-        if status != "ok":
-            continue
-        if name in out:
-            raise CompareError(f"{where}: app {name!r} is listed twice")
-        out[name] = _load_summary(folder / sub / "stats.json")
+    try:
+        bench = read_bench(folder)
+    except ValueError as exc:  # the message names the file and the entry
+        raise CompareError(str(exc)) from exc
+    out = {
+        app.name: _load_summary(folder / app.folder / "stats.json")
+        for app in bench.apps
+        if app.status == "ok"
+    }
     if not out:
-        raise CompareError(f"{where}: no app of the bench finished (status 'ok')")
+        raise CompareError(f"{folder / 'bench.json'}: no app of the bench finished (status 'ok')")
     return out
 
 
 def _app_name(folder: Path) -> str:
     app_json = folder / "app.json"
     if app_json.is_file():
-        info = _read_json(app_json)
-        name = info.get("name") if isinstance(info, dict) else None
+        try:
+            name = read_json_object(app_json).get("name")
+        except ValueError as exc:  # the message names the file
+            raise CompareError(str(exc)) from exc
         if not (isinstance(name, str) and name):
             raise CompareError(f"{app_json}: no 'name'")
         return name
     return folder.resolve().name or str(folder.resolve())
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CompareError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise CompareError(f"{path}: not JSON: {exc}") from exc
 
 
 def _load_summary(path: Path) -> Summary:
@@ -693,14 +712,10 @@ def _load_summary(path: Path) -> Summary:
         raise CompareError(str(exc)) from exc
 
 
-def _tracking_uri(tracking_uri: str | None) -> str:
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or bench_store(output_root())[0]
-
-
 def _load_run(
     run_id: str, tracking_uri: str | None, *, looks_like_path: bool
 ) -> dict[str, Summary]:
-    uri = _tracking_uri(tracking_uri)
+    uri = bench_tracking_uri(tracking_uri, output_root())[0]
     unknown = (
         f"{run_id}: no such file or folder, nor an MLflow run in {uri}"
         if looks_like_path
@@ -711,7 +726,7 @@ def _load_run(
     if database is not None and not database.is_file():
         raise CompareError(f"{unknown} (there is no store at {database})")
     require("mlflow", "mlflow")
-    with bounded_http(MLFLOW_TIMEOUT_S):
+    with bounded_http(BENCH_TIMEOUT_S):
         return _load_run_from(uri, run_id, unknown)
 
 
@@ -750,7 +765,7 @@ def _has_stats(client: MlflowClient, run_id: str) -> bool:
 
 
 def _run_name(run: Run) -> str:
-    name = run.data.tags.get(APP_TAG) or run.info.run_name or run.info.run_id
+    name = run.data.tags.get(BENCH_APP_TAG) or run.info.run_name or run.info.run_id
     return str(name)
 
 
@@ -760,7 +775,7 @@ def _children(client: MlflowClient, run: Run) -> list[Run]:
     while True:
         page = client.search_runs(
             [run.info.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
+            filter_string=f"tags.`{PARENT_RUN_TAG}` = '{run.info.run_id}'",
             order_by=["attributes.start_time ASC"],
             page_token=token,
         )
@@ -771,25 +786,13 @@ def _children(client: MlflowClient, run: Run) -> list[Run]:
 
 
 def _download(client: MlflowClient, run_id: str) -> Summary:
-    with tempfile.TemporaryDirectory(prefix="maeltrace-compare-") as folder, _no_progress_bar():
+    # Called within bounded_http, which keeps MLflow's progress bar off stderr.
+    with tempfile.TemporaryDirectory(prefix="maeltrace-compare-") as folder:
         local = Path(client.download_artifacts(run_id, STATS_ARTIFACT, folder))
         try:
             return Summary.from_dict(json.loads(local.read_text(encoding="utf-8")))
         except ValueError as exc:
             raise CompareError(f"MLflow run {run_id}, {STATS_ARTIFACT}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    # MLflow draws a progress bar on stderr for every download unless told not to.
-    if _PROGRESS_BAR in os.environ:
-        yield
-        return
-    os.environ[_PROGRESS_BAR] = "false"
-    try:
-        yield
-    finally:
-        os.environ.pop(_PROGRESS_BAR, None)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -833,31 +836,23 @@ def _ratio(ratio: float | None) -> str:
 # -- command line -------------------------------------------------------------------------------
 
 
-def _fraction(text: str) -> float:
-    """``0.05`` or ``5%``."""
-    stripped = text.strip()
-    scale = 100.0 if stripped.endswith("%") else 1.0
-    try:
-        value = float(stripped.removesuffix("%")) / scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number or percentage: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, not {text!r}")
-    return value
+def _fraction(check: Callable[[float], None]) -> Callable[[str], float]:
+    """An argparse type: ``0.05`` or ``5%``, in the range that ``check`` accepts."""
 
+    def parse(text: str) -> float:
+        stripped = text.strip()
+        scale = 100.0 if stripped.endswith("%") else 1.0
+        try:
+            value = float(stripped.removesuffix("%")) / scale
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number or percentage: {text!r}") from None
+        try:
+            check(value)  # the library's own range check, for one message either way
+        except CompareError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (given {text!r})") from None
+        return value
 
-def _threshold(text: str) -> float:
-    value = _fraction(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {text!r}")
-    return value
-
-
-def _confidence(text: str) -> float:
-    value = _fraction(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1 (0%-100%): {text!r}")
-    return value
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -878,13 +873,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("candidate", metavar="CANDIDATE", help="the same, for the change")
     parser.add_argument(
         "--threshold",
-        type=_threshold,
+        type=_fraction(_check_threshold),
         default=DEFAULT_THRESHOLD,
         help="relative slowdown to flag, 0.05 or 5%% (default 5%%)",
     )
     parser.add_argument(
         "--confidence",
-        type=_confidence,
+        type=_fraction(_check_confidence),
         default=DEFAULT_CONFIDENCE,
         help="confidence level of the intervals, 0.95 or 95%% (default 95%%)",
     )
@@ -934,13 +929,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             include_warmup=args.include_warmup,
         )
-        document = {"baseline": args.baseline, "candidate": args.candidate, **report.to_dict()}
-        text = json.dumps(document, indent=2) + "\n"
-        if args.json == "-":
-            sys.stdout.write(text)
-        else:
-            if args.json is not None:
+        if args.json is not None:
+            document = {"baseline": args.baseline, "candidate": args.candidate}
+            text = json.dumps({**document, **report.to_dict()}, indent=2) + "\n"
+            if args.json == "-":
+                sys.stdout.write(text)
+            else:
                 atomic_write_text(args.json, text)
+        if args.json != "-":
             sys.stdout.write(report.to_text())
     except (CompareError, ImportError) as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)

@@ -31,9 +31,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ARTIFACT_PATH",
+    "BENCH_APP_TAG",
     "BENCH_EXPERIMENT",
+    "BENCH_TIMEOUT_S",
     "BOUNDED_HTTP",
     "EXPERIMENT",
+    "PARENT_RUN_TAG",
+    "STATS_ARTIFACT",
     "bench_store",
     "bench_tracking_uri",
     "bounded_http",
@@ -55,10 +59,26 @@ EXPERIMENT = "maeltrace"
 BENCH_EXPERIMENT = "maeltrace-bench"
 """The experiment of ``maeltrace bench``'s runs."""
 
+BENCH_APP_TAG = "maeltrace.app"
+"""The tag of a bench's child run that names its app (`log_bench`; ``maeltrace compare``
+names the summary it reads from the run by it)."""
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+"""MLflow's tag of a nested run: its parent's run id (a bench's app runs carry the bench's)."""
+
+STATS_ARTIFACT = f"{ARTIFACT_PATH}/stats.json"
+"""The artifact of an app's run that holds its summary (``maeltrace compare`` reads it)."""
+
+BENCH_TIMEOUT_S = 10.0
+"""Per HTTP request to a tracking server while a bench is logged or read back (one retry)."""
+
 BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 """MLflow's HTTP settings while `log_mlflow` talks to a server, where the user set none: one
 retry, instead of the default seven with exponential backoff (minutes against a closed port).
-``MLFLOW_HTTP_REQUEST_TIMEOUT`` is set to ``timeout_s`` the same way."""
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` is set to ``timeout_s`` the same way (`bounded_http`)."""
+
+# MLflow draws a progress bar on stderr for every artifact transfer unless told not to.
+_NO_PROGRESS_BAR = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 _LOCAL_SCHEMES = ("sqlite", "file")
 _BAD_CHARACTERS = re.compile(r"[^/\w.\- :]")
@@ -224,11 +244,17 @@ _env_set: list[str] = []
 @contextlib.contextmanager
 def bounded_http(timeout_s: float) -> Iterator[None]:
     """Bounds MLflow's HTTP client for the duration: `BOUNDED_HTTP`'s one retry and a request
-    timeout of ``timeout_s``, where the user set neither; calls may nest and overlap."""
+    timeout of ``timeout_s``, and no progress bar on stderr for artifact transfers
+    (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``), each where the user set none; calls may
+    nest and overlap, and the first one's settings hold until the last one ends."""
     global _env_users
     with _ENV_LOCK:
         if _env_users == 0:
-            wanted = {**BOUNDED_HTTP, "MLFLOW_HTTP_REQUEST_TIMEOUT": str(math.ceil(timeout_s))}
+            wanted = {
+                **BOUNDED_HTTP,
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": str(math.ceil(timeout_s)),
+                **_NO_PROGRESS_BAR,
+            }
             for name, value in wanted.items():
                 if name not in os.environ:
                     os.environ[name] = value
@@ -378,12 +404,11 @@ def sqlite_path(uri: str) -> Path | None:
 
 def bench_tracking_uri(tracking_uri: str | None, root: Path) -> tuple[str, Path | None]:
     """Where ``maeltrace bench`` logs: ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else
-    `bench_store` in ``root`` (created); second, the artifact folder of a new experiment:
-    ``mlartifacts`` beside a SQLite file (MLflow's default, ``./mlruns``, would land in the
-    working folder), None for a tracking server, which has its own."""
+    `bench_store` in ``root`` (not created here: `log_bench` does); second, the artifact folder
+    of a new experiment: ``mlartifacts`` beside a SQLite file (MLflow's default, ``./mlruns``,
+    would land in the working folder), None for a tracking server, which has its own."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        root.mkdir(parents=True, exist_ok=True)
         return bench_store(root)
     database = sqlite_path(uri)
     return uri, database.resolve().parent / "mlartifacts" if database is not None else None
@@ -395,15 +420,16 @@ def log_bench(
     *,
     tracking_uri: str | None = None,
     default_root: Path,
-    timeout_s: float = 10.0,
+    timeout_s: float = BENCH_TIMEOUT_S,
 ) -> dict[str, object]:
     """Logs a ``maeltrace bench`` folder to MLflow: a run for the bench in experiment
     `BENCH_EXPERIMENT` (named and tagged ``maeltrace.bench`` by the bench id), and under it a
-    nested run per app that finished (tags ``maeltrace.app``, ``maeltrace.run_id``), holding the
-    app's configuration as parameters, its statistics as metrics (``<key>[/gpu]/<field>``, all
-    fields of `maeltrace.sinks.STATS_FIELDS`, warm-up left out as in its tables) plus
-    ``wall_s``, and its stats files, ``app.json`` and Chrome trace under `ARTIFACT_PATH`
-    (``maeltrace compare`` reads ``maeltrace/stats.json`` back).
+    nested run per app that finished (tags `PARENT_RUN_TAG`, `BENCH_APP_TAG`,
+    ``maeltrace.run_id``), holding the app's configuration as parameters, its statistics as
+    metrics (``<key>[/gpu]/<field>``, all fields of `maeltrace.sinks.STATS_FIELDS`, warm-up
+    left out as in its tables) plus ``wall_s``, and its stats files, ``app.json`` and Chrome
+    trace under `ARTIFACT_PATH` (``maeltrace compare`` reads `STATS_ARTIFACT` back). The
+    default store's folder ``default_root`` is created if missing.
 
     Args:
         folder: the bench folder (with ``bench.json``).
@@ -420,8 +446,8 @@ def log_bench(
         ImportError: MLflow is not installed.
         Exception: whatever MLflow raises when the store refuses or cannot be reached.
     """
-    import json
-
+    from maeltrace.bench import read_bench
+    from maeltrace.files import read_json_object
     from maeltrace.report import Summary
     from maeltrace.sinks import metric_values
 
@@ -430,7 +456,9 @@ def log_bench(
     from mlflow.tracking import MlflowClient
 
     uri, artifact_root = bench_tracking_uri(tracking_uri, default_root)
-    bench = json.loads((folder / "bench.json").read_text(encoding="utf-8"))
+    if uri == bench_store(default_root)[0]:
+        default_root.mkdir(parents=True, exist_ok=True)  # MLflow creates the file, not its folder
+    bench = read_bench(folder).manifest
     bench_id = str(bench["bench_id"])
     with bounded_http(timeout_s):
         client = MlflowClient(tracking_uri=uri)
@@ -457,15 +485,15 @@ def log_bench(
             client.log_batch(parent_id, params=[Param(k, v) for k, v in options.items()])
             for name in apps:
                 app_folder = folder / name
-                info = json.loads((app_folder / "app.json").read_text(encoding="utf-8"))
+                info = read_json_object(app_folder / "app.json")
                 summary = Summary.load(app_folder / "stats.json")
                 child = client.create_run(
                     experiment_id,
                     run_name=name,
                     tags={
-                        "mlflow.parentRunId": parent_id,
+                        PARENT_RUN_TAG: parent_id,
                         "maeltrace.bench": bench_id,
-                        "maeltrace.app": name,
+                        BENCH_APP_TAG: name,
                         "maeltrace.run_id": str(info.get("run_id", "")),
                         "maeltrace.host": host,
                     },
@@ -508,7 +536,9 @@ def log_bench(
     }
 
 
-def log_bench_report(folder: Path, logged: Mapping[str, object], timeout_s: float = 10.0) -> None:
+def log_bench_report(
+    folder: Path, logged: Mapping[str, object], timeout_s: float = BENCH_TIMEOUT_S
+) -> None:
     """Adds a bench's report to its MLflow runs: ``report.md``, ``report.html`` and the apps'
     images to the bench's run under ``report/`` (as laid out on disk, so the page's images
     resolve), and each app's images to its own run under `ARTIFACT_PATH`.
