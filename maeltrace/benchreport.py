@@ -14,26 +14,24 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import json
 import os
 import re
-import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from maeltrace.bench import BENCH_SCHEMA
-from maeltrace.files import atomic_write_text
+from maeltrace.bench import APP_SCHEMA, AppOutcome, read_bench
+from maeltrace.files import atomic_write_text, read_json_object
 from maeltrace.keys import TimeType, key_label
-from maeltrace.report import COLUMNS, Row, Summary, format_seconds
+from maeltrace.report import COLUMNS, Row, Summary, finite_number, format_seconds, table_cells
 from maeltrace.stats import TimeStats
 
-__all__ = ["ReportFiles", "write_report"]
+if TYPE_CHECKING:
+    from maeltrace.plots import FlameChart, Png
 
-APP_SCHEMA = "maeltrace.app/1"
-STATUSES = ("ok", "failed", "timeout")
+__all__ = ["ReportFiles", "write_report"]
 
 LOG_TAIL_LINES = 30
 """Lines of a failed app's log that its section shows."""
@@ -64,8 +62,8 @@ class _Image:
     path: Path
     caption: str
     alt: str
-    width_px: int = 0
-    height_px: int = 0
+    width_px: int
+    height_px: int
 
 
 @dataclass(slots=True)
@@ -81,6 +79,8 @@ class _App:
     info: dict[str, Any] = field(default_factory=dict)
     summary: Summary | None = None
     trace_path: Path | None = None
+    layout: FlameChart | None = None
+    """The flame chart of the trace, laid out when the trace was read; None: nothing to draw."""
     flame: _Image | None = None
     dists: list[_Image] = field(default_factory=list)
     log_tail: list[str] = field(default_factory=list)
@@ -148,47 +148,20 @@ def write_report(folder: str | os.PathLike[str]) -> ReportFiles:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ValueError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot be read: {exc}") from exc
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: a JSON object expected, not {type(obj).__name__}")
-    return obj
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
 def _bench_report(root: Path) -> _Report:
-    path = root / "bench.json"
-    bench = _read_json(path)
-    if bench.get("schema") != BENCH_SCHEMA:
-        raise ValueError(f"{path}: schema {BENCH_SCHEMA!r} expected, not {bench.get('schema')!r}")
-    entries = bench.get("apps")
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: 'apps' must be a list")
-    apps = [_bench_app(root, path, index, entry) for index, entry in enumerate(entries)]
+    listed = read_bench(root)
+    bench = listed.manifest
+    apps = [_bench_app(root, outcome) for outcome in listed.apps]
     for app in apps:
-        _load_app(app)
+        _load_app(app, bench=True)
 
     ok = sum(app.ok for app in apps)
     facts: list[tuple[str, str]] = []
-    started = _number(bench.get("started_unix_s"))
+    started = finite_number(bench.get("started_unix_s"))
     if started is not None:
         facts.append(("When", _when(started)))
     facts.append(("Where", str(bench.get("host") or "unknown host")))
-    wall = _number(bench.get("wall_s"))
+    wall = finite_number(bench.get("wall_s"))
     facts.append(("Wall time", _duration(wall) if wall is not None else "not finished"))
     apps_text = f"{ok} of {len(apps)} ok"
     if ok < len(apps):
@@ -253,39 +226,26 @@ def _bench_report(root: Path) -> _Report:
     )
 
 
-def _bench_app(root: Path, path: Path, index: int, entry: object) -> _App:
-    where = f"{path}: apps[{index}]"
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where} must be an object")
-    name, folder, status = entry.get("name"), entry.get("folder"), entry.get("status")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}.name must be a non-empty string")
-    if not isinstance(folder, str) or not folder:
-        raise ValueError(f"{where}.folder must be a non-empty string")
-    if status not in STATUSES:
-        raise ValueError(f"{where}.status must be one of {', '.join(STATUSES)}, not {status!r}")
-    returncode = entry.get("returncode")
-    if returncode is not None and (isinstance(returncode, bool) or not isinstance(returncode, int)):
-        raise ValueError(f"{where}.returncode must be an int or null")
-    wall = entry.get("wall_s")
-    if wall is not None and _number(wall) is None:
-        raise ValueError(f"{where}.wall_s must be a number or null")
-    log = entry.get("log")
-    if log is not None and not isinstance(log, str):
-        raise ValueError(f"{where}.log must be a string or null")
-    app_folder = root / folder
+def _bench_app(root: Path, outcome: AppOutcome) -> _App:
+    folder = root / outcome.folder
     return _App(
-        name=name,
-        folder=app_folder,
-        status=str(status),
-        returncode=returncode,
-        wall_s=_number(wall),
-        log=root / log if log else app_folder / "log.txt",
+        name=outcome.name,
+        folder=folder,
+        status=outcome.status,
+        returncode=outcome.returncode,
+        wall_s=outcome.wall_s,
+        log=root / outcome.log if outcome.log else folder / "log.txt",
     )
 
 
-def _load_app(app: _App) -> None:
-    """Reads an app's files: all of them for a finished app, the log's end for the others."""
+def _load_app(app: _App, *, bench: bool) -> None:
+    """Reads an app's files: all of them for a finished app, the log's end for the others.
+
+    An app of a bench folder (``bench``) must have written ``stats.json`` and ``trace.json``,
+    and an ``app.json`` it wrote must be an app's; in a run folder only ``stats.json`` must
+    exist: a Timer of the user's own script writes no ``app.json`` and, with export off, no
+    ``trace.json``.
+    """
     if app.log is not None and not app.log.is_file():
         app.log = None
     if not app.ok:
@@ -295,35 +255,45 @@ def _load_app(app: _App) -> None:
         return
     info_path = app.folder / "app.json"
     if info_path.is_file():
-        app.info = _read_json(info_path)
-        if app.info.get("schema") != APP_SCHEMA:
+        app.info = read_json_object(info_path)
+        if bench and app.info.get("schema") != APP_SCHEMA:
             raise ValueError(f"{info_path}: schema {APP_SCHEMA!r} expected")
-        if not isinstance(app.info.get("config", {}), dict):
+        if bench and not isinstance(app.info.get("config", {}), dict):
             raise ValueError(f"{info_path}: 'config' must be an object")
     stats_path = app.folder / "stats.json"
     if not stats_path.is_file():
         raise ValueError(f"{stats_path}: missing (the app finished but wrote no statistics)")
     app.summary = Summary.load(stats_path)
     trace_path = app.folder / "trace.json"
-    if not trace_path.is_file():
+    if trace_path.is_file():
+        app.trace_path = trace_path
+        app.layout = _layout(trace_path, app.summary)
+    elif bench:
         raise ValueError(f"{trace_path}: missing (the app finished but wrote no trace)")
-    app.trace_path = trace_path
-    # Checked now, so that a bad file stops the report before any drawing; read again then,
-    # so that no more than one app's trace is held at a time.
-    _read_trace(trace_path)
 
 
-def _read_trace(path: Path) -> dict[str, Any]:
-    """A ``trace.json``, checked as far as it can be before drawing (the events then)."""
-    trace = _read_json(path)
-    if not isinstance(trace.get("traceEvents"), list):
-        raise ValueError(f"{path}: not a Chrome trace: no traceEvents list")
-    return trace
+def _layout(path: Path, summary: Summary) -> FlameChart | None:
+    """The flame chart of a ``trace.json``, laid out; None when the run recorded no region.
+
+    Read and laid out before anything is drawn, so that a malformed trace stops the report
+    with no file written; only the layout is kept, not the trace.
+    """
+    from maeltrace import plots  # matplotlib: only once there is a trace to lay out
+
+    trace = read_json_object(path)
+    if not summary.rows:  # no region, nothing to chart; the file must still be a trace
+        if not isinstance(trace.get("traceEvents"), list):
+            raise ValueError(f"{path}: not a Chrome trace: no traceEvents list")
+        return None
+    try:
+        return plots.flame_layout(trace)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def _run_report(root: Path) -> _Report:
     app = _App(name=root.name, folder=root, status="ok", log=root / "log.txt")
-    _load_app_lenient(app)
+    _load_app(app, bench=False)
     assert app.summary is not None
     meta = app.summary.metadata
     if app.info.get("name"):
@@ -331,11 +301,11 @@ def _run_report(root: Path) -> _Report:
     elif meta.get("run_id"):
         app.name = str(meta["run_id"])
     facts: list[tuple[str, str]] = []
-    start = _number(meta.get("start_time_unix_nano"))
+    start = finite_number(meta.get("start_time_unix_nano"))
     if start is not None:
         facts.append(("When", _when(start / 1e9)))
     facts.append(("Where", str(meta.get("host") or "unknown host")))
-    wall = _number(app.info.get("wall_s"))
+    wall = finite_number(app.info.get("wall_s"))
     if wall is not None:
         facts.append(("Wall time", _duration(wall)))
         app.wall_s = wall
@@ -368,21 +338,6 @@ def _run_report(root: Path) -> _Report:
     )
 
 
-def _load_app_lenient(app: _App) -> None:
-    """`_load_app` for a run folder, where only ``stats.json`` must exist: a Timer of the user's
-    own script writes no ``app.json`` and, with export off, no ``trace.json``."""
-    if app.log is not None and not app.log.is_file():
-        app.log = None
-    info_path = app.folder / "app.json"
-    if info_path.is_file():
-        app.info = _read_json(info_path)
-    app.summary = Summary.load(app.folder / "stats.json")
-    trace_path = app.folder / "trace.json"
-    if trace_path.is_file():
-        app.trace_path = trace_path
-        _read_trace(trace_path)
-
-
 # -- drawing ---------------------------------------------------------------------------------
 
 
@@ -392,21 +347,20 @@ def _draw(app: _App) -> list[Path]:
 
     assert app.summary is not None
     written: list[Path] = []
-    title = app.name
-    if app.trace_path is not None and app.summary.rows:  # no region: nothing to chart
-        flame_path = app.folder / "flame.png"
-        try:
-            drawn = plots.flame_chart(_read_trace(app.trace_path), flame_path, title=title)
-        except ValueError as exc:
-            raise ValueError(f"{app.trace_path}: {exc}") from exc
-        caption = f"Flame chart, {drawn.caption}: {_ms(drawn.epoch_ms)}, {drawn.cpu_regions} CPU"
-        caption += (
-            f" regions, {drawn.gpu_regions} GPU intervals." if drawn.gpu_regions else " regions."
+    layout = app.layout
+    if layout is not None:
+        png = plots.draw_flame(layout, app.folder / "flame.png", title=app.name)
+        caption = (
+            f"Flame chart, {layout.caption}: {plots.format_ms(layout.epoch_ms)}, "
+            f"{layout.cpu_regions} CPU"
         )
-        if drawn.epochs > 1:
+        caption += (
+            f" regions, {layout.gpu_regions} GPU intervals." if layout.gpu_regions else " regions."
+        )
+        if layout.epochs > 1:
             caption += " The epoch shown is the one of median duration after the first."
-        app.flame = _image(flame_path, caption, f"flame chart of {app.name}, {drawn.caption}")
-        written.append(flame_path)
+        app.flame = _image(png, caption, f"flame chart of {app.name}, {layout.caption}")
+        written.append(png.path)
 
     warmup = app.summary.warmup
     by_key: dict[str, list[Row]] = {}
@@ -417,13 +371,13 @@ def _draw(app: _App) -> list[Path]:
     for key, rows in by_key.items():
         path = app.folder / f"dist-{names[key]}.png"
         label = key_label(rows[0].key)
-        plots.distribution_plot(rows, path, title=f"{label}: {app.name}", warmup=warmup)
+        png = plots.distribution_plot(rows, path, title=f"{label}: {app.name}", warmup=warmup)
         n = sum(len(r.samples_ns) for r in rows)
         caption = f"{label}: " + ", ".join(f"{_clock_name(r)} n={len(r.samples_ns)}" for r in rows)
         if warmup:
             caption += f"; warm-up (the first {warmup} of each) as ticks, not in the histogram"
-        app.dists.append(_image(path, caption, f"histogram of {label} durations, {n} samples"))
-        written.append(path)
+        app.dists.append(_image(png, caption, f"histogram of {label} durations, {n} samples"))
+        written.append(png.path)
     return written
 
 
@@ -431,18 +385,8 @@ def _clock_name(row: Row) -> str:
     return "GPU" if row.device else "CPU"
 
 
-def _image(path: Path, caption: str, alt: str) -> _Image:
-    width, height = _png_size(path)
-    return _Image(path=path, caption=caption, alt=alt, width_px=width, height_px=height)
-
-
-def _png_size(path: Path) -> tuple[int, int]:
-    with path.open("rb") as file:
-        head = file.read(24)
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
-        return 0, 0
-    width, height = struct.unpack(">II", head[16:24])
-    return int(width), int(height)
+def _image(png: Png, caption: str, alt: str) -> _Image:
+    return _Image(png.path, caption, alt, width_px=png.width_px, height_px=png.height_px)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -480,10 +424,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
-def _ms(value_ms: float) -> str:
-    return f"{value_ms / 1000:.3g} s" if value_ms >= 1000 else f"{value_ms:.3g} ms"
-
-
 def _relative(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
@@ -516,7 +456,7 @@ def _status_line(app: _App) -> str:
         parts.append(f"exit status {app.returncode}")
     if app.wall_s is not None:
         parts.append(f"wall time {_duration(app.wall_s)}")
-    train = _number(app.info.get("wall_s"))
+    train = finite_number(app.info.get("wall_s"))
     if train is not None and app.wall_s is not None and app.wall_s != train:
         parts.append(f"training {_duration(train)}")
     parts += _count_checks(app)
@@ -574,21 +514,6 @@ def _files(app: _App, root: Path) -> list[tuple[str, str]]:
     out = [(n, _relative(app.folder / n, root)) for n in names if (app.folder / n).is_file()]
     if app.log is not None:
         out.append(("log.txt", _relative(app.log, root)))
-    return out
-
-
-def _notes(summary: Summary) -> list[str]:
-    """What `Summary.to_markdown` says under its tables, for the HTML page."""
-    out = []
-    failed = {key_label(row.key): row.failed for row in summary.rows if row.failed}
-    if failed:
-        listed = ", ".join(f"{label}: {n}" for label, n in failed.items())
-        out.append(f"Failed regions, not in the statistics: {listed}.")
-    clock = summary.device_clock
-    if clock is not None and any(row.device for row in summary.rows):
-        out.append(f"GPU rows: {clock.get('name')}: {clock.get('description')}.")
-    if any(row.compiled for row in summary.rows):
-        out.append("First-call rows: regions during which JAX compiled, kept out of the others.")
     return out
 
 
@@ -790,28 +715,20 @@ def _stats_table(rows: Sequence[tuple[Row, TimeStats | None]], caption: str) -> 
         f"<th{'' if i == 0 else ' class=num'}>{_e(name)}</th>" for i, name in enumerate(COLUMNS)
     ]
     out.append("</tr></thead>\n<tbody>\n")
-    for row, stats in rows:
+    cells = table_cells([(row.label, stats) for row, stats in rows])
+    for (row, _), (label, *numbers) in zip(rows, cells, strict=True):
         css = ' class="gpu"' if row.device else ""
-        out.append(f"<tr{css}><td>{_e(row.label)}</td>")
-        if stats is None:
-            out += ['<td class="num">-</td>'] * (len(COLUMNS) - 1)
-        else:
-            times = (stats.min, stats.mean, stats.median, stats.max, stats.stdev)
-            out += [f'<td class="num">{_e(format_seconds(t))}</td>' for t in times]
-            out.append(f'<td class="num">{stats.count}</td>')
+        out.append(f"<tr{css}><td>{_e(label)}</td>")
+        out += [f'<td class="num">{_e(number)}</td>' for number in numbers]
         out.append("</tr>\n")
     out.append("</tbody>\n</table></div>\n")
     return "".join(out)
 
 
 def _html_figure(image: _Image, root: Path) -> str:
-    size = (
-        f' width="{image.width_px}" height="{image.height_px}"'
-        if image.width_px and image.height_px
-        else ""
-    )
     return (
-        f'<figure><img src="{_e(_relative(image.path, root))}" alt="{_e(image.alt)}"{size}'
+        f'<figure><img src="{_e(_relative(image.path, root))}" alt="{_e(image.alt)}"'
+        f' width="{image.width_px}" height="{image.height_px}"'
         f' loading="lazy"><figcaption>{_e(image.caption)}</figcaption></figure>\n'
     )
 
@@ -850,7 +767,7 @@ def _html_app(app: _App, root: Path) -> str:
                 f"Steady state (first {summary.warmup} samples of each key skipped)",
             )
         )
-    out += [f'<p class="note">{_e(note)}</p>\n' for note in _notes(summary)]
+    out += [f'<p class="note">{_e(note)}</p>\n' for note in summary.notes()]
     if app.flame is not None:
         out.append("<h3>Flame chart</h3>\n")
         out.append(_html_figure(app.flame, root))

@@ -31,14 +31,17 @@ except ImportError as exc:  # pragma: no cover - the report extra is installed i
 
 from maeltrace.files import atomic_write_bytes
 from maeltrace.keys import TimeType
-from maeltrace.report import Row
+from maeltrace.report import Row, finite_number
 
 __all__ = [
     "FlameBar",
     "FlameChart",
+    "Png",
     "distribution_plot",
+    "draw_flame",
     "flame_chart",
     "flame_layout",
+    "format_ms",
     "key_colour",
     "pick_epoch",
 ]
@@ -81,6 +84,21 @@ def key_colour(key: str) -> str:
     if fixed is not None:
         return fixed
     return _PALETTE[zlib.crc32(key.encode("utf-8")) % len(_PALETTE)]
+
+
+@dataclass(frozen=True, slots=True)
+class Png:
+    """A PNG file drawn.
+
+    Attributes:
+        path: the file.
+        width_px: its width in pixels, as drawn (the figure's size times `DPI`).
+        height_px: its height in pixels.
+    """
+
+    path: Path
+    width_px: int
+    height_px: int
 
 
 # -- the flame chart ---------------------------------------------------------------------------
@@ -158,7 +176,9 @@ class FlameChart:
 
 
 def _events(trace: Mapping[str, Any]) -> list[_Event]:
-    """The complete events of ``cat`` cpu and gpu, validated.
+    """The complete events of ``cat`` cpu and gpu, validated, in start order (the longer first
+    where two start together, so a parent precedes the child that starts with it): the order
+    every caller needs, so it is sorted here once.
 
     Raises:
         ValueError: the trace has no ``traceEvents`` list, or an event is malformed.
@@ -173,7 +193,7 @@ def _events(trace: Mapping[str, Any]) -> list[_Event]:
             continue
         args = event.get("args")
         args = args if isinstance(args, Mapping) else {}
-        ts, dur = _number(event.get("ts")), _number(event.get("dur"))
+        ts, dur = finite_number(event.get("ts")), finite_number(event.get("dur"))
         if ts is None or dur is None or dur < 0:
             raise ValueError(f"traceEvents[{index}]: ts and dur must be numbers, dur >= 0")
         key = args.get("key", event.get("name"))
@@ -190,14 +210,8 @@ def _events(trace: Mapping[str, Any]) -> list[_Event]:
                 trace=_optional_int(args.get("trace"), index, "trace"),
             )
         )
+    out.sort(key=lambda e: (e.start_us, -e.dur_us))
     return out
-
-
-def _number(value: object) -> float | None:
-    """``value`` as a float if it is a finite JSON number, else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _optional_int(value: object, index: int, name: str) -> int | None:
@@ -212,14 +226,14 @@ def _epochs(cpu: Sequence[_Event]) -> tuple[str, list[_Event]]:
     """The regions that split the run into epochs, in start order, and what they are called.
 
     Regions of the ``epoch`` key; where there are none, the first region of each trace ordinal
-    (the timer's ``trace_key`` region that started it); else none.
+    (the timer's ``trace_key`` region that started it); else none. ``cpu`` is in start order
+    (`_events`).
     """
-    order = sorted(cpu, key=lambda e: (e.start_us, -e.dur_us))
-    epochs = [e for e in order if e.key == TimeType.EPOCH]
+    epochs = [e for e in cpu if e.key == TimeType.EPOCH]
     if epochs:
         return "epoch", epochs
     first: dict[int, _Event] = {}
-    for event in order:
+    for event in cpu:
         if event.trace is not None and event.trace not in first:
             first[event.trace] = event
     if first:
@@ -280,7 +294,7 @@ def _depths(members: Sequence[_Event], parent_of: Mapping[int, int | None]) -> l
 def _rows(members: Sequence[_Event], depths: Sequence[int]) -> tuple[list[int], int]:
     """A row for each member: by depth, and within a depth the first lane where it overlaps
     nothing (regions that overlap without nesting get a lane of their own, never drawn over
-    another). Returns the rows and their number."""
+    another). ``members`` are in start order (`_events`). Returns the rows and their number."""
     by_depth: dict[int, list[int]] = {}
     for index, depth in enumerate(depths):
         by_depth.setdefault(depth, []).append(index)
@@ -288,8 +302,7 @@ def _rows(members: Sequence[_Event], depths: Sequence[int]) -> tuple[list[int], 
     next_row = 0
     for depth in sorted(by_depth):
         lane_ends: list[float] = []
-        indices = sorted(by_depth[depth], key=lambda i: (members[i].start_us, -members[i].dur_us))
-        for index in indices:
+        for index in by_depth[depth]:
             event = members[index]
             for lane, end in enumerate(lane_ends):
                 if end <= event.start_us:
@@ -335,13 +348,11 @@ def flame_layout(trace: Mapping[str, Any]) -> FlameChart:
     else:
         chosen = -1
         caption = "whole run"
-        members = sorted(cpu, key=lambda e: (e.start_us, -e.dur_us))
+        members = cpu
         origin_us = members[0].start_us
         span_us = max(e.end_us for e in members) - origin_us
     seqs = {e.seq for e in members if e.seq is not None}
-    gpu = sorted(
-        (e for e in events if e.gpu and e.seq in seqs), key=lambda e: (e.start_us, -e.dur_us)
-    )
+    gpu = [e for e in events if e.gpu and e.seq in seqs]
     cpu_rows, cpu_count = _rows(members, _depths(members, parent_of))
     gpu_rows, gpu_count = _rows(gpu, _depths(gpu, parent_of))
     placed = [*zip(members, cpu_rows, strict=True)]
@@ -392,6 +403,21 @@ def flame_chart(
         ValueError: the trace is malformed or holds no CPU region.
     """
     layout = flame_layout(trace)
+    draw_flame(layout, path, title=title)
+    return layout
+
+
+def draw_flame(layout: FlameChart, path: str | os.PathLike[str], *, title: str) -> Png:
+    """Draws a flame chart that `flame_layout` laid out into a PNG, as `flame_chart` does.
+
+    Args:
+        layout: the chart.
+        path: the PNG to write.
+        title: the chart's title; the caption of the part shown is added to it.
+
+    Returns:
+        The PNG written, with its size in pixels.
+    """
     bars = layout.bars
     cpu_count, total_rows = layout.cpu_rows, layout.cpu_rows + layout.gpu_rows
     width_in = 10.0
@@ -447,7 +473,7 @@ def flame_chart(
             break
         bar = bars[i]
         width_px = (ends_ms[i] - starts_ms[i]) * px_per_ms
-        long = f"{bar.key} {_format_ms(ends_ms[i] - starts_ms[i])}"
+        long = f"{bar.key} {format_ms(ends_ms[i] - starts_ms[i])}"
         text = long if len(long) * char_px + 6 <= width_px else bar.key
         if len(text) * char_px + 6 > width_px:
             continue
@@ -479,7 +505,7 @@ def flame_chart(
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.set_title(
-        f"{title}: {layout.caption}, {_format_ms(layout.epoch_ms)}", fontsize=10, loc="left"
+        f"{title}: {layout.caption}, {format_ms(layout.epoch_ms)}", fontsize=10, loc="left"
     )
 
     keys = list(dict.fromkeys(bar.key for bar in bars))
@@ -491,31 +517,35 @@ def flame_chart(
         fontsize=7,
         frameon=False,
     )
-    _save(fig, path)
-    return layout
+    return _save(fig, path)
 
 
 def _descendants(root: _Event, cpu: Sequence[_Event]) -> list[_Event]:
-    """``root`` and every region nested in it (by ``parent_seq``), in start order."""
+    """``root`` and every region nested in it (by ``parent_seq``), in the order of ``cpu``
+    (start order, `_events`)."""
     if root.seq is None:
         return [root]
     children: dict[int, list[_Event]] = {}
     for event in cpu:
         if event.parent is not None:
             children.setdefault(event.parent, []).append(event)
-    out = [root]
+    # By identity: two regions with equal fields are still two bars. A region already in is not
+    # followed again, so parent_seq links that loop cannot keep this going.
+    inside = {id(root)}
     frontier = [root.seq]
     while frontier:
         seq = frontier.pop()
         for child in children.get(seq, ()):
-            out.append(child)
+            if id(child) in inside:
+                continue
+            inside.add(id(child))
             if child.seq is not None:
                 frontier.append(child.seq)
-    out.sort(key=lambda e: (e.start_us, -e.dur_us))
-    return out
+    return [e for e in cpu if id(e) in inside]
 
 
-def _format_ms(value_ms: float) -> str:
+def format_ms(value_ms: float) -> str:
+    """A duration in ms with three significant digits, in s, ms or µs by its size."""
     if value_ms >= 1000:
         return f"{value_ms / 1000:.3g} s"
     if value_ms >= 1:
@@ -536,7 +566,7 @@ _UNITS = ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns"))
 
 def distribution_plot(
     rows: Sequence[Row], path: str | os.PathLike[str], *, title: str, warmup: int = 0
-) -> None:
+) -> Png:
     """Draws the durations of one region key (its CPU row, and its GPU row if any, overlaid) as
     a histogram into a PNG, with each row's median (solid line) and p95 (dashed) marked and its
     sample count in the legend.
@@ -552,6 +582,9 @@ def distribution_plot(
         title: the plot's title.
         warmup: samples at the start of each row to set apart.
 
+    Returns:
+        The PNG written, with its size in pixels.
+
     Raises:
         ValueError: no row, or a row without samples.
     """
@@ -563,9 +596,10 @@ def distribution_plot(
             raise ValueError(f"row {row.label!r} has no samples (stats.json without samples_ns)")
         skip = warmup if len(row.samples_ns) > warmup else 0
         stats = row.steady if skip and row.steady is not None else row.stats
-        sets.append((row, row.samples_ns[:skip], row.samples_ns[skip:], stats))
+        row_steady_s = np.asarray(row.samples_ns[skip:], dtype=np.float64) / 1e9
+        sets.append((row, row.samples_ns[:skip], row_steady_s, stats))
 
-    steady_s = np.concatenate([np.asarray(s, dtype=np.float64) for _, _, s, _ in sets]) / 1e9
+    steady_s = np.concatenate([row_steady_s for _, _, row_steady_s, _ in sets])
     scale, unit = next(((f, u) for f, u in _UNITS if float(np.median(steady_s)) >= f), _UNITS[-1])
     values = steady_s / scale
     lo, hi = float(values.min()), float(values.max())
@@ -586,10 +620,10 @@ def distribution_plot(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     warm_xs: list[float] = []
-    for row, warm, steady, stats in sets:
+    for row, warm, row_steady_s, stats in sets:
         colour = to_rgb(key_colour(str(row.key)))
-        data = np.asarray(steady, dtype=np.float64) / 1e9 / scale
-        label = f"{row.label}, n={len(steady)}"
+        data = row_steady_s / scale
+        label = f"{row.label}, n={len(row_steady_s)}"
         if row.device:
             colour = _darker(colour)
             ax.hist(data, bins=bin_edges, histtype="step", linewidth=1.6, color=colour, label=label)
@@ -633,11 +667,11 @@ def distribution_plot(
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.legend(fontsize=7, frameon=False, loc="best")
-    _save(fig, path)
+    return _save(fig, path)
 
 
 def _format_s(value_s: float) -> str:
-    return _format_ms(value_s * 1000) if value_s >= 1e-6 else f"{value_s * 1e9:.3g} ns"
+    return format_ms(value_s * 1000) if value_s >= 1e-6 else f"{value_s * 1e9:.3g} ns"
 
 
 def _darker(colour: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -645,8 +679,11 @@ def _darker(colour: tuple[float, float, float]) -> tuple[float, float, float]:
     return (r * 0.6, g * 0.6, b * 0.6)
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Png:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    # Saved at the figure's own dpi, so the canvas's size is the PNG's: both truncate the
+    # figure's size times DPI to whole pixels.
+    width_px, height_px = fig.canvas.get_width_height()
     # Atomic, so a report being rewritten never shows half an image.
-    return atomic_write_bytes(path, buffer.getvalue())
+    return Png(atomic_write_bytes(path, buffer.getvalue()), width_px, height_px)

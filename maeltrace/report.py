@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,14 @@ def format_seconds(value: float) -> str:
     if value == 0 or abs(value) >= 1e-3:
         return f"{value:.5f}"
     return f"{value:.3e}"
+
+
+def finite_number(value: object) -> float | None:
+    """``value`` as a float if it is a finite JSON number (not a bool, NaN or infinity, which
+    Python's ``json`` reads), else None: how the report reads the numbers of its JSON files."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +197,29 @@ class Summary:
 
     # -- rendering -----------------------------------------------------------------------------
 
+    def notes(self) -> list[str]:
+        """What the tables leave out, one sentence each, as `to_markdown` prints them under the
+        tables: failed regions, the rank of a distributed run, the clock of the GPU rows, and
+        what the first-call rows are."""
+        out = []
+        failed = {key_label(row.key): row.failed for row in self.rows if row.failed}
+        if failed:
+            listed = ", ".join(f"{label}: {n}" for label, n in failed.items())
+            out.append(f"Failed regions, not in the statistics: {listed}")
+        rank = self.metadata.get("rank")
+        if isinstance(rank, dict) and rank.get("world_size", 1) > 1:
+            out.append(
+                f"Rank {rank['rank']} of {rank['world_size']} on {rank['node']} ({rank['source']})."
+            )
+        clock = self.device_clock
+        if clock is not None and any(row.device for row in self.rows):
+            out.append(f"GPU rows: {clock['name']}: {clock['description']}.")
+        if any(row.compiled for row in self.rows):
+            out.append(
+                "First-call rows: regions during which JAX compiled, kept out of the others."
+            )
+        return out
+
     def to_markdown(self) -> str:
         """The seed's table, as Markdown that also reads well as plain text."""
         out = [_table([(row.label, row.stats) for row in self.rows])]
@@ -195,23 +227,7 @@ class Summary:
             steady = [(row.label, row.steady) for row in self.rows]
             out.append(f"\nSteady state (first {self.warmup} samples of each key skipped):\n\n")
             out.append(_table(steady))
-        failed = {key_label(row.key): row.failed for row in self.rows if row.failed}
-        if failed:
-            listed = ", ".join(f"{label}: {n}" for label, n in failed.items())
-            out.append(f"\nFailed regions, not in the statistics: {listed}\n")
-        rank = self.metadata.get("rank")
-        if isinstance(rank, dict) and rank.get("world_size", 1) > 1:
-            out.append(
-                f"\nRank {rank['rank']} of {rank['world_size']} on {rank['node']}"
-                f" ({rank['source']}).\n"
-            )
-        clock = self.device_clock
-        if clock is not None and any(row.device for row in self.rows):
-            out.append(f"\nGPU rows: {clock['name']}: {clock['description']}.\n")
-        if any(row.compiled for row in self.rows):
-            out.append(
-                "\nFirst-call rows: regions during which JAX compiled, kept out of the others.\n"
-            )
+        out += [f"\n{note}\n" for note in self.notes()]
         return "".join(out)
 
     def to_csv(self) -> str:
@@ -320,14 +336,22 @@ def _row_from_dict(region: Mapping[str, Any]) -> Row:
     )
 
 
-def _table(rows: Sequence[tuple[str, TimeStats | None]]) -> str:
-    cells = [list(COLUMNS)]
+def table_cells(rows: Sequence[tuple[str, TimeStats | None]]) -> list[list[str]]:
+    """The body cells of the seed's table, one list per row in `COLUMNS` order: the label, the
+    times as `format_seconds` prints them and the count; ``-`` in every column but the label
+    where a row has no statistics (all its samples were warm-up)."""
+    cells = []
     for label, stats in rows:
         if stats is None:
             cells.append([label, *(["-"] * (len(COLUMNS) - 1))])
             continue
         times = (stats.min, stats.mean, stats.median, stats.max, stats.stdev)
         cells.append([label, *(format_seconds(t) for t in times), str(stats.count)])
+    return cells
+
+
+def _table(rows: Sequence[tuple[str, TimeStats | None]]) -> str:
+    cells = [list(COLUMNS), *table_cells(rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
 
     def line(values: Sequence[str]) -> str:

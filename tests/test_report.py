@@ -13,7 +13,7 @@ import pytest
 import maeltrace
 from maeltrace import Timer, TimeType
 from maeltrace.files import atomic_write_bytes, atomic_write_text
-from maeltrace.report import COLUMNS, FORMATS, format_seconds
+from maeltrace.report import COLUMNS, FORMATS, format_seconds, table_cells
 
 
 def _timer(warmup: int = 0) -> Timer:
@@ -65,6 +65,32 @@ class TestTable:
         with pytest.raises(ZeroDivisionError), tmr.region("a"):
             _ = 1 / 0
         assert "Failed regions, not in the statistics: a: 1" in tmr.summary().to_markdown()
+
+    def test_the_notes_are_what_the_markdown_prints_under_the_tables(self) -> None:
+        tmr = Timer(warmup=1)
+        with tmr.region("a"):
+            pass
+        with pytest.raises(ZeroDivisionError), tmr.region("a"):
+            _ = 1 / 0
+        summary = tmr.summary()
+        assert summary.notes() == ["Failed regions, not in the statistics: a: 1"]
+        assert summary.to_markdown().endswith("|\n\nFailed regions, not in the statistics: a: 1\n")
+
+    def test_table_cells_are_the_rows_of_the_markdown_table(self) -> None:
+        tmr = Timer(warmup=5)
+        with tmr.region("once"):
+            pass
+        row = tmr.summary().rows[0]
+        cells = table_cells([(row.label, row.stats), (row.label, row.steady)])
+        assert cells[0] == [
+            "once",
+            *(format_seconds(t) for t in (row.stats.min, row.stats.mean, row.stats.median)),
+            *(format_seconds(t) for t in (row.stats.max, row.stats.stdev)),
+            "1",
+        ]
+        assert cells[1] == ["once", *["-"] * (len(COLUMNS) - 1)]
+        lines = tmr.summary().to_markdown().splitlines()
+        assert [c.strip() for c in lines[2].strip("|").split("|")] == cells[0]
 
     @pytest.mark.parametrize(
         ("value", "text"),
