@@ -326,7 +326,8 @@ def test_plots_are_deterministic(bench: Bench, tmp_path: Path) -> None:
     assert (tmp_path / "c.png").read_bytes() == (tmp_path / "d.png").read_bytes()
 
 
-def test_an_epoch_of_thousands_of_batches_renders_in_seconds(tmp_path: Path) -> None:
+def test_an_epoch_of_thousands_of_batches_draws_every_region(tmp_path: Path) -> None:
+    # How long it takes is benchmarks/report.py's figure, not an assertion here.
     tmr = Timer(export=False, output_dir=tmp_path / "run")
     for _ in range(2):
         with tmr.region(TimeType.EPOCH):
@@ -337,11 +338,8 @@ def test_an_epoch_of_thousands_of_batches_renders_in_seconds(tmp_path: Path) -> 
     from maeltrace.plots import flame_chart
 
     trace = json.loads((tmp_path / "run" / "trace.json").read_text(encoding="utf-8"))
-    started = time.perf_counter()
     drawn = flame_chart(trace, tmp_path / "flame.png", title="many batches")
-    elapsed_s = time.perf_counter() - started
     assert drawn.cpu_regions == 1 + 3 * 2500
-    assert elapsed_s < 10.0  # about 1 s here; one patch per bar took far longer
     assert _png_size(tmp_path / "flame.png")[0] == 1000
 
 
@@ -361,6 +359,57 @@ def test_a_single_run_folder_gets_a_one_app_report(tmp_path: Path) -> None:
     assert {p.name for p in files.images} >= {"flame.png", "dist-epoch.png", "dist-io.png"}
     page = files.html.read_text(encoding="utf-8")
     assert 'src="flame.png"' in page and "<table>" in page
+
+
+def test_the_html_page_says_the_rank_of_a_distributed_run_as_the_markdown_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    tmr = Timer(export=False, output_dir=tmp_path)
+    with tmr.region(TimeType.EPOCH), tmr.region(TimeType.BATCH):
+        pass
+    # The summary, with the rank, is built here; write_outputs would name the files .rank1.
+    tmr.save_all_time_stats(tmp_path / "stats.json")
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    files = write_report(tmp_path)
+    notes = Summary.load(tmp_path / "stats.json").notes()
+    rank_line = next(note for note in notes if note.startswith("Rank 1 of 2 on "))
+    assert f"\n{rank_line}\n" in files.markdown.read_text(encoding="utf-8")
+    assert f'<p class="note">{html.escape(rank_line)}</p>' in files.html.read_text("utf-8")
+
+
+def test_failed_regions_are_named_under_the_html_tables(tmp_path: Path) -> None:
+    tmr = Timer(export=False, output_dir=tmp_path)
+    with tmr.region(TimeType.EPOCH):
+        pass
+    with pytest.raises(ZeroDivisionError), tmr.region(TimeType.EPOCH):
+        _ = 1 / 0
+    tmr.write_outputs()
+    page = write_report(tmp_path).html.read_text(encoding="utf-8")
+    assert '<p class="note">Failed regions, not in the statistics: Epoch: 1' in page
+
+
+def test_the_html_gives_each_image_the_size_of_its_png(bench: Bench) -> None:
+    page = bench.files.html.read_text(encoding="utf-8")
+    for path in bench.files.images:
+        source = path.relative_to(bench.folder).as_posix()
+        width, height = _png_size(path)
+        assert f'<img src="{source}" alt="' in page
+        tag = page[page.index(f'<img src="{source}"') :]
+        tag = tag[: tag.index(">")]
+        assert f' width="{width}" height="{height}"' in tag
+
+
+def test_a_bench_listing_an_app_twice_is_refused(small_bench: Path, tmp_path: Path) -> None:
+    folder = _broken(small_bench, tmp_path)
+    bench = json.loads((folder / "bench.json").read_text(encoding="utf-8"))
+    bench["apps"].append(bench["apps"][0])
+    (folder / "bench.json").write_text(json.dumps(bench), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bench\.json: app 'ap1-python-loop' is listed twice"):
+        write_report(folder)
+    assert not (folder / "report.html").exists()
 
 
 def test_a_run_without_regions_gets_tables_but_no_plots(tmp_path: Path) -> None:

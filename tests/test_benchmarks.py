@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import export, gather_stats, import_time, memory, overhead
+from benchmarks import export, gather_stats, import_time, memory, overhead, report
 
 
 @pytest.mark.parametrize(
@@ -15,6 +15,7 @@ from benchmarks import export, gather_stats, import_time, memory, overhead
         (import_time, ["--quick"], "maeltrace import time", "target"),
         (export, ["--quick"], "maeltrace export: spans/s into a real Jaeger", "target"),
         (gather_stats, ["--quick"], "maeltrace gather_stats", "baseline"),
+        (report, ["--quick"], "maeltrace report: seconds to draw", "baseline"),
     ],
 )
 def test_each_benchmark_runs_and_prints_its_table(
