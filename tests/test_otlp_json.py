@@ -4,6 +4,7 @@ against protobuf's json_format."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -236,7 +237,9 @@ def test_malformed_lines_raise_value_error(line: str, problem: str) -> None:
         traces_from_json_line(line)
 
 
-def test_read_json_lines_skips_blank_lines_and_names_the_bad_one(tmp_path: Path) -> None:
+def test_read_json_lines_skips_blank_and_bad_lines_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "traces.jsonl"
     data = rich_traces()
     append_json_line(path, data)
@@ -247,18 +250,18 @@ def test_read_json_lines_skips_blank_lines_and_names_the_bad_one(tmp_path: Path)
         file.write(b'{"resourceSpans": [\n')  # a line cut short by a crash
     append_json_line(path, data)
 
-    reader = read_json_lines(path)
-    assert next(reader) == data
-    assert next(reader) == TracesData()
-    with pytest.raises(ValueError, match=r"traces\.jsonl, line 5: not valid JSON"):
-        next(reader)
+    with caplog.at_level(logging.WARNING, logger="maeltrace.files"):
+        assert list(read_json_lines(path)) == [data, TracesData(), data]
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "maeltrace.files"]
+    assert "traces.jsonl: skipped 1 unreadable line: line 5: not valid JSON" in warning
 
 
-def test_read_json_lines_reports_bad_utf8(tmp_path: Path) -> None:
+def test_read_json_lines_skips_bad_utf8(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b'{"resourceSpans": []}\n{"x": "\xff"}\n')
-    with pytest.raises(ValueError, match="line 2: not UTF-8"):
-        list(read_json_lines(path))
+    with caplog.at_level(logging.WARNING, logger="maeltrace.files"):
+        assert list(read_json_lines(path)) == [TracesData()]
+    assert "line 2: not UTF-8" in caplog.text
 
 
 def test_lines_split_only_on_newline(tmp_path: Path) -> None:

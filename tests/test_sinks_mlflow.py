@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from maeltrace import Timer, TimeType
+from maeltrace.files import read_lines
 from maeltrace.sinks import STATS_FIELDS, SinkWarning, metric_values
 from tests.services.jaeger import free_port
 from tests.services.mlflow_server import MlflowServer
@@ -271,7 +272,7 @@ class TestFaults:
     ) -> None:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
         tmr = make_timer()
-        (tmr.output_dir / "pending-mlflow.json").write_text("not a list")
+        (tmr.output_dir / "pending-mlflow.jsonl").write_text('{"torn": ')  # a crash's remains
         for call in (1, 2):
             started = time.monotonic()
             with pytest.warns(SinkWarning) as caught:
@@ -280,15 +281,17 @@ class TestFaults:
             assert elapsed < 10, elapsed
             assert len(caught) == 1
             message = str(caught[0].message)
-            assert "metrics were not logged" in message and "pending-mlflow.json" in message
-            pending = json.loads((tmr.output_dir / "pending-mlflow.json").read_text())
+            assert "metrics were not logged" in message and "pending-mlflow.jsonl" in message
+            pending = [
+                e for _, e in read_lines(tmr.output_dir / "pending-mlflow.jsonl", parse=json.loads)
+            ]
             assert len(pending) == call
             assert pending[-1]["metrics"] == logged == expected_means(tmr, "train/")
             assert pending[-1]["run_id"] == tmr.run_id
-        # The stats files are still written locally, a damaged pending file is kept aside, and
-        # MLflow's settings are the user's again.
+        # The stats files are still written locally, a torn line in the pending file stays a
+        # line of its own, and MLflow's settings are the user's again.
         assert (tmr.output_dir / "stats.json").is_file()
-        assert (tmr.output_dir / "pending-mlflow.json.corrupt").read_text() == "not a list"
+        assert (tmr.output_dir / "pending-mlflow.jsonl").read_text().startswith('{"torn": \n')
         for thread in threading.enumerate():
             if thread.name == "maeltrace-mlflow":
                 thread.join(timeout=30)
@@ -310,7 +313,9 @@ class TestFaults:
             for thread in threading.enumerate():
                 if thread.name == "maeltrace-mlflow":
                     thread.join(timeout=30)
-        pending = json.loads((tmr.output_dir / "pending-mlflow.json").read_text())
+        pending = [
+            e for _, e in read_lines(tmr.output_dir / "pending-mlflow.jsonl", parse=json.loads)
+        ]
         assert pending[0]["metrics"] == expected_means(tmr)
 
     def test_a_missing_mlflow_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:

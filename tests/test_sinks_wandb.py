@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from maeltrace import Timer, TimeType
+from maeltrace.files import read_lines
 from maeltrace.sinks import STATS_FIELDS, SinkWarning, metric_values
 from tests.services.wandb_reader import FIRST, LAST, MIDDLE, frames, read_offline_run
 
@@ -118,7 +119,9 @@ class TestFaults:
         with pytest.warns(SinkWarning, match="the service went away") as caught:
             logged = log_wandb(tmr, "train")
         assert len(caught) == 1
-        pending = json.loads((tmr.output_dir / "pending-wandb.json").read_text())
+        pending = [
+            e for _, e in read_lines(tmr.output_dir / "pending-wandb.jsonl", parse=json.loads)
+        ]
         assert [entry["metrics"] for entry in pending] == [logged]
         assert pending[0]["wandb_run_id"] == active.id
         assert wandb.run is active  # the user's run is left to the user

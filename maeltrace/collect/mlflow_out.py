@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from maeltrace.collect.summaries import FIELDS
+from maeltrace.files import append_line, atomic_write_bytes, read_lines
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -198,7 +199,9 @@ class PendingFile:
     """Summaries that a sink could not take yet: one JSON line each, appended.
 
     Only the latest summary of each run matters (a run's summary only grows), so `load` keeps
-    that one and `replace` rewrites the file with what is still pending. Used from one thread.
+    that one and `replace` rewrites the file with what is still pending. Lines are appended and
+    read by `maeltrace.files.append_line` and `maeltrace.files.read_lines`, so a full disk
+    leaves no torn line and a torn line from a crash costs only itself. Used from one thread.
 
     Args:
         path: the file; its folder is made on the first write.
@@ -208,54 +211,53 @@ class PendingFile:
         self.path = Path(path)
 
     def add(self, summary: Mapping[str, Any]) -> None:
-        """Appends a summary (one write on an ``O_APPEND`` descriptor: no torn lines)."""
+        """Appends a summary.
+
+        Raises:
+            OSError: the file cannot be written (disk full, say); it is left as it was.
+            ValueError: the summary holds a value JSON cannot encode (NaN, say).
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(summary, allow_nan=False, separators=(",", ":")) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
+        append_line(self.path, _summary_line(summary), mode=0o600)
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """The pending summaries, latest per run id, in order of first appearance; unreadable
-        lines (a torn last line after a crash) are skipped with a warning."""
+        """The pending summaries, latest per run id, in order of first appearance; lines that
+        are not run summaries (a torn last line after a crash) are skipped with one warning."""
+        found: dict[str, dict[str, Any]] = {}
         try:
-            raw = self.path.read_bytes()
+            for _, obj in read_lines(self.path, parse=_summary_from_line):
+                found[obj["run_id"]] = obj
         except FileNotFoundError:
             return {}
-        found: dict[str, dict[str, Any]] = {}
-        for number, line in enumerate(raw.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                _log.warning("%s, line %d: not JSON; skipped", self.path, number)
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("run_id"), str):
-                found[obj["run_id"]] = obj
-            else:
-                _log.warning("%s, line %d: not a run summary; skipped", self.path, number)
         return found
 
     def replace(self, summaries: Mapping[str, Mapping[str, Any]]) -> None:
-        """Rewrites the file with exactly these summaries (atomically); removes it when none."""
+        """Rewrites the file with exactly these summaries (atomically); removes it when none.
+
+        Raises:
+            OSError: the file cannot be written; it is left as it was.
+        """
         if not summaries:
             self.path.unlink(missing_ok=True)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        text = "".join(
-            json.dumps(s, allow_nan=False, separators=(",", ":")) + "\n" for s in summaries.values()
+        atomic_write_bytes(
+            self.path, b"".join(_summary_line(s) + b"\n" for s in summaries.values())
         )
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, self.path)
 
     def __len__(self) -> int:
         return len(self.load())
+
+
+def _summary_line(summary: Mapping[str, Any]) -> bytes:
+    return json.dumps(summary, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+def _summary_from_line(line: bytes) -> dict[str, Any]:
+    obj = json.loads(line)
+    if not isinstance(obj, dict) or not isinstance(obj.get("run_id"), str):
+        raise ValueError("not a run summary")
+    return obj
 
 
 # -- publishing with retries -------------------------------------------------------------------

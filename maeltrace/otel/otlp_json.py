@@ -27,6 +27,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import (
     TracesData,
 )
 
+from maeltrace.files import append_line, read_lines
+
 __all__ = [
     "append_json_line",
     "read_json_lines",
@@ -90,29 +92,25 @@ def traces_from_json_line(line: str) -> TracesData:
 
 
 def read_json_lines(path: str | os.PathLike[str]) -> Iterator[TracesData]:
-    """Reads an OTLP JSON lines file, one ``TracesData`` per line, skipping blank lines.
+    """Reads an OTLP JSON lines file, one ``TracesData`` per complete line.
 
-    Lines are split on ``\\n`` only (a JSON string may hold U+2028, which ``str.splitlines``
-    would split on), and a ``\\r`` before it is ignored.
+    Read by `maeltrace.files.read_lines`: blank lines are passed over, and lines that cannot be
+    read (a last line without its newline, a line torn by a full disk, one that is not UTF-8 or
+    not OTLP JSON) are skipped with one ``logging`` warning for the file, naming it and the
+    lines. Lines are split on ``\\n`` only, and a ``\\r`` before it is ignored.
 
     Args:
         path: the file.
 
     Raises:
         OSError: the file cannot be read.
-        ValueError: a line is not valid UTF-8 or not an OTLP JSON line; the message names the
-            file and the line number. The lines before it have been yielded.
     """
-    with open(path, "rb") as file:
-        for number, raw in enumerate(file, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield traces_from_json_line(raw.decode("utf-8"))
-            except UnicodeDecodeError as err:
-                raise ValueError(f"{os.fspath(path)}, line {number}: not UTF-8: {err}") from None
-            except ValueError as err:
-                raise ValueError(f"{os.fspath(path)}, line {number}: {err}") from None
+    for _, data in read_lines(path, parse=_traces_from_bytes):
+        yield data
+
+
+def _traces_from_bytes(line: bytes) -> TracesData:
+    return traces_from_json_line(line.decode("utf-8"))
 
 
 def append_json_line(
@@ -120,10 +118,11 @@ def append_json_line(
 ) -> None:
     """Appends one OTLP JSON line to a file, creating the file (not its folder) if needed.
 
-    The whole line goes to the file in one ``write`` on a descriptor opened with ``O_APPEND``, so
-    lines appended at once by several threads or processes never interleave. It reaches the
-    operating system before this returns (there is no buffer in between) but is not synced to
-    disk.
+    Written by `maeltrace.files.append_line`: the whole line in one ``write`` with
+    ``O_APPEND`` under an exclusive ``flock``, so lines appended at once by several threads or
+    processes never interleave; a torn last line is ended first; a failed write (disk full) is
+    cut back, leaving no partial line. The line reaches the operating system before this
+    returns (no buffer in between) but is not synced to disk.
 
     Args:
         path: the file; its folder must exist.
@@ -131,20 +130,9 @@ def append_json_line(
 
     Raises:
         OSError: the file cannot be opened or written (for instance its folder is missing, or the
-            disk is full).
+            disk is full); the file is left as it was.
     """
-    line = (traces_to_json_line(data) + "\n").encode("utf-8")
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags, 0o644)
-    try:
-        view = memoryview(line)
-        # A regular file takes the whole line in one write; the loop only matters when the
-        # write is cut short (disk full, a signal), where finishing the line beats a torn one.
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-    finally:
-        os.close(fd)
+    append_line(path, traces_to_json_line(data).encode("utf-8"))
 
 
 # -- through json_format -----------------------------------------------------------------------

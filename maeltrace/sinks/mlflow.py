@@ -130,7 +130,7 @@ def log_mlflow(
     change is seen by other threads' MLflow calls during the call). Local stores (SQLite,
     files) are waited for. A call that fails or gets no answer in time issues one
     `maeltrace.sinks.SinkWarning` and appends the metrics to the output folder's
-    ``pending-mlflow.json`` (see `maeltrace.sinks.keep_pending`); training goes on. Metrics of
+    ``pending-mlflow.jsonl`` (see `maeltrace.sinks.keep_pending`); training goes on. Metrics of
     a call that timed out may still arrive later, so that file can repeat them. Artifacts still
     uploading when the metrics are in keep uploading in the background.
 

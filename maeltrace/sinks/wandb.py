@@ -61,7 +61,7 @@ def log_wandb(
     any.
 
     A failure issues one `maeltrace.sinks.SinkWarning` and appends the metrics to the output
-    folder's ``pending-wandb.json`` (see `maeltrace.sinks.keep_pending`); training goes on.
+    folder's ``pending-wandb.jsonl`` (see `maeltrace.sinks.keep_pending`); training goes on.
     W&B sends in the background, so a slow or unreachable server does not block the logging
     calls; starting a run online can wait for it (W&B's ``init_timeout``).
 
