@@ -1,7 +1,9 @@
-"""Hatch build hook: compiles maeltrace/_hotpath.c, or builds a pure-Python wheel if it can't.
+"""Hatch build hook: compiles maeltrace/_hotpath.c and maeltrace/_spanenc.c, or builds a
+pure-Python wheel if it can't.
 
-The compiled recorder is an optimisation; the package works without it (see
-maeltrace/_recorder.py). ``MAELTRACE_NO_EXTENSION=1`` skips the compile.
+The compiled recorder and span encoder are optimisations; the package works without them (see
+maeltrace/_recorder.py and maeltrace/otel/encode.py). ``MAELTRACE_NO_EXTENSION=1`` skips the
+compile.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCE = Path("maeltrace") / "_hotpath.c"
+MODULES = ("_hotpath", "_spanenc")
+"""The compiled modules, each from maeltrace/<name>.c."""
 
 
-def _compile(root: Path, output: Path) -> None:
+def _compile(root: Path, source: Path, output: Path) -> None:
     cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
     include = sysconfig.get_paths()["include"]
     flags = ["-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror", "-std=c11"]
-    cmd = [*cc, *flags, f"-I{include}", str(root / SOURCE), "-o", str(output)]
+    cmd = [*cc, *flags, f"-I{include}", str(root / source), "-o", str(output)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
@@ -35,16 +38,22 @@ class HotPathBuildHook(BuildHookInterface):  # type: ignore[type-arg]  # hatchli
             return
         root = Path(self.root)
         suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-        # Editable installs import from the source tree, so the module is built there.
-        output = root / "maeltrace" / f"_hotpath{suffix}"
-        try:
-            _compile(root, output)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            detail = getattr(exc, "stderr", "") or str(exc)
-            reason = detail.strip()
-            print(f"maeltrace: building the pure-Python fallback ({reason})", file=sys.stderr)
+        built = []
+        for name in MODULES:
+            # Editable installs import from the source tree, so the module is built there.
+            output = root / "maeltrace" / f"{name}{suffix}"
+            try:
+                _compile(root, Path("maeltrace") / f"{name}.c", output)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                detail = getattr(exc, "stderr", "") or str(exc)
+                reason = detail.strip()
+                print(f"maeltrace: {name} stays pure Python ({reason})", file=sys.stderr)
+                continue
+            built.append((name, output))
+        if not built:
             return
         build_data["pure_python"] = False
         build_data["infer_tag"] = True
         if version != "editable":
-            build_data["force_include"][str(output)] = f"maeltrace/_hotpath{suffix}"
+            for name, output in built:
+                build_data["force_include"][str(output)] = f"maeltrace/{name}{suffix}"

@@ -13,9 +13,10 @@ import importlib.metadata
 import json
 import os
 import platform
+import random
 import sys
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from time import perf_counter_ns
@@ -188,3 +189,66 @@ def same_round_ratios(values: Sequence[float], reference: Sequence[float]) -> li
     is 0 left out). Pairing by round cancels load that comes and goes across rounds, which a
     ratio of two medians would keep."""
     return [v / r for v, r in zip(values, reference, strict=True) if r > 0]
+
+
+def bootstrap_interval(
+    samples: Sequence[float],
+    statistic: Callable[[Sequence[float]], float],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 4_000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A percentile bootstrap interval of ``statistic`` over ``samples``.
+
+    Resamples ``samples`` with replacement ``resamples`` times (a fixed seed, so a run's
+    figures can be recomputed from its JSON) and returns the middle ``confidence`` of the
+    statistic's values. With few samples (a benchmark's rounds) the interval is coarse: the
+    median of 8 rounds can only land on the rounds' own values.
+    """
+    if not samples:
+        raise ValueError("bootstrap_interval needs at least one sample")
+    rng = random.Random(seed)
+    n = len(samples)
+    values = sorted(statistic(rng.choices(samples, k=n)) for _ in range(resamples))
+    tail = (1 - confidence) / 2
+    low = values[int(tail * (resamples - 1))]
+    high = values[round((1 - tail) * (resamples - 1))]
+    return low, high
+
+
+def ratio_verdict(
+    measured: float | None,
+    low: float | None,
+    high: float | None,
+    target: float,
+    aa_half_width: float | None,
+) -> str:
+    """The verdict on a ratio target (``measured <= target``) that the run can resolve.
+
+    Args:
+        measured: the ratio to the baseline, or ``None`` if not measured.
+        low, high: its interval (the band).
+        target: the largest ratio allowed, e.g. 1.01.
+        aa_half_width: how far the baseline's band against itself (A/A) reaches from 1, as a
+            fraction (0.004 for +-0.4 %); ``None`` if not measured.
+
+    Returns:
+        ``yes`` when the A/A band is narrower than the target's margin and the whole band is at
+        or below the target; ``NO`` when the A/A band is narrow enough and the whole band is
+        above it; otherwise ``not resolved: ...`` saying why (a target is never declared met
+        by a band too wide to see it missed); ``n/a`` when not measured.
+    """
+    if measured is None or low is None or high is None or aa_half_width is None:
+        return "n/a"
+    margin = target - 1
+    if aa_half_width >= margin:
+        return (
+            f"not resolved: A/A band +-{aa_half_width * 100:.2f} % is wider than the target "
+            f"(+-{margin * 100:.1f} %)"
+        )
+    if high <= target:
+        return "yes"
+    if low > target:
+        return "NO"
+    return f"not resolved: band {low:.4f}..{high:.4f}x straddles {target:g}x"

@@ -1,159 +1,639 @@
-"""Export throughput of maeltrace into a real Jaeger, against the OpenTelemetry SDK, and what
-configuring export costs the hot path.
+"""What export costs a CPU-bound training loop, and export throughput into a real Jaeger.
+
+Everything is driven through maeltrace's public API (``Timer``, ``region``, ``iterate``,
+``flush``, ``close`` and the environment variables), so the script measures any version of the
+library: put another tree first on ``PYTHONPATH`` and the header (and every child process) says
+which ``maeltrace`` it imported.
 
 What it measures:
-    1. Spans per second from recorded regions into Jaeger. A timer with export off records
-       ``--epochs`` x ``--batches`` batches of a training loop (per batch an ``io`` wait and a
-       ``batch`` region holding ``forward`` and ``backward``; one ``epoch`` region around
-       each epoch's batches): 200,010 regions by default. The same regions then go, once
-       over OTLP/HTTP protobuf and once over OTLP/gRPC, into a Jaeger v2 that the script
-       starts (``tests/services/jaeger.py``), as the export thread sends them: read the
-       regions (``Timer.records``, split into requests of ``--request-regions``), build the
-       spans (`SpanBuilder.add` into a new ``ExportTraceServiceRequest`` per request) and
-       export each request (``make_exporter(config).export``). The table gives spans/s end
-       to end and per part (read, build, send: serialisation and the round trip), and
-       protobuf serialisation alone, timed apart on the same requests and not added to the
-       end-to-end time; also the CPU time this process spent in the timed parts (all its
-       threads, not Jaeger's), which moves less than wall time when other work shares the
-       machine. ``TraceBudget(max_spans=10**9)`` keeps every region (nothing is sampled);
-       each measurement has its own run id (so its own trace ids) and service name.
-    2. The OpenTelemetry SDK path, in the same run, as the baseline: the same spans (names,
-       attributes, parents, start and end times) made with ``tracer.start_span(...,
-       start_time=...)`` and ``span.end(end_time=...)`` on a ``TracerProvider`` whose
-       ``SimpleSpanProcessor`` hands each ended span to an ``InMemorySpanExporter``; then,
-       per ``--request-regions`` spans, encoded to OTLP protobuf, serialised and posted with
-       urllib to the same Jaeger's OTLP/HTTP receiver. The encoder is the SDK's own
-       ``encode_spans`` where ``opentelemetry-exporter-otlp-proto-common`` is installed (it is
-       no dependency of maeltrace); without it, `_encode_stand_in` in this file does the same
-       per-span work, and the table says which of the two ran. The comparison is given
-       against the SDK path end to end and against SDK span creation alone (a lower bound on
-       the SDK's cost, whichever encoder ran).
+    1. The training-loop cost of export. A child process runs a CPU-bound loop: ``--epochs``
+       epochs (default 4), each in ``tmr.region(TimeType.EPOCH)``, of ``--steps`` steps
+       (default 300); per step ``tmr.iterate`` times the wait for the batch (``io``), then
+       ``batch`` holds ``forward`` and ``backward``: 4 regions per step. The work is
+       deterministic pure-Python arithmetic, calibrated once in this process to about
+       ``--step-ms`` ms per step (default 3; 10 % io, 30 % forward, 60 % backward) and then
+       fixed for every process of the run. The child builds a plain ``maeltrace.Timer()``
+       (configured by the environment, as a user's script would be) and returns without
+       calling ``close``: the timer's exit handler exports and writes the files, as it would
+       for a user. Configurations (arms):
 
-       After each of the three, Jaeger's query API is asked for every trace (one epoch per
-       trace, ``JaegerService.trace``) until it holds every span: received/expected, and how
-       long after the last export that took. That check is not in the throughput; most of
-       it is Jaeger answering with the spans as JSON (about 150 MB for 200,000), so it is an
-       upper bound on Jaeger's ingest delay. (One query by service for all 200,000 spans
-       outlasts the service's 10 s HTTP timeout on a loaded 2-core machine.)
-    3. The hot path with export configured: ns per region (``start``/``end`` of one key in a
-       tight loop, in an epoch whose own ``start`` and ``end`` are timed too, since the
-       epoch's end is where export hands work to the background thread) for a timer with
-       export off, a second one (A/A: the noise between two identical timers), one
-       exporting to the Jaeger over OTLP/HTTP and one exporting into the embedded default
-       (OTLP JSON lines in a temporary folder), each keeping every region
-       (``TraceBudget(10**9)``). The four run round-robin for ``--hot-rounds`` rounds after a
-       warm-up round, in an order rotated each round; in its turn each timer runs
+       * ``export off``: ``MAELTRACE_EXPORT=0``, the baseline;
+       * ``export off (A/A)``: the same again, the noise of the baseline against itself;
+       * ``embedded default``: export on, no endpoint (files in ``MAELTRACE_OUTPUT_DIR``);
+       * ``OTLP/HTTP -> Jaeger`` and ``OTLP/gRPC -> Jaeger``: ``OTEL_EXPORTER_OTLP_ENDPOINT``
+         and ``..._PROTOCOL`` pointing at a Jaeger v2 that the script starts
+         (``tests/services/jaeger.py``), one ``OTEL_SERVICE_NAME`` per process.
 
-       * a *quiet* epoch of ``--hot-regions`` regions, its exporter idle;
-       * 10 ms of spinning, untimed: the quiet epoch's end handed its spans to the exporter,
-         which is now building them and competing for the interpreter lock;
-       * a *busy* epoch of as many regions, while that export is under way;
-       * an untimed ``flush``, which waits until both epochs' spans have left, and a 0.2 s
-         pause so that Jaeger's 200 ms batch processor has stored them before the next turn.
-
-       A ratio is the median over rounds of the same-round ratio to the first export-off
-       timer. The A/A timer's ratios (10th to 90th percentile, widened to at least 5 % either
-       side of 1) are the noise band that "the same within noise" is judged by. The
-       exporter's wall time per region (from the quiet epoch's end until both epochs were
-       exported, over their regions) is shown as the background cost, which the hot path
-       does not pay directly; and the median time of the epoch's ``end`` call alone, where a
-       timer that exports wakes its export thread (in the quiet and busy figures, spread
-       over the epoch's regions: small with 20,000 of them, not with ``--quick``'s 2,000).
+       Each measurement is its own fresh process; the arms run round-robin for ``--rounds``
+       rounds (default 10) after one untimed warm-up round, in an order rotated each round.
+       ``loop s`` is the child's own wall time from the first epoch's start to the last
+       epoch's end; ``process s`` is this process's wall time from starting the child until it
+       exited (start-up, imports, the loop and the export and files at exit), and ``after
+       loop s`` the part of it after the loop's end. Ratios are the median over rounds of the
+       same-round ratio to ``export off``; the band is a 95 % percentile bootstrap interval of
+       that median (rounds resampled, 4,000 times, fixed seed). The A/A arm's band, as
+       +-x % around 1 (its farthest end), is the run's resolution: a target ratio (1.01x, goal
+       1.005x) is judged ``yes`` only when that resolution is finer than the target and the
+       arm's band lies at or below it, ``NO`` when the band lies above it; otherwise the
+       verdict says ``not resolved`` and why. ``epoch end us`` is the median time the epoch's
+       ``with`` block took to exit (where export hands an epoch to its thread). After the
+       rounds, Jaeger is asked (untimed) how many distinct span ids each OTLP process
+       delivered, against the regions it recorded.
+    2. Export throughput into Jaeger, end to end through the public API: a timer with export
+       on, an endpoint (OTLP/HTTP protobuf, then gRPC) and a span budget that keeps every
+       region first records one epoch of one region and flushes it (``setup``: the exporter's
+       one-time imports and connection, timed apart), then records ``--tp-epochs`` x
+       ``--tp-batches`` batches of the same four regions in a tight loop (200,010 regions by
+       default), each epoch's end handing it to the export thread while recording goes on;
+       then ``flush()``. ``spans/s`` is those regions over the time from their first start
+       until ``flush()`` returned; the table also gives the recording alone, the wait in
+       ``flush``, the following ``close()`` (apart), and this process's CPU time (all
+       threads, not Jaeger's) until ``flush`` returned. Jaeger's query API is
+       then asked, one epoch at a time (a time window inside the epoch), for the distinct
+       span ids it holds: received/expected, and how long that check took (not part of
+       spans/s). The baseline in the same run: the OpenTelemetry SDK making the same spans
+       (``tracer.start_span(..., start_time=...)``, ``span.end(end_time=...)``, a
+       ``SimpleSpanProcessor`` into an ``InMemorySpanExporter``), then per 10,000 spans OTLP
+       protobuf (the SDK's ``encode_spans`` where installed) posted to the same Jaeger.
 
 How to run::
 
-    uv run --group bench python benchmarks/export.py            # full, 1.5 to 2.5 minutes
-    uv run --group bench python benchmarks/export.py --quick    # small sizes, ~10 s
-    uv run --group bench python benchmarks/export.py --json export.json
+    uv run --group bench python benchmarks/export.py           # full: about 6 minutes
+    uv run --group bench python benchmarks/export.py --quick   # small sizes, ~30 s (the smoke test)
+    uv run --group bench python benchmarks/export.py --rounds 12 --json export.json
+    PYTHONPATH=/path/to/other/tree uv run --no-sync python benchmarks/export.py  # another maeltrace
 
-    Most of a full run is the checks in Jaeger and, in the hot-path rounds, waiting for the
-    embedded default to write its OTLP JSON lines (several times the protobuf path's cost per
-    span). Jaeger comes from ``scripts/build-jaeger`` (built once, then cached) or
-    ``$MAELTRACE_JAEGER_BIN``. The figures are only comparable within one run: the machine,
-    its load (printed) and Jaeger sharing its cores all move them. Nothing here asserts a
+    ``--no-throughput`` or ``--no-loop`` runs one part only. Jaeger comes from
+    ``scripts/build-jaeger`` (built once, then cached) or ``$MAELTRACE_JAEGER_BIN``. The
+    figures are only comparable within one run: the machine, its load (printed) and Jaeger
+    sharing its cores move them; run it on an otherwise idle machine. Nothing here asserts a
     timing; the targets section prints verdicts.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import gc
+import json
 import os
 import re
-import socket
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import perf_counter_ns, process_time_ns
-from typing import Any
+from time import monotonic_ns, perf_counter_ns, process_time_ns
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+if TYPE_CHECKING:
+    import maeltrace
 
-import maeltrace
-from maeltrace import TimeType
-from maeltrace.otel.export import ExportConfig, ExportFailed, make_exporter
-from maeltrace.otel.resource import resource
-from maeltrace.otel.spans import SpanBuilder, TraceBudget, run_trace_id, trace_id
-from maeltrace.records import NO_PARENT, NO_TRACE, Records
-
-try:
+if __package__:  # imported as benchmarks.export (the smoke test)
     from benchmarks import _common as common
-except ModuleNotFoundError:  # run as a script: benchmarks/ is first on sys.path
+else:  # run as a script: this folder is first on sys.path, whatever PYTHONPATH holds
     import _common as common  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DEFAULT_EPOCHS = 10
-DEFAULT_BATCHES = 5_000
+# -- sizes ----------------------------------------------------------------------------------
+
+DEFAULT_EPOCHS = 4
+DEFAULT_STEPS = 300
+DEFAULT_STEP_MS = 3.0
+DEFAULT_ROUNDS = 10
 QUICK_EPOCHS = 2
-QUICK_BATCHES = 625
-REGIONS_PER_BATCH = 4
+QUICK_STEPS = 25
+QUICK_STEP_MS = 1.0
+QUICK_ROUNDS = 1
+REGIONS_PER_STEP = 4
 """io, batch, forward, backward."""
+WORK_SHARES = (0.1, 0.3, 0.6)
+"""The step's work in io (the loader), forward and backward."""
+PAUSE_S = 0.3
+"""Between processes: Jaeger's batch processor stores what it got within 200 ms."""
 
-DEFAULT_REQUEST_REGIONS = 10_000
-"""Regions per export request: about 2 MB of protobuf, under gRPC's default 4 MiB limit."""
-GRPC_LIMIT_BYTES = 4 * 1024 * 1024
+DEFAULT_TP_EPOCHS = 10
+DEFAULT_TP_BATCHES = 5_000
+QUICK_TP_EPOCHS = 2
+QUICK_TP_BATCHES = 625
+WINDOW_PAD_NS = 200_000
+"""Padding of each epoch's window when asking Jaeger for its spans."""
+STALLED_S = 15.0
+"""The check in Jaeger gives up when the count has not grown for this long."""
+SDK_REQUEST_SPANS = 10_000
+"""Spans per request of the SDK baseline: about 2 MB of protobuf, under gRPC's 4 MiB."""
 
-DEFAULT_HOT_REGIONS = 20_000
-DEFAULT_HOT_ROUNDS = 10
-QUICK_HOT_REGIONS = 2_000
-QUICK_HOT_ROUNDS = 3
-HOT_KEY = "step"
-SPIN_NS = 10_000_000
-"""Spinning between the quiet and the busy epoch, so the exporter is under way."""
-PAUSE_S = 0.2
-"""After each turn: Jaeger's batch processor flushes every 200 ms."""
+# -- targets (issue 11) ---------------------------------------------------------------------
 
-TARGET_SPANS_PER_S = 100_000
-"""Spans per second from recorded regions into Jaeger (the issue's 2-core machines)."""
-MIN_NOISE = 0.05
-"""The narrowest noise band, either side of 1, that "the same within noise" allows."""
+TARGET_RATIO = 1.01
+GOAL_RATIO = 1.005
+GOAL_SPANS_PER_S = 200_000
+BOOTSTRAP_RESAMPLES = 4_000
+CONFIDENCE = 0.95
 
-BIG_BUDGET = TraceBudget(max_spans=10**9)
 HTTP = "http/protobuf"
 GRPC = "grpc"
+OFF = "export off"
+AA = "export off (A/A)"
+EMBEDDED = "embedded default"
+OTLP_HTTP = "OTLP/HTTP -> Jaeger"
+OTLP_GRPC = "OTLP/gRPC -> Jaeger"
 
-_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+_CLEARED_PREFIXES = ("OTEL_",)
+_CLEARED = ("MAELTRACE_EXPORT", "MAELTRACE_OUTPUT_DIR", "MAELTRACE_RUN_ID", "MAELTRACE_DISABLED")
 
 
-# -- recording ------------------------------------------------------------------------------
+# -- the training loop's work ---------------------------------------------------------------
 
 
-def record(epochs: int, batches: int) -> maeltrace.Timer:
-    """A timer with export off holding ``epochs`` x ``batches`` batches of a training loop."""
-    tmr = maeltrace.Timer(enabled=True, export=False)
+def work(units: int) -> int:
+    """Deterministic pure-Python arithmetic: ``units`` rounds of a small hash."""
+    acc = 0
+    for i in range(units):
+        acc = (acc * 31 + i) & 0xFFFFF
+    return acc
+
+
+def calibrate(target_ms: float) -> int:
+    """Units of `work` that take about ``target_ms`` ms here: the fastest of repeated trials,
+    the one least slowed by other work on the machine (the median follows the load)."""
+    units = 1_000
+    while True:  # grow until one trial takes long enough to time well
+        t0 = perf_counter_ns()
+        work(units)
+        if perf_counter_ns() - t0 > 2_000_000:
+            break
+        units *= 2
+    trials = []
+    for _ in range(30):
+        t0 = perf_counter_ns()
+        work(units)
+        trials.append((perf_counter_ns() - t0) / units)
+    ns_per_unit = min(trials)
+    return max(1, round(target_ms * 1e6 / ns_per_unit))
+
+
+def _loader(steps: int, units: int) -> Iterator[int]:
+    for step in range(steps):
+        work(units)
+        yield step
+
+
+def loop_child(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The training loop of one measurement (in a child process); returns its figures.
+
+    Args:
+        spec: ``epochs``, ``steps`` and the work units ``io``, ``forward`` and ``backward``.
+    """
+    started = monotonic_ns()
+    import maeltrace
+    from maeltrace import TimeType
+
+    imported = monotonic_ns()
+    tmr = maeltrace.Timer()
+    epochs, steps = int(spec["epochs"]), int(spec["steps"])
+    io_units, forward_units, backward_units = (
+        int(spec["io"]),
+        int(spec["forward"]),
+        int(spec["backward"]),
+    )
+    region = tmr.region
+    epoch_key, batch, forward, backward = (
+        TimeType.EPOCH,
+        TimeType.BATCH,
+        TimeType.FORWARD,
+        TimeType.BACKWARD,
+    )
+    epoch_ends: list[int] = []
+    loop_start = monotonic_ns()
+    for _ in range(epochs):
+        with region(epoch_key):
+            for _ in tmr.iterate(_loader(steps, io_units)):
+                with region(batch):
+                    with region(forward):
+                        work(forward_units)
+                    with region(backward):
+                        work(backward_units)
+            before_end = monotonic_ns()
+        epoch_ends.append(monotonic_ns() - before_end)
+    loop_end = monotonic_ns()
+    return {
+        "maeltrace_file": maeltrace.__file__,
+        "recorder": getattr(tmr, "implementation", "unknown"),
+        "export": bool(getattr(tmr, "export", False)),
+        "started_ns": started,
+        "import_s": (imported - started) / 1e9,
+        "loop_start_ns": loop_start,
+        "loop_end_ns": loop_end,
+        "loop_s": (loop_end - loop_start) / 1e9,
+        "epoch_end_us": [ns / 1e3 for ns in epoch_ends],
+        "regions": epochs * (1 + steps * REGIONS_PER_STEP),
+    }
+
+
+# -- the arms and their rounds --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Arm:
+    """One configuration of the loop, and what its processes measured.
+
+    Attributes:
+        name: the row's label.
+        env: environment variables set for its processes (after clearing maeltrace's and
+            OpenTelemetry's own).
+        exports: whether export is meant to be on (the header checks the child agreed).
+        jaeger: whether its spans go to Jaeger (checked there afterwards).
+        loop_s, process_s, after_s, startup_s: seconds, by timed round (a failed round is
+            missing, so ratios pair the rounds both arms completed).
+        epoch_end_us: every timed epoch's end, microseconds.
+        services: the service name of each timed round's process (Jaeger arms).
+        received: distinct span ids Jaeger holds per timed process; regions: expected.
+        bytes_written: bytes of files the embedded default left in its folder, per round.
+        children: what the child processes said about themselves (library, recorder, export).
+        errors: failures, printed under the table.
+    """
+
+    name: str
+    env: dict[str, str]
+    exports: bool
+    jaeger: bool = False
+    loop_s: dict[int, float] = field(default_factory=dict)
+    process_s: dict[int, float] = field(default_factory=dict)
+    after_s: dict[int, float] = field(default_factory=dict)
+    startup_s: dict[int, float] = field(default_factory=dict)
+    epoch_end_us: list[float] = field(default_factory=list)
+    services: list[str] = field(default_factory=list)
+    received: list[int] = field(default_factory=list)
+    regions: int = 0
+    bytes_written: list[int] = field(default_factory=list)
+    children: set[str] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+
+
+def make_arms(http_endpoint: str | None, grpc_endpoint: str | None) -> list[Arm]:
+    """The five arms; the Jaeger ones only when Jaeger runs."""
+    arms = [
+        Arm(OFF, {"MAELTRACE_EXPORT": "0"}, exports=False),
+        Arm(AA, {"MAELTRACE_EXPORT": "0"}, exports=False),
+        Arm(EMBEDDED, {"MAELTRACE_EXPORT": "1"}, exports=True),
+    ]
+    for name, endpoint, protocol in (
+        (OTLP_HTTP, http_endpoint, HTTP),
+        (OTLP_GRPC, grpc_endpoint, GRPC),
+    ):
+        if endpoint is not None:
+            env = {
+                "MAELTRACE_EXPORT": "1",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            }
+            arms.append(Arm(name, env, exports=True, jaeger=True))
+    return arms
+
+
+def _child_env(arm: Arm, output_dir: Path, service: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _CLEARED and not k.startswith(_CLEARED_PREFIXES)
+    }
+    env.update(arm.env)
+    env["MAELTRACE_OUTPUT_DIR"] = str(output_dir)
+    env["OTEL_SERVICE_NAME"] = service
+    return env
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def run_child(arm: Arm, spec: Mapping[str, Any], folder: Path, service: str) -> dict[str, Any]:
+    """Runs one measurement in a fresh process; returns its figures with the process's wall
+    time (``process_s``) and the bytes it left in its output folder.
+
+    Raises:
+        RuntimeError: the child failed or printed no figures.
+    """
+    output_dir = folder / service
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    spawned = monotonic_ns()
+    done = subprocess.run(
+        command,
+        env=_child_env(arm, output_dir, service),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    exited = monotonic_ns()
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"child exited with {done.returncode}: {tail}")
+    figures: dict[str, Any] = json.loads(lines[-1])
+    figures["process_s"] = (exited - spawned) / 1e9
+    figures["startup_s"] = (figures["loop_start_ns"] - spawned) / 1e9
+    figures["after_s"] = (exited - figures["loop_end_ns"]) / 1e9
+    figures["bytes"] = _folder_bytes(output_dir) if output_dir.exists() else 0
+    figures["stderr"] = done.stderr.strip()
+    shutil.rmtree(output_dir, ignore_errors=True)
+    return figures
+
+
+def measure_loop(
+    arms: list[Arm], spec: Mapping[str, Any], rounds: int, folder: Path, tag: str
+) -> None:
+    """Round-robin rounds of fresh processes, one untimed warm-up round first."""
+    for round_no in range(rounds + 1):
+        for arm in common.rotated(arms, round_no):
+            service = f"bench-{tag}-arm{arms.index(arm)}-round{round_no}"
+            time.sleep(PAUSE_S)
+            try:
+                figures = run_child(arm, spec, folder, service)
+            except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as err:
+                arm.errors.append(f"round {round_no}: {err}")
+                continue
+            arm.children.add(
+                f"{figures['maeltrace_file']} ({figures['recorder']}, "
+                f"export {'on' if figures['export'] else 'off'})"
+            )
+            if figures["stderr"] and len(arm.errors) < 3:
+                arm.errors.append(f"round {round_no} stderr: {figures['stderr'].splitlines()[-1]}")
+            if round_no == 0:
+                continue
+            arm.loop_s[round_no] = figures["loop_s"]
+            arm.process_s[round_no] = figures["process_s"]
+            arm.after_s[round_no] = figures["after_s"]
+            arm.startup_s[round_no] = figures["startup_s"]
+            arm.epoch_end_us += figures["epoch_end_us"]
+            arm.bytes_written.append(figures["bytes"])
+            arm.regions = figures["regions"]
+            arm.services.append(service)
+
+
+def count_delivered(jaeger: Any, arms: list[Arm]) -> None:
+    """Distinct span ids Jaeger holds for each timed process of the Jaeger arms (untimed)."""
+    module = _jaeger_module()
+    for arm in arms:
+        if not arm.jaeger:
+            continue
+        for service in arm.services:
+            try:
+                traces = jaeger.traces(service, limit=1_000)
+            except (module.JaegerError, OSError) as err:
+                arm.errors.append(f"Jaeger query for {service}: {str(err).splitlines()[0]}")
+                arm.received.append(0)
+                continue
+            arm.received.append(len({s["spanID"] for t in traces for s in t["spans"]}))
+
+
+# -- statistics and verdicts ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """A ratio to the baseline: the median same-round ratio and its bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def text(self) -> str:
+        return f"{self.value:.4f}x"
+
+    def band(self) -> str:
+        return f"{self.low:.4f}..{self.high:.4f}"
+
+
+def ratio(values: Mapping[int, float], reference: Mapping[int, float]) -> Ratio | None:
+    """The median same-round ratio of ``values`` to ``reference`` (by round), with its
+    interval."""
+    both = sorted(values.keys() & reference.keys())
+    ratios = common.same_round_ratios([values[r] for r in both], [reference[r] for r in both])
+    if not ratios:
+        return None
+    low, high = common.bootstrap_interval(
+        ratios, statistics.median, confidence=CONFIDENCE, resamples=BOOTSTRAP_RESAMPLES
+    )
+    return Ratio(statistics.median(ratios), low, high)
+
+
+def resolution(aa: Ratio | None) -> float | None:
+    """The A/A band as a fraction either side of 1 (its farthest end from 1)."""
+    return None if aa is None else max(aa.high - 1, 1 - aa.low)
+
+
+# -- the loop's report ----------------------------------------------------------------------
+
+
+def _seconds(values: Mapping[int, float]) -> str:
+    return "-" if not values else f"{statistics.median(values.values()):.3f}"
+
+
+def report_loop(arms: list[Arm]) -> dict[str, Any]:
+    """Prints the loop table and returns its figures."""
+    reference = arms[0]
+    rows = []
+    figures: dict[str, Any] = {}
+    for arm in arms:
+        loop = None if arm is reference else ratio(arm.loop_s, reference.loop_s)
+        process = None if arm is reference else ratio(arm.process_s, reference.process_s)
+        received = (
+            f"{min(arm.received):,}/{arm.regions:,} (min)" if arm.jaeger and arm.received else "-"
+        )
+        written = f"{statistics.median(arm.bytes_written) / 1e6:.2f}" if arm.bytes_written else "-"
+        rows.append(
+            [
+                arm.name,
+                _seconds(arm.loop_s),
+                "1 (baseline)" if arm is reference else (loop.text() if loop else "n/a"),
+                loop.band() if loop else "-",
+                _seconds(arm.process_s),
+                "1 (baseline)" if arm is reference else (process.text() if process else "n/a"),
+                process.band() if process else "-",
+                _seconds(arm.after_s),
+                "-" if not arm.epoch_end_us else f"{statistics.median(arm.epoch_end_us):,.0f}",
+                written,
+                received,
+            ]
+        )
+        figures[arm.name] = {
+            "loop_s": arm.loop_s,
+            "process_s": arm.process_s,
+            "after_loop_s": arm.after_s,
+            "startup_s": arm.startup_s,
+            "epoch_end_us": arm.epoch_end_us,
+            "loop_ratio": None if loop is None else [loop.value, loop.low, loop.high],
+            "process_ratio": None
+            if process is None
+            else [process.value, process.low, process.high],
+            "bytes_written": arm.bytes_written,
+            "jaeger_received": arm.received,
+            "regions": arm.regions,
+            "children": sorted(arm.children),
+            "errors": arm.errors,
+        }
+    headers = [
+        "configuration",
+        "loop s",
+        "x off",
+        "95% band",
+        "process s",
+        "x off",
+        "95% band",
+        "after loop s",
+        "epoch end us",
+        "MB written",
+        "spans in Jaeger",
+    ]
+    print(common.table(headers, rows))
+    print(
+        "s: medians over rounds; x off: median same-round ratio to export off; band: 95 % "
+        f"bootstrap interval of that median ({BOOTSTRAP_RESAMPLES:,} resamples of the rounds)"
+    )
+    for arm in arms:
+        for line in sorted(arm.children):
+            print(f"  {arm.name}: child imported {line}")
+        if arm.exports and not any("export on" in c for c in arm.children):
+            print(f"WARNING: {arm.name}: the child's timer did not export")
+        if arm.jaeger and arm.received and min(arm.received) < arm.regions:
+            print(f"WARNING: {arm.name}: Jaeger holds fewer spans than were recorded")
+        for error in arm.errors:
+            print(f"WARNING: {arm.name}: {error}")
+    return figures
+
+
+def loop_verdicts(arms: list[Arm]) -> tuple[list[list[str]], dict[str, Any]]:
+    """The target rows of the loop: each export arm against 1.01x and 1.005x."""
+    reference = next(a for a in arms if a.name == OFF)
+    aa_arm = next(a for a in arms if a.name == AA)
+    aa = ratio(aa_arm.loop_s, reference.loop_s)
+    half = resolution(aa)
+    rows = []
+    verdicts: dict[str, Any] = {}
+    for arm in arms:
+        if not arm.exports:
+            continue
+        measured = ratio(arm.loop_s, reference.loop_s)
+        for label, wanted in (("target", TARGET_RATIO), ("goal", GOAL_RATIO)):
+            word = common.ratio_verdict(
+                None if measured is None else measured.value,
+                None if measured is None else measured.low,
+                None if measured is None else measured.high,
+                wanted,
+                half,
+            )
+            name = f"loop, {arm.name}: x export off ({label})"
+            rows.append(
+                [
+                    name,
+                    f"<= {wanted:.3f}x",
+                    "n/a" if measured is None else f"{measured.text()} [{measured.band()}]",
+                    word,
+                ]
+            )
+            verdicts[name] = word
+    verdicts["A/A band +-%"] = None if half is None else half * 100
+    return rows, verdicts
+
+
+# -- Jaeger ---------------------------------------------------------------------------------
+
+
+def _jaeger_module() -> Any:
+    # tests/ is not a package of the distribution; the benchmark runs from a checkout. The
+    # checkout's folder goes on sys.path only for this import, so that a maeltrace put first
+    # on PYTHONPATH stays the one measured.
+    added = str(ROOT) not in sys.path
+    if added:
+        sys.path.insert(0, str(ROOT))
+    try:
+        from tests.services import jaeger
+    finally:
+        if added:
+            sys.path.remove(str(ROOT))
+    return jaeger
+
+
+def _jaeger_version() -> str:
+    go_mod = ROOT / "collectors" / "jaeger" / "go.mod"
+    try:
+        found = re.search(r"github\.com/jaegertracing/jaeger (v\S+)", go_mod.read_text())
+    except OSError:
+        return "unknown"
+    return found.group(1) if found else "unknown"
+
+
+# -- throughput -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Throughput:
+    """One way of getting regions into Jaeger, timed by part.
+
+    Attributes:
+        label: the row's name.
+        spans: spans sent (regions recorded, for maeltrace).
+        parts_s: wall seconds of each part, in order; their sum is the end-to-end time.
+        apart_s: parts timed apart, not in the end-to-end time: maeltrace's one-time setup
+            (a first epoch of one region and its flush, before) and ``close`` (after).
+        cpu_s: CPU time of this process (every thread) over the end-to-end time.
+        received: distinct span ids Jaeger holds, or None if not checked.
+        check_s: how long asking Jaeger took.
+        note: a remark printed under the table.
+        error: why it stopped early, if it did.
+    """
+
+    label: str
+    spans: int = 0
+    parts_s: dict[str, float] = field(default_factory=dict)
+    apart_s: dict[str, float] = field(default_factory=dict)
+    cpu_s: float = 0.0
+    received: int | None = None
+    check_s: float = 0.0
+    note: str = ""
+    error: str = ""
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.parts_s.values())
+
+    def rate(self, seconds: float | None = None) -> float | None:
+        """Spans per second over ``seconds`` (default the end-to-end time)."""
+        seconds = self.total_s if seconds is None else seconds
+        return self.spans / seconds if seconds > 0 and self.spans else None
+
+
+def _big_budget() -> Any:
+    """A span budget that keeps every region: the type the Timer's ``trace_budget`` takes,
+    from the package's face where it is there, else where the Timer's docstring names it."""
+    import importlib
+
+    import maeltrace
+
+    budget = getattr(maeltrace, "TraceBudget", None)
+    if budget is None:
+        budget = importlib.import_module("maeltrace.otel.spans").TraceBudget
+    return budget(max_spans=10**9)
+
+
+def record_epochs(tmr: maeltrace.Timer, epochs: int, batches: int) -> list[tuple[int, int]]:
+    """Records ``epochs`` x ``batches`` batches of io, batch, forward and backward in a tight
+    loop; returns the wall-clock ns from each epoch's start until just before its end."""
+    from maeltrace import TimeType
+
     start, end = tmr.start, tmr.end
     epoch, io, batch = TimeType.EPOCH, TimeType.IO, TimeType.BATCH
     forward, backward = TimeType.FORWARD, TimeType.BACKWARD
+    windows = []
     for _ in range(epochs):
+        began = time.time_ns()
         start(epoch)
         for _ in range(batches):
             start(io)
@@ -164,205 +644,111 @@ def record(epochs: int, batches: int) -> maeltrace.Timer:
             start(backward)
             end(backward)
             end(batch)
+        # Before the epoch's end, which may wait for the export (the window is where the
+        # epoch's regions start).
+        windows.append((began, time.time_ns()))
         end(epoch)
-    return tmr
+    return windows
 
 
-_COLUMNS = [f.name for f in dataclasses.fields(Records) if f.name not in ("keys", "threads")]
+def count_in_windows(
+    jaeger: Any, service: str, windows: Sequence[tuple[int, int]], expected: int, timeout_s: float
+) -> tuple[int, float, str]:
+    """Distinct span ids of ``service`` that Jaeger holds in the traces of the epochs.
 
+    Asks once per epoch, for the traces with a span starting in the epoch's wall-clock window
+    (padded by `WINDOW_PAD_NS` for the gap between ``time.time_ns`` and the timer's anchored
+    clock), until the count reaches ``expected`` or ``timeout_s`` passed: one epoch's trace
+    per answer, where a query for every span at once makes Jaeger answer with ~150 MB of
+    JSON, longer than the service's 10 s HTTP timeout on 2 cores. A neighbouring epoch that
+    the padding catches too only repeats span ids, which are counted once.
 
-def split(records: Records, size: int) -> list[Records]:
-    """``records`` in consecutive slices of at most ``size`` regions."""
-    return [
-        dataclasses.replace(records, **{c: getattr(records, c)[i : i + size] for c in _COLUMNS})
-        for i in range(0, len(records), size)
-    ]
-
-
-# -- Jaeger ---------------------------------------------------------------------------------
-
-
-def _jaeger_module() -> Any:
-    # tests/ is not a package of the distribution; the benchmark runs from a checkout.
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from tests.services import jaeger
-
-    return jaeger
-
-
-@dataclass(slots=True)
-class Confirmation:
-    """What Jaeger's query API showed after a measurement."""
-
-    received: int
-    expected: int
-    seconds: float
-    note: str = ""
-
-
-def confirm(jaeger: Any, expected: Mapping[str, int], timeout_s: float) -> Confirmation:
-    """Waits (untimed for the throughput) until Jaeger holds every span of every trace.
-
-    Asks for one trace at a time (``JaegerService.trace``): a query by service for 200,000
-    spans makes Jaeger answer with ~150 MB of JSON, which takes longer than the service's
-    10 s HTTP timeout on a loaded 2-core machine; a trace of one epoch is a tenth of that.
-
-    Args:
-        jaeger: the running `JaegerService`.
-        expected: spans per trace, by hex trace id.
-        timeout_s: how long to keep asking; the time starts when called, right after the
-            last export returned.
+    Returns:
+        The count, the seconds taken and an error note (empty if none).
     """
     module = _jaeger_module()
     started = time.monotonic()
     deadline = started + timeout_s
-    seen = dict.fromkeys(expected, 0)
+    seen: dict[int, set[str]] = {}
     note = ""
-    # Jaeger's batch processor stores what it got within 200 ms.
-    time.sleep(0.3)
+    last_count, last_change = -1, started
+    time.sleep(0.3)  # Jaeger's batch processor stores what it got within 200 ms
     while True:
-        for hex_id, count in expected.items():
-            if seen[hex_id] >= count:
-                continue
+        for k, (began, ended) in enumerate(windows):
             try:
-                seen[hex_id] = len(jaeger.trace(hex_id)["spans"])
+                traces = jaeger.traces(
+                    service,
+                    start_us=(began - WINDOW_PAD_NS) // 1_000,
+                    end_us=(ended + WINDOW_PAD_NS) // 1_000,
+                    limit=10,
+                )
             except (module.JaegerError, OSError) as err:
                 note = str(err).splitlines()[0]
-        short = [h for h, count in expected.items() if seen[h] < count]
-        if not short or time.monotonic() > deadline:
-            break
+                continue
+            seen[k] = {s["spanID"] for t in traces for s in t["spans"]}
+        count = len(set().union(*seen.values())) if seen else 0
+        now = time.monotonic()
+        if count != last_count:
+            last_count, last_change = count, now
+        if count >= expected or now > deadline or now - last_change > STALLED_S:
+            return count, now - started, note
         time.sleep(0.5)
-    if short:
-        note = f"{len(short)} of {len(expected)} traces incomplete after {timeout_s:.0f} s" + (
-            f"; last error: {note}" if note else ""
-        )
-    else:
-        note = ""
-    return Confirmation(
-        sum(seen.values()), sum(expected.values()), time.monotonic() - started, note
-    )
 
 
-# -- maeltrace into Jaeger ------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Throughput:
-    """One way of getting the recorded regions into Jaeger, timed by part.
-
-    Attributes:
-        label: the row's name.
-        spans: spans delivered (or made, for a part that does not deliver).
-        parts_ns: wall ns of each part, in order; their sum is the end-to-end time.
-        extra_ns: parts measured apart, not in the end-to-end time.
-        requests: requests sent.
-        max_request_bytes: the largest request's encoded size.
-        cpu_ns: CPU time of this process (every thread) over the timed parts; Jaeger's not.
-        traces: spans per trace delivered, by hex trace id (for the check).
-        confirmation: what Jaeger showed afterwards.
-        note: a remark printed under the table.
-        error: why it stopped early, if it did.
-    """
-
-    label: str
-    spans: int = 0
-    parts_ns: dict[str, int] = field(default_factory=dict)
-    extra_ns: dict[str, int] = field(default_factory=dict)
-    requests: int = 0
-    max_request_bytes: int = 0
-    cpu_ns: int = 0
-    traces: dict[str, int] = field(default_factory=dict)
-    confirmation: Confirmation | None = None
-    note: str = ""
-    error: str = ""
-
-    @property
-    def total_ns(self) -> int:
-        return sum(self.parts_ns.values())
-
-    def rate(self, ns: int | None = None) -> float | None:
-        """Spans per second over ``ns`` (default the end-to-end time)."""
-        ns = self.total_ns if ns is None else ns
-        return self.spans / (ns / 1e9) if ns > 0 and self.spans else None
-
-
-def _builder(tmr: maeltrace.Timer, records: Records, tag: str, service: str) -> SpanBuilder:
-    # Its own run id gives the measurement its own trace ids, so that Jaeger does not merge
-    # its traces with another measurement's of the same regions.
-    run_id = f"{tmr.run_id}-{tag}"
-    trace_key = str(TimeType.EPOCH)
-    return SpanBuilder(
-        run_id=run_id,
-        process_id=f"{socket.gethostname()}/{os.getpid()}/{tag}",
-        anchor=tmr.anchor,
-        resource_attributes=resource(run_id, extra={"service.name": service}),
-        trace_key_id=records.keys.index(trace_key) if trace_key in records.keys else None,
-        budget=BIG_BUDGET,
-    )
-
-
-def export_maeltrace(
-    tmr: maeltrace.Timer, protocol: str, endpoint: str, request_regions: int, service: str
+def throughput_maeltrace(
+    jaeger: Any, protocol: str, endpoint: str, epochs: int, batches: int, service: str, folder: Path
 ) -> Throughput:
-    """Reads, builds and exports the timer's regions as the export thread does; timed by part."""
+    """Records with export on into Jaeger, then flushes and closes; timed by part."""
+    import maeltrace
+
     label = f"maeltrace -> Jaeger, {'OTLP/HTTP protobuf' if protocol == HTTP else 'OTLP/gRPC'}"
     result = Throughput(label)
-    # No environment: headers, timeouts or compression set for real runs must not leak in.
-    config = ExportConfig.from_env(environ={}, endpoint=endpoint, protocol=protocol)
-    assert config is not None
-    exporter = make_exporter(config)
-    gc.collect()
-    try:
+    with common.env_var("OTEL_SERVICE_NAME", service):
+        tmr = maeltrace.Timer(
+            enabled=True,
+            export=True,
+            endpoint=endpoint,
+            protocol=protocol,
+            output_dir=folder / service,
+            trace_budget=_big_budget(),
+        )
+        if not tmr.export:
+            result.error = "export is off (OTEL_SDK_DISABLED?)"
+            return result
+        # One-time setup apart (the exporter, its imports and connection, at the first epoch's
+        # end): a first epoch of one region, flushed, before the timed ones.
+        s0 = perf_counter_ns()
+        record_epochs(tmr, 1, 0)
+        tmr.flush(timeout_s=60.0)
+        setup_ns = perf_counter_ns() - s0
+        gc.collect()
         c0, t0 = process_time_ns(), perf_counter_ns()
-        records = tmr.records(flush=False)
-        slices = split(records, request_regions)
-        read_ns = perf_counter_ns() - t0
-        result.cpu_ns += process_time_ns() - c0
-        builder = _builder(tmr, records, protocol.replace("/", "-"), service)
-        run_id = builder.run_id
-        build_ns = send_ns = serialise_ns = 0
-        for part in slices:
-            c0, t0 = process_time_ns(), perf_counter_ns()
-            request = ExportTraceServiceRequest()
-            message = request.resource_spans.add()
-            message.CopyFrom(builder.new_message())
-            count = builder.add(message, part)
-            t1 = perf_counter_ns()
-            try:
-                exporter.export(request)
-            except ExportFailed as err:
-                result.error = str(err)
-                break
-            t2 = perf_counter_ns()
-            result.cpu_ns += process_time_ns() - c0
-            build_ns += t1 - t0
-            send_ns += t2 - t1
-            result.spans += count
-            result.requests += 1
-            # Apart, untimed for the throughput: how much of sending is protobuf encoding.
-            t3 = perf_counter_ns()
-            size = len(request.SerializeToString())
-            serialise_ns += perf_counter_ns() - t3
-            result.max_request_bytes = max(result.max_request_bytes, size)
-            for ordinal, count in Counter(part.trace).items():
-                hex_id = (
-                    run_trace_id(run_id) if ordinal == NO_TRACE else trace_id(run_id, ordinal)
-                ).hex()
-                result.traces[hex_id] = result.traces.get(hex_id, 0) + count
-        if builder.spans_dropped:
-            result.note = f"{builder.spans_dropped:,} regions sampled out (budget too small)"
-        result.parts_ns = {"read": read_ns, "build": build_ns, "send": send_ns}
-        result.extra_ns = {"serialise": serialise_ns}
-    finally:
-        exporter.shutdown()
+        windows = record_epochs(tmr, epochs, batches)
+        t1 = perf_counter_ns()
+        tmr.flush(timeout_s=300.0)
+        t2 = perf_counter_ns()
+        result.cpu_s = (process_time_ns() - c0) / 1e9
+        tmr.close(timeout_s=60.0)
+        t3 = perf_counter_ns()
+    result.spans = epochs * (batches * REGIONS_PER_STEP + 1)
+    result.parts_s = {"record": (t1 - t0) / 1e9, "flush": (t2 - t1) / 1e9}
+    result.apart_s = {"setup": setup_ns / 1e9, "close": (t3 - t2) / 1e9}
+    spill = getattr(tmr, "spill_path", None)
+    if isinstance(spill, Path) and spill.exists():
+        result.note = f"spans spilled to {spill}: the export failed in part"
+    timeout = 30.0 + result.spans / 5_000
+    result.received, result.check_s, note = count_in_windows(
+        jaeger, service, windows, result.spans, timeout
+    )
+    if note:
+        result.note = (result.note + "; " if result.note else "") + f"last query error: {note}"
     return result
 
 
-# -- the OpenTelemetry SDK into Jaeger ------------------------------------------------------
+# -- the OpenTelemetry SDK into Jaeger (the baseline) ---------------------------------------
 
 
-def _sdk_encoder() -> tuple[Callable[[Sequence[Any]], ExportTraceServiceRequest], str]:
+def _sdk_encoder() -> tuple[Callable[[Sequence[Any]], Any], str]:
     """The SDK's OTLP encoder where installed, else the stand-in below; and its description."""
     try:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -375,33 +761,33 @@ def _sdk_encoder() -> tuple[Callable[[Sequence[Any]], ExportTraceServiceRequest]
     return encode_spans, f"the SDK's encode_spans (exporter-otlp-proto-common {version})"
 
 
-def _any_value(value: Any) -> Any:
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, str):
-        return AnyValue(string_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    return AnyValue(string_value=str(value))
-
-
 def _key_values(values: Any) -> list[Any]:
-    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-    return [KeyValue(key=k, value=_any_value(v)) for k, v in (values or {}).items()]
+    def any_value(value: Any) -> Any:
+        if isinstance(value, bool):
+            return AnyValue(bool_value=value)
+        if isinstance(value, str):
+            return AnyValue(string_value=value)
+        if isinstance(value, int):
+            return AnyValue(int_value=value)
+        if isinstance(value, float):
+            return AnyValue(double_value=value)
+        return AnyValue(string_value=str(value))
+
+    return [KeyValue(key=k, value=any_value(v)) for k, v in (values or {}).items()]
 
 
-def _encode_stand_in(spans: Sequence[Any]) -> ExportTraceServiceRequest:
+def _encode_stand_in(spans: Sequence[Any]) -> Any:
     """OTLP protobuf of SDK ``ReadableSpan`` objects, for when the SDK's encoder is missing.
 
     Does the per-span work an OTLP encoder must: one protobuf ``Span`` built from each
     span's context, parent, name, kind, times, attributes and status, grouped by resource
     and instrumentation scope. Events and links are left out (these spans have none).
     """
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
     from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
     from opentelemetry.proto.resource.v1.resource_pb2 import Resource
     from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
@@ -410,21 +796,16 @@ def _encode_stand_in(spans: Sequence[Any]) -> ExportTraceServiceRequest:
     for sdk_span in spans:
         context = sdk_span.get_span_context()
         parent = sdk_span.parent
-        state = context.trace_state
         encoded = Span(
             trace_id=context.trace_id.to_bytes(16, "big"),
             span_id=context.span_id.to_bytes(8, "big"),
-            trace_state=",".join(f"{k}={v}" for k, v in state.items()) if state else None,
-            parent_span_id=parent.span_id.to_bytes(8, "big") if parent else None,
+            parent_span_id=parent.span_id.to_bytes(8, "big") if parent else b"",
             name=sdk_span.name,
             kind=sdk_span.kind.value + 1,  # the SDK counts from INTERNAL = 0, OTLP from 1
             start_time_unix_nano=sdk_span.start_time,
             end_time_unix_nano=sdk_span.end_time,
             attributes=_key_values(sdk_span.attributes),
-            status=Status(
-                code=sdk_span.status.status_code.value, message=sdk_span.status.description
-            ),
-            dropped_attributes_count=sdk_span.dropped_attributes,
+            status=Status(code=sdk_span.status.status_code.value),
         )
         scopes = groups.setdefault(sdk_span.resource, {})
         scopes.setdefault(sdk_span.instrumentation_scope, []).append(encoded)
@@ -453,10 +834,12 @@ def _post(url: str, body: bytes) -> None:
         response.read()
 
 
-def export_sdk(
-    tmr: maeltrace.Timer, endpoint: str, request_regions: int, service: str
-) -> Throughput:
-    """Makes the timer's regions as SDK spans, encodes them and posts them; timed by part."""
+def throughput_sdk(jaeger: Any, epochs: int, batches: int, service: str) -> Throughput:
+    """The same regions as SDK spans, encoded and posted per `SDK_REQUEST_SPANS`; timed by part.
+
+    The regions come from a timer with export off (``Timer.records``, untimed); the SDK makes
+    one span per region with the region's name, parent, times and three attributes.
+    """
     from opentelemetry import trace as trace_api
     from opentelemetry.context import Context
     from opentelemetry.sdk.resources import Resource
@@ -464,19 +847,28 @@ def export_sdk(
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+    import maeltrace
+
     encode, encoder = _sdk_encoder()
-    result = Throughput(
-        "OpenTelemetry SDK -> Jaeger, OTLP/HTTP protobuf", note=f"encoder: {encoder}"
-    )
-    records = tmr.records(flush=False)
+    result = Throughput("OpenTelemetry SDK -> Jaeger, OTLP/HTTP protobuf", note=encoder)
+    tmr = maeltrace.Timer(enabled=True, export=False)
+    record_epochs(tmr, epochs, batches)
+    records = tmr.records()
     keys = [str(k) for k in records.keys]
-    epoch_id = keys.index(str(TimeType.EPOCH)) if str(TimeType.EPOCH) in keys else -1
-    threads = [
-        {"thread.name": t.name, **({"thread.id": t.native_id} if t.native_id is not None else {})}
-        for t in records.threads
-    ]
     offset = tmr.anchor.wall_time_unix_nano - tmr.anchor.perf_counter_ns
-    parents = set(records.parent_seq) - {NO_PARENT}
+    rows = list(
+        zip(
+            records.key_id,
+            records.seq,
+            records.parent_seq,
+            records.start_ns,
+            records.end_ns,
+            strict=True,
+        )
+    )
+    del records, tmr
+    seqs = {row[1] for row in rows}
+    parents = {row[2] for row in rows} & seqs
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -487,39 +879,26 @@ def export_sdk(
     empty = Context()
     contexts: dict[int, Any] = {}
     index = [0] * len(keys)
-    epochs = 0
-    url = f"{endpoint}/v1/traces"
-    create_ns = encode_ns = send_ns = serialise_ns = 0
+    url = f"{jaeger.otlp_http_endpoint}/v1/traces"
+    create_ns = encode_ns = send_ns = cpu_ns = 0
+    trace_ids: dict[str, int] = {}
     gc.collect()
     try:
-        for part in split(records, request_regions):
+        for first in range(0, len(rows), SDK_REQUEST_SPANS):
             c0, t0 = process_time_ns(), perf_counter_ns()
-            for key_id, seq, parent, start, end, thread in zip(
-                part.key_id,
-                part.seq,
-                part.parent_seq,
-                part.start_ns,
-                part.end_ns,
-                part.thread,
-                strict=True,
-            ):
-                attributes: dict[str, Any] = {
-                    "maeltrace.key": keys[key_id],
-                    **threads[thread],
-                    "maeltrace.index": index[key_id],
-                    "maeltrace.cpu.duration_ns": end - start,
-                }
-                index[key_id] += 1
-                if key_id == epoch_id:
-                    attributes["maeltrace.trace"] = epochs
-                    epochs += 1
+            for key_id, seq, parent, start, end in rows[first : first + SDK_REQUEST_SPANS]:
                 span = tracer.start_span(
                     keys[key_id],
-                    context=contexts[parent] if parent != NO_PARENT else empty,
+                    context=contexts.get(parent, empty),
                     kind=internal,
-                    attributes=attributes,
+                    attributes={
+                        "maeltrace.key": keys[key_id],
+                        "maeltrace.index": index[key_id],
+                        "maeltrace.cpu.duration_ns": end - start,
+                    },
                     start_time=start + offset,
                 )
+                index[key_id] += 1
                 span.end(end_time=end + offset)
                 if seq in parents:
                     # The parent's context, not the span: ended spans are not kept alive.
@@ -529,187 +908,53 @@ def export_sdk(
             t1 = perf_counter_ns()
             spans = memory.get_finished_spans()
             memory.clear()
-            request = encode(spans)
+            body = encode(spans).SerializeToString()
             t2 = perf_counter_ns()
-            body = request.SerializeToString()
-            t3 = perf_counter_ns()
             try:
                 _post(url, body)
             except OSError as err:
                 result.error = f"POST {url} failed: {err}"
                 break
-            t4 = perf_counter_ns()
-            result.cpu_ns += process_time_ns() - c0
+            t3 = perf_counter_ns()
+            cpu_ns += process_time_ns() - c0
             create_ns += t1 - t0
             encode_ns += t2 - t1
-            send_ns += t4 - t2
-            serialise_ns += t3 - t2
+            send_ns += t3 - t2
             result.spans += len(spans)
-            result.requests += 1
-            result.max_request_bytes = max(result.max_request_bytes, len(body))
             for sdk_span in spans:  # untimed: what the check in Jaeger expects
                 hex_id = format(sdk_span.context.trace_id, "032x")
-                result.traces[hex_id] = result.traces.get(hex_id, 0) + 1
+                trace_ids[hex_id] = trace_ids.get(hex_id, 0) + 1
     finally:
         provider.shutdown()
-    result.parts_ns = {"create": create_ns, "encode": encode_ns, "send": send_ns}
-    result.extra_ns = {"serialise": serialise_ns}
+    result.parts_s = {"create": create_ns / 1e9, "encode": encode_ns / 1e9, "send": send_ns / 1e9}
+    result.cpu_s = cpu_ns / 1e9
+    result.received, result.check_s = _count_traces(jaeger, trace_ids, 30.0 + result.spans / 5_000)
     return result
 
 
-# -- the hot path with export configured ----------------------------------------------------
-
-
-@dataclass(slots=True)
-class HotCandidate:
-    """A timer the hot-path rounds time, and what they measured (ns per region per round)."""
-
-    name: str
-    timer: maeltrace.Timer
-    exports: bool
-    quiet: list[float] = field(default_factory=list)
-    busy: list[float] = field(default_factory=list)
-    background: list[float] = field(default_factory=list)
-    window_ms: list[float] = field(default_factory=list)
-    epoch_end: list[int] = field(default_factory=list)
-    note: str = ""
-
-
-@contextlib.contextmanager
-def _without_endpoint() -> Iterator[None]:
-    """No OTLP endpoint in the environment: the timer built inside picks the embedded default."""
-    saved = {name: os.environ.pop(name) for name in _ENDPOINT_VARIABLES if name in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-def hot_candidates(folder: Path, http_endpoint: str) -> list[HotCandidate]:
-    """The four timers, each with its own output folder."""
-
-    def timer(name: str, **kwargs: Any) -> maeltrace.Timer:
-        return maeltrace.Timer(enabled=True, output_dir=folder / name, **kwargs)
-
-    with _without_endpoint():
-        embedded = timer("embedded", export=True, trace_budget=BIG_BUDGET)
-    candidates = [
-        HotCandidate("export off", timer("off", export=False), exports=False),
-        HotCandidate("export off, 2nd timer (A/A noise)", timer("off2", export=False), False),
-        HotCandidate(
-            "export on -> Jaeger OTLP/HTTP",
-            timer(
-                "http", export=True, endpoint=http_endpoint, protocol=HTTP, trace_budget=BIG_BUDGET
-            ),
-            exports=True,
-        ),
-        HotCandidate("export on, embedded default (file)", embedded, exports=True),
-    ]
-    for cand in candidates:
-        if cand.exports and not cand.timer.export:
-            cand.note = "export is off (OTEL_SDK_DISABLED?): this row measures no export"
-    return candidates
-
-
-def _epoch(tmr: maeltrace.Timer, n: int) -> tuple[int, int]:
-    """Wall ns of one epoch of ``n`` regions, its own start and end (the export request)
-    included; and of the epoch's end alone."""
-    start, end = tmr.start, tmr.end
-    key, epoch = HOT_KEY, TimeType.EPOCH
-    t0 = perf_counter_ns()
-    start(epoch)
-    for _ in range(n):
-        start(key)
-        end(key)
-    t1 = perf_counter_ns()
-    end(epoch)
-    t2 = perf_counter_ns()
-    return t2 - t0, t2 - t1
-
-
-def _spin(ns: int) -> None:
-    until = perf_counter_ns() + ns
-    while perf_counter_ns() < until:
-        pass
-
-
-def measure_hot(candidates: list[HotCandidate], *, regions: int, rounds: int) -> None:
-    """Round-robin turns as the module docstring describes; one warm-up round first."""
-    for round_no in range(rounds + 1):
-        for cand in common.rotated(candidates, round_no):
-            tmr = cand.timer
-            gc.collect()
-            quiet_ns, quiet_end_ns = _epoch(tmr, regions)
-            quiet_end = perf_counter_ns()
-            _spin(SPIN_NS)
-            busy_ns, busy_end_ns = _epoch(tmr, regions)
-            tmr.flush(timeout_s=120.0)
-            drained = perf_counter_ns()
-            time.sleep(PAUSE_S)
-            if round_no == 0:
-                continue
-            cand.quiet.append(quiet_ns / regions)
-            cand.busy.append(busy_ns / regions)
-            cand.window_ms.append(busy_ns / 1e6)
-            cand.epoch_end += [quiet_end_ns, busy_end_ns]
-            if cand.exports:
-                cand.background.append((drained - quiet_end) / (2 * regions))
-
-
-def close_hot(candidates: list[HotCandidate]) -> None:
-    """Checks that nothing was spilled, then drops the regions and closes the timers."""
-    for cand in candidates:
-        tmr = cand.timer
-        if cand.exports and tmr.export:
-            if tmr.spill_path.exists():
-                cand.note = f"spans spilled to {tmr.spill_path.name}: the export failed"
-            elif tmr.traces_path.exists():
-                size = tmr.traces_path.stat().st_size
-                cand.note = f"wrote {size / 1e6:,.0f} MB of OTLP JSON lines"
-        # Dropped first: closing writes the stats and the Chrome trace of what is left.
-        tmr.reset()
-        tmr.close(timeout_s=30.0)
-
-
-_same_round_ratios = common.same_round_ratios
-
-
-@dataclass(frozen=True, slots=True)
-class Band:
-    """The A/A noise band: ratios in [low, high] are the same as export off within noise."""
-
-    low: float
-    high: float
-
-    def holds(self, ratio: float | None) -> bool | None:
-        return None if ratio is None else self.low <= ratio <= self.high
-
-
-def noise_band(aa_ratios: list[float]) -> Band:
-    """The middle 80 % of the A/A ratios (10th to 90th percentile; min to max with fewer than
-    ten), widened to at least `MIN_NOISE` either side of 1."""
-    if not aa_ratios:
-        return Band(1 - MIN_NOISE, 1 + MIN_NOISE)
-    if len(aa_ratios) >= 10:
-        deciles = statistics.quantiles(aa_ratios, n=10)
-        low, high = deciles[0], deciles[-1]
-    else:
-        low, high = min(aa_ratios), max(aa_ratios)
-    return Band(min(low, 1 - MIN_NOISE), max(high, 1 + MIN_NOISE))
-
-
-# -- reporting ------------------------------------------------------------------------------
-
-
-_table = common.table
-_rate = common.whole
-
-
-def _ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
-
-
-_verdict = common.verdict
+def _count_traces(jaeger: Any, expected: Mapping[str, int], timeout_s: float) -> tuple[int, float]:
+    """Distinct span ids Jaeger holds in the traces ``expected`` (by hex id), asked one trace at
+    a time until all are complete or ``timeout_s`` passed; and the seconds taken."""
+    module = _jaeger_module()
+    started = time.monotonic()
+    seen = dict.fromkeys(expected, 0)
+    last_count, last_change = -1, started
+    time.sleep(0.3)
+    while True:
+        for hex_id, count in expected.items():
+            if seen[hex_id] < count:
+                try:
+                    spans = jaeger.trace(hex_id)["spans"]
+                except (module.JaegerError, OSError):
+                    continue
+                seen[hex_id] = len({s["spanID"] for s in spans})
+        done = all(seen[h] >= c for h, c in expected.items())
+        now, count = time.monotonic(), sum(seen.values())
+        if count != last_count:
+            last_count, last_change = count, now
+        if done or now - started > timeout_s or now - last_change > STALLED_S:
+            return count, now - started
+        time.sleep(0.5)
 
 
 def report_throughput(runs: list[Throughput]) -> dict[str, Any]:
@@ -717,41 +962,30 @@ def report_throughput(runs: list[Throughput]) -> dict[str, Any]:
     rows = []
     figures: dict[str, Any] = {}
     for run in runs:
-        parts = {name: run.rate(ns) for name, ns in run.parts_ns.items()}
-        extra = {name: run.rate(ns) for name, ns in run.extra_ns.items()}
-        confirmation = run.confirmation
-        received = (
-            f"{confirmation.received:,}/{confirmation.expected:,} in {confirmation.seconds:.1f} s"
-            if confirmation
-            else "-"
-        )
-        part_cells = " ".join(f"{name} {_rate(rate)}" for name, rate in parts.items())
+        parts = " ".join(f"{name} {seconds:.2f}" for name, seconds in run.parts_s.items())
+        apart = " ".join(f"{name} {seconds:.2f}" for name, seconds in run.apart_s.items())
+        received = "-" if run.received is None else f"{run.received:,}/{run.spans:,}"
         rows.append(
             [
                 run.label,
                 f"{run.spans:,}",
-                f"{run.total_ns / 1e9:.2f}",
-                f"{run.cpu_ns / 1e9:.2f}",
-                _rate(run.rate()),
-                part_cells,
-                _rate(extra.get("serialise")),
-                f"{run.max_request_bytes / 2**20:.2f}",
-                received,
+                f"{run.total_s:.2f}",
+                f"{run.cpu_s:.2f}",
+                common.whole(run.rate()),
+                parts,
+                apart or "-",
+                f"{received} ({run.check_s:.1f} s)",
             ]
         )
         figures[run.label] = {
             "spans": run.spans,
-            "requests": run.requests,
-            "seconds": run.total_ns / 1e9,
-            "cpu_seconds": run.cpu_ns / 1e9,
+            "seconds": run.total_s,
+            "cpu_seconds": run.cpu_s,
             "spans_per_s": run.rate(),
-            "parts_spans_per_s": parts,
-            "parts_seconds": {k: v / 1e9 for k, v in run.parts_ns.items()},
-            "serialise_spans_per_s": extra.get("serialise"),
-            "max_request_bytes": run.max_request_bytes,
-            "jaeger_received": confirmation.received if confirmation else None,
-            "jaeger_expected": confirmation.expected if confirmation else None,
-            "jaeger_check_seconds": confirmation.seconds if confirmation else None,
+            "parts_seconds": run.parts_s,
+            "apart_seconds": run.apart_s,
+            "jaeger_received": run.received,
+            "jaeger_check_seconds": run.check_s,
             "note": run.note,
             "error": run.error,
         }
@@ -761,137 +995,64 @@ def report_throughput(runs: list[Throughput]) -> dict[str, Any]:
         "s",
         "CPU s",
         "spans/s",
-        "by part (spans/s)",
-        "of send: serialise",
-        "max MiB/req",
+        "by part (s)",
+        "apart (s)",
         "in Jaeger (check took)",
     ]
-    print(_table(headers, rows))
+    print(common.table(headers, rows))
     for run in runs:
         if run.note:
             print(f"note: {run.label}: {run.note}")
         if run.error:
             print(f"WARNING: {run.label} stopped early: {run.error}")
-        if run.confirmation and run.confirmation.note:
-            print(f"WARNING: {run.label}: {run.confirmation.note}")
-        if "gRPC" in run.label and run.max_request_bytes > GRPC_LIMIT_BYTES:
-            print(f"WARNING: {run.label}: a request is over gRPC's default 4 MiB limit")
+        if run.received is not None and run.received < run.spans:
+            print(f"WARNING: {run.label}: Jaeger holds {run.received:,} of {run.spans:,} spans")
     return figures
 
 
-def report_hot(candidates: list[HotCandidate], band: Band) -> dict[str, Any]:
-    """Prints the hot-path table and returns its figures."""
-    reference = candidates[0]
-    rows = []
-    figures: dict[str, Any] = {}
-    for cand in candidates:
-        quiet_ratio = busy_ratio = None
-        if cand is not reference and cand.quiet:
-            quiet_ratio = statistics.median(_same_round_ratios(cand.quiet, reference.quiet))
-            busy_ratio = statistics.median(_same_round_ratios(cand.busy, reference.busy))
-        background = statistics.median(cand.background) if cand.background else None
-        epoch_end = statistics.median(cand.epoch_end) if cand.epoch_end else None
-        quiet = statistics.median(cand.quiet) if cand.quiet else None
-        busy = statistics.median(cand.busy) if cand.busy else None
-        rows.append(
-            [
-                cand.name,
-                _rate(quiet),
-                "1 (reference)" if cand is reference else _ratio(quiet_ratio),
-                _rate(busy),
-                "1 (reference)" if cand is reference else _ratio(busy_ratio),
-                "-" if epoch_end is None else f"{epoch_end / 1e3:,.1f}",
-                "-" if background is None else f"{background / 1e3:,.1f}",
-            ]
-        )
-        figures[cand.name] = {
-            "quiet_ns_per_region": quiet,
-            "busy_ns_per_region": busy,
-            "quiet_ratio": quiet_ratio,
-            "busy_ratio": busy_ratio,
-            "background_us_per_region": None if background is None else background / 1e3,
-            "epoch_end_us": None if epoch_end is None else epoch_end / 1e3,
-            "quiet_samples": cand.quiet,
-            "busy_samples": cand.busy,
-            "note": cand.note,
-        }
-    headers = [
-        "timer",
-        "quiet ns",
-        "x export off",
-        "busy ns",
-        "x export off",
-        "epoch end us",
-        "exporter us/region",
-    ]
-    print(_table(headers, rows))
-    window = statistics.median(reference.window_ms) if reference.window_ms else 0.0
-    print(
-        f"noise band (A/A 10th..90th percentile, at least +-{MIN_NOISE:.0%}): "
-        f"{band.low:.2f}x..{band.high:.2f}x;"
-        f" a busy epoch lasts ~{window:.1f} ms, the interpreter's switch interval is "
-        f"{sys.getswitchinterval() * 1e3:.0f} ms"
-    )
-    for cand in candidates:
-        if cand.note:
-            print(f"note: {cand.name}: {cand.note}")
-    return figures
-
-
-def report_targets(
-    runs: list[Throughput], hot: dict[str, Any], band: Band, candidates: list[HotCandidate]
-) -> dict[str, Any]:
-    """Prints the targets with verdicts and returns them."""
+def throughput_verdicts(runs: list[Throughput]) -> tuple[list[list[str]], dict[str, Any]]:
+    """The target rows of the throughput, and the comparison with the SDK printed after."""
     rows = []
     verdicts: dict[str, Any] = {}
     for run in runs:
         if not run.label.startswith("maeltrace"):
             continue
         rate = run.rate()
-        ok = None if rate is None or run.error else rate >= TARGET_SPANS_PER_S
-        rows.append(
-            [f"{run.label}: spans/s", f">= {TARGET_SPANS_PER_S:,}", _rate(rate), _verdict(ok)]
-        )
-        verdicts[run.label] = ok
+        complete = run.received is not None and run.received >= run.spans
+        ok = None if rate is None or run.error else (rate >= GOAL_SPANS_PER_S and complete)
+        name = f"{run.label}: spans/s, all in Jaeger (goal)"
+        rows.append([name, f">= {GOAL_SPANS_PER_S:,}", common.whole(rate), common.verdict(ok)])
+        verdicts[name] = common.verdict(ok)
+    return rows, verdicts
+
+
+def print_sdk_comparison(runs: list[Throughput]) -> None:
     sdk = next((r for r in runs if r.label.startswith("OpenTelemetry")), None)
-    for cand in candidates[2:]:
-        for phase in ("quiet", "busy"):
-            ratio = hot[cand.name][f"{phase}_ratio"]
-            ok = band.holds(ratio)
-            name = f"hot path, {cand.name}, {phase}: x export off"
-            rows.append([name, f"{band.low:.2f}..{band.high:.2f}x", _ratio(ratio), _verdict(ok)])
-            verdicts[name] = ok
-    print(_table(["target", "wanted", "measured", "met"], rows))
-    if sdk is not None and sdk.rate() is not None:
-        create = sdk.rate(sdk.parts_ns.get("create", 0))
-        print("maeltrace over the SDK, spans/s (same spans, same Jaeger):")
-        for run in runs:
-            if run.label.startswith("maeltrace") and run.rate() is not None:
-                vs_e2e = run.rate() / sdk.rate()  # type: ignore[operator]  # both checked
-                vs_create = run.rate() / create if create else None  # type: ignore[operator]
-                print(
-                    f"  {run.label}: {vs_e2e:.1f}x the SDK path end to end, "
-                    f"{_ratio(vs_create)} SDK span creation alone (the SDK's own code)"
-                )
-    return verdicts
+    if sdk is None or sdk.rate() is None:
+        return
+    create = sdk.rate(sdk.parts_s.get("create", 0.0))
+    print("maeltrace against the SDK baseline (same regions, same Jaeger):")
+    for run in runs:
+        mine = run.rate()
+        if run.label.startswith("maeltrace") and mine is not None:
+            vs_e2e = mine / sdk.rate()  # type: ignore[operator]  # checked above
+            vs_create = f"{mine / create:.1f}x" if create else "n/a"
+            print(
+                f"  {run.label}: {vs_e2e:.1f}x the SDK path end to end, {vs_create} SDK span "
+                "creation alone (a lower bound on the SDK's cost)"
+            )
 
 
-# -- environment and main -------------------------------------------------------------------
-
-
-def _jaeger_version() -> str:
-    go_mod = ROOT / "collectors" / "jaeger" / "go.mod"
-    try:
-        found = re.search(r"github\.com/jaegertracing/jaeger (v\S+)", go_mod.read_text())
-    except OSError:
-        return "unknown"
-    return found.group(1) if found else "unknown"
+# -- main -----------------------------------------------------------------------------------
 
 
 def _environment() -> dict[str, Any]:
+    import maeltrace
+
     env = common.environment(
         "opentelemetry-sdk", "opentelemetry-proto", "protobuf", "grpcio", all_loads=True
     )
+    env["maeltrace from"] = str(Path(maeltrace.__file__).parent)
     env["jaeger"] = _jaeger_version()
     return env
 
@@ -905,112 +1066,122 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0.
     """
-    parser = common.parser(__doc__, "small sizes and few rounds")
-    parser.add_argument("--epochs", type=int, help=f"epochs recorded (default {DEFAULT_EPOCHS})")
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["--child"]:  # one measurement of the loop, in its own process
+        print(json.dumps(loop_child(json.loads(args_in[1]))), flush=True)
+        return 0
+    parser = common.parser(__doc__, "small sizes and 1 round (the smoke test)")
+    parser.add_argument("--rounds", type=int, help=f"loop rounds (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--epochs", type=int, help=f"loop epochs (default {DEFAULT_EPOCHS})")
+    parser.add_argument("--steps", type=int, help=f"steps per epoch (default {DEFAULT_STEPS})")
     parser.add_argument(
-        "--batches", type=int, help=f"batches per epoch (default {DEFAULT_BATCHES:,})"
+        "--step-ms", type=float, help=f"work per step, ms (default {DEFAULT_STEP_MS})"
     )
     parser.add_argument(
-        "--request-regions",
+        "--tp-epochs", type=int, help=f"throughput epochs (default {DEFAULT_TP_EPOCHS})"
+    )
+    parser.add_argument(
+        "--tp-batches",
         type=int,
-        default=DEFAULT_REQUEST_REGIONS,
-        help=f"regions per export request (default {DEFAULT_REQUEST_REGIONS:,})",
+        help=f"throughput batches per epoch (default {DEFAULT_TP_BATCHES:,})",
     )
-    parser.add_argument(
-        "--hot-regions",
-        type=int,
-        help=f"regions per hot-path epoch (default {DEFAULT_HOT_REGIONS:,})",
-    )
-    parser.add_argument(
-        "--hot-rounds", type=int, help=f"hot-path rounds (default {DEFAULT_HOT_ROUNDS})"
-    )
+    parser.add_argument("--no-loop", action="store_true", help="skip the training-loop cost")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the throughput")
     common.add_json(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
+    rounds = common.pick(args.rounds, args.quick, QUICK_ROUNDS, DEFAULT_ROUNDS)
     epochs = common.pick(args.epochs, args.quick, QUICK_EPOCHS, DEFAULT_EPOCHS)
-    batches = common.pick(args.batches, args.quick, QUICK_BATCHES, DEFAULT_BATCHES)
-    hot_regions = common.pick(args.hot_regions, args.quick, QUICK_HOT_REGIONS, DEFAULT_HOT_REGIONS)
-    hot_rounds = common.pick(args.hot_rounds, args.quick, QUICK_HOT_ROUNDS, DEFAULT_HOT_ROUNDS)
-    if min(epochs, batches, args.request_regions, hot_regions, hot_rounds) < 1:
+    steps = common.pick(args.steps, args.quick, QUICK_STEPS, DEFAULT_STEPS)
+    step_ms = common.pick(args.step_ms, args.quick, QUICK_STEP_MS, DEFAULT_STEP_MS)
+    tp_epochs = common.pick(args.tp_epochs, args.quick, QUICK_TP_EPOCHS, DEFAULT_TP_EPOCHS)
+    tp_batches = common.pick(args.tp_batches, args.quick, QUICK_TP_BATCHES, DEFAULT_TP_BATCHES)
+    if min(rounds, epochs, steps, step_ms, tp_epochs, tp_batches) <= 0:
         parser.error("sizes and rounds must be positive")
 
     env = _environment()
-    regions = epochs * (batches * REGIONS_PER_BATCH + 1)
-    print("maeltrace export: spans/s into a real Jaeger, against the OpenTelemetry SDK path")
+    print("maeltrace export: what export costs a CPU-bound loop, and spans/s into a real Jaeger")
     print(common.header_line(env))
-    print(
-        f"{regions:,} regions ({epochs} epochs x {batches:,} batches of io, batch, forward, "
-        f"backward), {args.request_regions:,} per request; hot path: {hot_regions:,} regions "
-        f"per epoch x {hot_rounds} rounds (+1 warm-up)"
-    )
     started = perf_counter_ns()
     jaeger_module = _jaeger_module()
     tag = uuid.uuid4().hex[:8]
-    confirm_timeout = 30.0 + regions / 5_000
+    payload: dict[str, Any] = {"environment": env}
+    target_rows: list[list[str]] = []
+    verdicts: dict[str, Any] = {}
     with (
         jaeger_module.JaegerService() as jaeger,
-        tempfile.TemporaryDirectory(prefix="maeltrace-bench-export-") as folder,
+        tempfile.TemporaryDirectory(prefix="maeltrace-bench-export-") as tmp,
     ):
+        folder = Path(tmp)
         print(f"Jaeger up in {common.seconds_since(started):.1f} s")
-        print()
-        tmr = record(epochs, batches)
-        runs = []
-        for protocol, endpoint in (
-            (HTTP, jaeger.otlp_http_endpoint),
-            (GRPC, jaeger.otlp_grpc_endpoint),
-        ):
-            service = f"maeltrace-bench-{tag}-{protocol.replace('/', '-')}"
-            run = export_maeltrace(tmr, protocol, endpoint, args.request_regions, service)
-            run.confirmation = confirm(jaeger, run.traces, confirm_timeout)
-            runs.append(run)
-        service = f"maeltrace-bench-{tag}-sdk"
-        run = export_sdk(tmr, jaeger.otlp_http_endpoint, args.request_regions, service)
-        run.confirmation = confirm(jaeger, run.traces, confirm_timeout)
-        runs.append(run)
-        del tmr
+        if not args.no_loop:
+            units = calibrate(step_ms)
+            spec = {
+                "epochs": epochs,
+                "steps": steps,
+                **{
+                    name: max(1, round(units * share))
+                    for name, share in zip(("io", "forward", "backward"), WORK_SHARES, strict=True)
+                },
+            }
+            print()
+            print(
+                f"Training loop: {epochs} epochs x {steps} steps of ~{step_ms:g} ms pure Python "
+                f"({units:,} work units per step, calibrated here), {REGIONS_PER_STEP} regions "
+                f"per step; {rounds} rounds (+1 warm-up) of fresh processes, arms round-robin"
+            )
+            arms = make_arms(jaeger.otlp_http_endpoint, jaeger.otlp_grpc_endpoint)
+            measure_loop(arms, spec, rounds, folder, tag)
+            count_delivered(jaeger, arms)
+            payload["loop"] = {"spec": spec, "rounds": rounds, "arms": report_loop(arms)}
+            rows, found = loop_verdicts(arms)
+            target_rows += rows
+            verdicts.update(found)
+            half = found["A/A band +-%"]
+            print(
+                "A/A band (export off against itself): "
+                + ("n/a" if half is None else f"+-{half:.2f} %")
+                + f"; a target resolves only when it is under +-{(TARGET_RATIO - 1) * 100:.1f} %"
+                f" (goal +-{(GOAL_RATIO - 1) * 100:.1f} %)"
+            )
+        if not args.no_throughput:
+            print()
+            regions = tp_epochs * (tp_batches * REGIONS_PER_STEP + 1)
+            print(
+                f"Throughput: {regions:,} regions ({tp_epochs} epochs x {tp_batches:,} batches) "
+                "recorded with export on, until flush() returned; baseline: the OpenTelemetry SDK"
+            )
+            runs = [
+                throughput_maeltrace(
+                    jaeger,
+                    protocol,
+                    endpoint,
+                    tp_epochs,
+                    tp_batches,
+                    f"bench-{tag}-tp-{protocol.replace('/', '-')}",
+                    folder,
+                )
+                for protocol, endpoint in (
+                    (HTTP, jaeger.otlp_http_endpoint),
+                    (GRPC, jaeger.otlp_grpc_endpoint),
+                )
+            ]
+            runs.append(throughput_sdk(jaeger, tp_epochs, tp_batches, f"bench-{tag}-sdk"))
+            payload["throughput"] = report_throughput(runs)
+            print_sdk_comparison(runs)
+            rows, found = throughput_verdicts(runs)
+            target_rows += rows
+            verdicts.update(found)
 
-        print("Throughput: recorded regions -> spans in Jaeger (the check is not in spans/s)")
-        throughput = report_throughput(runs)
-        print()
-
-        candidates = hot_candidates(Path(folder), jaeger.otlp_http_endpoint)
-        try:
-            gc.collect()
-            gc.freeze()
-            try:
-                measure_hot(candidates, regions=hot_regions, rounds=hot_rounds)
-            finally:
-                gc.unfreeze()
-        finally:
-            close_hot(candidates)
-        aa = _same_round_ratios(candidates[1].quiet, candidates[0].quiet)
-        aa += _same_round_ratios(candidates[1].busy, candidates[0].busy)
-        band = noise_band(aa)
-        print(
-            "Hot path: ns per region (start/end in a tight loop, median over rounds); quiet: "
-            "exporter idle, busy: exporting the previous epoch"
-        )
-        hot = report_hot(candidates, band)
-        print()
-
-    print("Targets (issue):")
-    verdicts = report_targets(runs, hot, band, candidates)
+    print()
+    print("Targets (issue 11):")
+    print(common.table(["target", "wanted", "measured [95% band]", "met"], target_rows))
     env["load avg 1/5/15m at the end"] = common.load(all_three=True)
     print(
         f"\nmachine: {env['cpus']} cpus, load avg {env['load avg 1/5/15m']} at the start, "
-        f"{env['load avg 1/5/15m at the end']} at the end"
+        f"{env['load avg 1/5/15m at the end']} at the end; took "
+        f"{common.seconds_since(started):.0f} s"
     )
-    print(f"took {common.seconds_since(started):.1f} s (Jaeger start and checks included)")
-    payload = {
-        "environment": env,
-        "regions": regions,
-        "request_regions": args.request_regions,
-        "hot_regions": hot_regions,
-        "hot_rounds": hot_rounds,
-        "throughput": throughput,
-        "hot_path": hot,
-        "noise_band": [band.low, band.high],
-        "targets": verdicts,
-    }
+    payload["targets"] = verdicts
     common.write_json(args.json, payload)
     return 0
 

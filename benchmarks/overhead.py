@@ -10,6 +10,12 @@ What it measures:
     * maeltrace: ``start``/``end``, ``with tmr.region(key)`` (looked up every time, as users
       write it, and hoisted out of the loop), the ``@tmr.timed`` decorator on an empty function
       (reported as is, call included), ``tmr.iterate`` over a range, and a disabled timer;
+    * maeltrace root regions with OpenTelemetry imported: ``start``/``end`` of a root region
+      on a timer with export on, built after ``opentelemetry.trace`` was imported (as MLflow
+      and W&B do), with no user span active. Such a timer looks for the user's active span at
+      every root region; its target is at most 1.5x the floor. Its export is switched off
+      after the batch (nothing is sent: the regions are outside any epoch, so they would go
+      only at close);
     * peers: torchtnt's ``Timer().time(name)`` (with ``cuda_sync=False``: its default on a GPU
       machine adds a device sync per region, which would time the GPU, not the timer),
       Lightning's ``SimpleProfiler().profile(name)``, ``torch.profiler.record_function(name)``
@@ -63,6 +69,7 @@ import importlib.util
 import logging
 import statistics
 import sys
+import tempfile
 import types
 import warnings
 from collections.abc import Callable, Sequence
@@ -94,6 +101,11 @@ TARGET_VS_FLOOR = 5.0
 GOAL_VS_FLOOR = 3.0
 
 FLOOR = "floor: 2 clock reads + append"
+OTEL_ROOT = "root region, OpenTelemetry imported"
+START_END = "maeltrace start/end"
+TARGET_OTEL_ROOT_VS_FLOOR = 1.5
+"""A root region on an exporting timer with OpenTelemetry imported and no user span active
+costs at most this times the floor (issue 11, item 8)."""
 EMPTY_CALL = "floor: empty function call"
 OTEL = "OpenTelemetry SDK span"
 
@@ -258,6 +270,29 @@ def _mt_iterate(n: int) -> Outcome:
         pass
     elapsed = perf_counter_ns() - t0
     return Outcome(elapsed, _recorded(tmr))
+
+
+def _otel_root_candidate(stack: ExitStack) -> Candidate:
+    try:
+        _import_quietly("opentelemetry.trace")  # what MLflow and W&B import
+    except Exception as exc:
+        return Candidate(OTEL_ROOT, GROUP_MAELTRACE, None, note=_unavailable(exc))
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="maeltrace-overhead-"))
+
+    def run(n: int) -> Outcome:
+        # export=True: only an exporting timer looks for the user's span. Built after the
+        # import above, as a user's timer is built after `import mlflow`.
+        tmr = maeltrace.Timer(enabled=True, export=True, output_dir=folder)
+        key = KEY
+        t0 = perf_counter_ns()
+        for _ in range(n):
+            tmr.start(key)
+            tmr.end(key)
+        elapsed = perf_counter_ns() - t0
+        tmr.export = False  # nothing to send: no close at exit, no files
+        return Outcome(elapsed, _recorded(tmr))
+
+    return Candidate(OTEL_ROOT, GROUP_MAELTRACE, run)
 
 
 def _mt_disabled(n: int) -> Outcome:
@@ -449,12 +484,14 @@ def build_candidates(stack: ExitStack, *, peers: bool) -> list[Candidate]:
         Candidate(FLOOR, GROUP_FLOOR, _floor),
         Candidate("floor: 2 reads + append (start, end)", GROUP_FLOOR, _floor_tuple),
         Candidate(EMPTY_CALL, GROUP_FLOOR, _empty_call, expected=None),
-        Candidate("maeltrace start/end", GROUP_MAELTRACE, _mt_start_end),
+        Candidate(START_END, GROUP_MAELTRACE, _mt_start_end),
         Candidate("maeltrace with tmr.region(k)", GROUP_MAELTRACE, _mt_region),
         Candidate("maeltrace with region (hoisted)", GROUP_MAELTRACE, _mt_region_hoisted),
         Candidate("maeltrace @timed empty function", GROUP_MAELTRACE, _mt_timed),
         Candidate("maeltrace iterate(range)", GROUP_MAELTRACE, _mt_iterate),
         Candidate("maeltrace disabled start/end", GROUP_DISABLED, _mt_disabled, expected=0),
+        # Imports opentelemetry's API (light), even with --no-peers: it is the row's subject.
+        _otel_root_candidate(stack),
     ]
     if peers:
         candidates += [
@@ -619,7 +656,29 @@ def report(candidates: list[Candidate]) -> dict[str, Any]:
         f"(@timed includes a Python call of the wrapped function, {_fmt_ns(empty_call)} ns "
         "on its own here; nothing is subtracted.)"
     )
+    targets[OTEL_ROOT] = _report_otel_root(candidates, floor)
     return {"results": results, "targets": targets}
+
+
+def _report_otel_root(candidates: list[Candidate], floor: Candidate | None) -> dict[str, Any]:
+    """Prints the root-region-with-OpenTelemetry line: its ratio to the floor against the
+    1.5x target, and to start/end on a timer without export (the baseline of the same run)."""
+    by_name = {c.name: c for c in candidates}
+    row, baseline = by_name.get(OTEL_ROOT), by_name.get(START_END)
+    vs_floor = _ratio(row, floor) if row is not None else None
+    vs_plain = _ratio(row, baseline) if row is not None and baseline is not None else None
+    verdict = _verdict(vs_floor, TARGET_OTEL_ROOT_VS_FLOOR)
+    print(
+        f"{OTEL_ROOT}: {_fmt_ns(row.median if row else None)} ns, {_fmt_ratio(vs_floor)} the "
+        f"floor (target <= {TARGET_OTEL_ROOT_VS_FLOOR:g}x: {verdict}), {_fmt_ratio(vs_plain)} "
+        f"{START_END!r} without export"
+    )
+    return {
+        "ratio_to_floor": vs_floor,
+        "ratio_to_start_end": vs_plain,
+        "target_vs_floor": TARGET_OTEL_ROOT_VS_FLOOR,
+        "vs_floor": verdict,
+    }
 
 
 def _environment() -> dict[str, Any]:

@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from maeltrace._version import __version__
-from maeltrace.errors import MaeltraceError, RegionError
+from maeltrace.errors import (
+    DeviceClockWarning,
+    ExportWarning,
+    MaeltraceError,
+    MaeltraceWarning,
+    RegionError,
+)
 from maeltrace.keys import Key, TimeType
 from maeltrace.records import Records
 from maeltrace.stats import TimeStats
@@ -16,8 +22,11 @@ if TYPE_CHECKING:
     from maeltrace.report import Summary
 
 __all__ = [
+    "DeviceClockWarning",
+    "ExportWarning",
     "Key",
     "MaeltraceError",
+    "MaeltraceWarning",
     "Records",
     "Region",
     "RegionError",

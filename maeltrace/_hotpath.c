@@ -10,10 +10,16 @@
  * Open regions live in a small array ordered by open time, which is also the parent stack.
  * A region opened with gpu=True also holds the handle its device clock returned on open;
  * the clock's hooks run only for such regions, so CPU-only regions never leave C.
+ * Where the user traces with OpenTelemetry, a root region asks Python for the user's active
+ * span only when OpenTelemetry's context variable holds one, read here without leaving C.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #define FIELDS 7
 #define CHUNK_REGIONS 4096
@@ -53,6 +59,8 @@ typedef struct {
     int64_t next_trace;
     PyObject *on_trace_closed; /* callable(trace ordinal) after a trace-key region closed */
     PyObject *on_root_open;    /* callable(seq) before a region opens with none open, or NULL */
+    PyObject *root_context;    /* ContextVar of OpenTelemetry's Context, or NULL: always call */
+    PyObject *root_span_key;   /* the Context's key of the current span, with root_context */
     PyObject *key_ids;     /* dict: key -> int id, shared with Timer */
     PyObject *keys;        /* list: id -> key, shared with Timer */
     PyObject *register_key; /* callable(key) -> int id; validates and raises on bad keys */
@@ -154,8 +162,24 @@ state_clear_records(ThreadState *st)
     for (Py_ssize_t i = 0; i < st->n_chunks; i++) {
         PyMem_RawFree(st->chunks[i]);
     }
+    /* The chunk table goes too: after a long run it is large, and reset() returns memory. */
+    PyMem_RawFree(st->chunks);
+    st->chunks = NULL;
+    st->cap_chunks = 0;
     st->n_chunks = 0;
     st->fill = 0;
+}
+
+/* Hands freed heap pages back to the system. glibc keeps freed chunks of its heaps (the
+ * chunks above, once its mmap threshold has grown past their size, and every arena an export
+ * thread used) for reuse, so a process's RSS would stay at its high-water mark after reset().
+ * Timer.reset calls it (release_free_memory) once everything it drops is freed. */
+static void
+release_free_memory(void)
+{
+#ifdef __GLIBC__
+    (void)malloc_trim(0);
+#endif
 }
 
 /* -- keys ----------------------------------------------------------------------------------- */
@@ -192,6 +216,31 @@ key_at(Recorder *self, int64_t key_id)
 }
 
 /* -- open and close ------------------------------------------------------------------------- */
+
+/* Whether the root hook has anything to do: 1 when OpenTelemetry's current Context holds a
+ * span (or when no context variable was given, or it holds something other than a dict, so
+ * the hook decides), 0 when it holds none, -1 with an exception set. Two lookups, no call. */
+static int
+user_span_active(Recorder *self)
+{
+    if (self->root_context == NULL) {
+        return 1;
+    }
+    PyObject *context;
+    if (PyContextVar_Get(self->root_context, NULL, &context) < 0) {
+        return -1;
+    }
+    if (context == NULL) {
+        return 0; /* never set and no default: no span */
+    }
+    int found = 1;
+    if (PyDict_Check(context)) {
+        PyObject *span = PyDict_GetItemWithError(context, self->root_span_key); /* borrowed */
+        found = span != NULL && span != Py_None ? 1 : (PyErr_Occurred() ? -1 : 0);
+    }
+    Py_DECREF(context);
+    return found;
+}
 
 static int
 open_region(Recorder *self, int64_t key_id, int gpu)
@@ -231,12 +280,14 @@ open_region(Recorder *self, int64_t key_id, int gpu)
     int64_t seq = self->next_seq++;
     if (st->n_open == 0 && self->on_root_open != NULL) {
         /* A root region: the user's own tracing may want it (set only where it is in use). */
-        PyObject *r = PyObject_CallFunction(self->on_root_open, "L", (long long)seq);
-        if (r == NULL) {
+        int wanted = user_span_active(self);
+        PyObject *r = wanted > 0 ? PyObject_CallFunction(self->on_root_open, "L", (long long)seq)
+                                 : NULL;
+        if (wanted < 0 || (wanted > 0 && r == NULL)) {
             Py_XDECREF(device);
             return -1;
         }
-        Py_DECREF(r);
+        Py_XDECREF(r);
     }
     OpenRegion *slot = &st->open[st->n_open++];
     slot->device = device;
@@ -473,9 +524,24 @@ Recorder_set_trace_key(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-Recorder_set_root_hook(Recorder *self, PyObject *hook)
+Recorder_set_root_hook(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    /* set_root_hook(hook, context_var=None, span_key=None) */
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "set_root_hook(hook, context_var=None, span_key=None)");
+        return NULL;
+    }
+    PyObject *hook = args[0];
+    PyObject *var = nargs > 1 ? args[1] : Py_None;
+    PyObject *key = nargs > 2 ? args[2] : Py_None;
+    if (var != Py_None && (!PyContextVar_CheckExact(var) || !PyUnicode_CheckExact(key))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "set_root_hook: context_var must be a ContextVar and span_key a str");
+        return NULL;
+    }
     Py_XSETREF(self->on_root_open, hook == Py_None ? NULL : Py_NewRef(hook));
+    Py_XSETREF(self->root_context, var == Py_None ? NULL : Py_NewRef(var));
+    Py_XSETREF(self->root_span_key, var == Py_None ? NULL : Py_NewRef(key));
     Py_RETURN_NONE;
 }
 
@@ -570,6 +636,135 @@ Recorder_snapshot(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
         }
         Py_DECREF(item);
     }
+    return out;
+}
+
+/* -- reading one key ------------------------------------------------------------------------ */
+
+static PyObject *array_type; /* array.array, imported on first use */
+
+/* A new array('q') of n zeros, to be filled through its buffer. */
+static PyObject *
+new_int64_array(Py_ssize_t n)
+{
+    if (array_type == NULL) {
+        PyObject *module = PyImport_ImportModule("array");
+        if (module == NULL) {
+            return NULL;
+        }
+        array_type = PyObject_GetAttrString(module, "array");
+        Py_DECREF(module);
+        if (array_type == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *one = PyObject_CallFunction(array_type, "s(i)", "q", 0);
+    if (one == NULL) {
+        return NULL;
+    }
+    PyObject *out = PySequence_Repeat(one, n);
+    Py_DECREF(one);
+    return out;
+}
+
+typedef struct {
+    int64_t seq;
+    int64_t value;
+} SeqValue;
+
+static int
+compare_seq(const void *a, const void *b)
+{
+    int64_t x = ((const SeqValue *)a)->seq, y = ((const SeqValue *)b)->seq;
+    return (x > y) - (x < y);
+}
+
+static PyObject *
+Recorder_key_durations(Recorder *self, PyObject *arg)
+{
+    /* key_durations(key_id) -> (seqs, durations): the key's completed regions (status OK), as
+     * two array('q'), in start order; straight from the logs, no other column is copied. */
+    int64_t key_id;
+    if (parse_id(arg, &key_id) < 0) {
+        return NULL;
+    }
+    Py_ssize_t n = 0;
+    for (Py_ssize_t s = 0; s < self->n_states; s++) {
+        ThreadState *st = self->states[s];
+        for (Py_ssize_t c = 0; c < st->n_chunks; c++) {
+            const int64_t *v = st->chunks[c];
+            Py_ssize_t rows = c == st->n_chunks - 1 ? st->fill : CHUNK_REGIONS;
+            for (Py_ssize_t r = 0; r < rows; r++, v += FIELDS) {
+                n += v[0] == key_id && v[5] == STATUS_OK;
+            }
+        }
+    }
+    PyObject *seqs = new_int64_array(n);
+    PyObject *durations = seqs != NULL ? new_int64_array(n) : NULL;
+    Py_buffer sb = {0}, db = {0};
+    if (durations == NULL || PyObject_GetBuffer(seqs, &sb, PyBUF_WRITABLE) < 0) {
+        Py_XDECREF(seqs);
+        Py_XDECREF(durations);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(durations, &db, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&sb);
+        Py_DECREF(seqs);
+        Py_DECREF(durations);
+        return NULL;
+    }
+    int64_t *seq_out = sb.buf, *dur_out = db.buf;
+    Py_ssize_t i = 0;
+    int ordered = 1;
+    for (Py_ssize_t s = 0; s < self->n_states; s++) {
+        ThreadState *st = self->states[s];
+        for (Py_ssize_t c = 0; c < st->n_chunks; c++) {
+            const int64_t *v = st->chunks[c];
+            Py_ssize_t rows = c == st->n_chunks - 1 ? st->fill : CHUNK_REGIONS;
+            for (Py_ssize_t r = 0; r < rows && i < n; r++, v += FIELDS) {
+                if (v[0] == key_id && v[5] == STATUS_OK) {
+                    /* A thread closes one key's regions in start order (they cannot overlap
+                     * on it); only several threads' runs need sorting. */
+                    ordered &= i == 0 || seq_out[i - 1] < v[1];
+                    seq_out[i] = v[1];
+                    dur_out[i] = v[4] - v[3];
+                    i++;
+                }
+            }
+        }
+    }
+    int failed = 0;
+    if (!ordered) {
+        SeqValue *pairs = PyMem_RawMalloc((size_t)(n ? n : 1) * sizeof(SeqValue));
+        if (pairs == NULL) {
+            PyErr_NoMemory();
+            failed = 1;
+        }
+        else {
+            for (Py_ssize_t k = 0; k < n; k++) {
+                pairs[k].seq = seq_out[k];
+                pairs[k].value = dur_out[k];
+            }
+            Py_BEGIN_ALLOW_THREADS
+            qsort(pairs, (size_t)n, sizeof(SeqValue), compare_seq);
+            Py_END_ALLOW_THREADS
+            for (Py_ssize_t k = 0; k < n; k++) {
+                seq_out[k] = pairs[k].seq;
+                dur_out[k] = pairs[k].value;
+            }
+            PyMem_RawFree(pairs);
+        }
+    }
+    PyBuffer_Release(&sb);
+    PyBuffer_Release(&db);
+    if (failed) {
+        Py_DECREF(seqs);
+        Py_DECREF(durations);
+        return NULL;
+    }
+    PyObject *out = PyTuple_Pack(2, seqs, durations);
+    Py_DECREF(seqs);
+    Py_DECREF(durations);
     return out;
 }
 
@@ -673,6 +868,8 @@ Recorder_traverse(Recorder *self, visitproc visit, void *arg)
     Py_VISIT(self->device_block);
     Py_VISIT(self->on_trace_closed);
     Py_VISIT(self->on_root_open);
+    Py_VISIT(self->root_context);
+    Py_VISIT(self->root_span_key);
     for (Py_ssize_t s = 0; s < self->n_states; s++) {
         ThreadState *st = self->states[s];
         Py_VISIT(st->info);
@@ -697,6 +894,8 @@ Recorder_clear(Recorder *self)
     Py_CLEAR(self->device_block);
     Py_CLEAR(self->on_trace_closed);
     Py_CLEAR(self->on_root_open);
+    Py_CLEAR(self->root_context);
+    Py_CLEAR(self->root_span_key);
     return 0;
 }
 
@@ -729,8 +928,9 @@ static PyMethodDef Recorder_methods[] = {
      "Close a region by key id as failed, reporting the exception."},
     {"discard", (PyCFunction)Recorder_discard, METH_O, "Forget an open region unrecorded."},
     {"is_open", (PyCFunction)Recorder_is_open, METH_O, "Whether a key id is open here."},
-    {"set_root_hook", (PyCFunction)Recorder_set_root_hook, METH_O,
-     "A callable(seq) called before each root region opens (None: no call)."},
+    {"set_root_hook", (PyCFunction)(void (*)(void))Recorder_set_root_hook, METH_FASTCALL,
+     "A callable(seq) called before each root region opens (None: no call); with a ContextVar "
+     "of dicts and a key, only while the variable's dict holds a value under the key."},
     {"set_trace_key", (PyCFunction)(void (*)(void))Recorder_set_trace_key, METH_FASTCALL,
      "The key id whose regions start a trace, and a callable(ordinal) for when one closes."},
     {"region", (PyCFunction)(void (*)(void))Recorder_region, METH_FASTCALL,
@@ -742,6 +942,8 @@ static PyMethodDef Recorder_methods[] = {
     {"after_fork", (PyCFunction)Recorder_after_fork, METH_NOARGS,
      "In a forked child: keep only this thread, emptied."},
     {"nbytes", (PyCFunction)Recorder_nbytes, METH_NOARGS, "Bytes held by the store."},
+    {"key_durations", (PyCFunction)Recorder_key_durations, METH_O,
+     "(seqs, durations): array('q') of a key id's completed regions, in start order."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -871,6 +1073,178 @@ static PyTypeObject RegionType = {
     .tp_getset = Region_getset,
 };
 
+/* -- int64 buffers, for the statistics -------------------------------------------------------- */
+
+/* A C-contiguous buffer of int64 (an array('q'), or a memoryview of one), writable if asked. */
+static int
+get_int64_buffer(PyObject *obj, Py_buffer *view, int writable)
+{
+    int flags = PyBUF_FORMAT | PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) {
+        return -1;
+    }
+    const char *format = view->format != NULL ? view->format : "B";
+    if (view->itemsize != 8 || (strcmp(format, "q") != 0 && strcmp(format, "l") != 0)) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_TypeError, "expected a buffer of int64 (array('q'))");
+        return -1;
+    }
+    return 0;
+}
+
+/* LSD radix sort of n int64 values, 8 bits a pass, skipping the passes whose byte is the same
+ * in every value (most of them, for durations). tmp holds n values. */
+static void
+radix_sort_int64(int64_t *values, int64_t *tmp, Py_ssize_t n)
+{
+    static const uint64_t SIGN = (uint64_t)1 << 63;
+    size_t counts[8][256];
+    memset(counts, 0, sizeof(counts));
+    uint64_t *a = (uint64_t *)values, *b = (uint64_t *)tmp;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t u = a[i] ^ SIGN; /* signed order as unsigned order */
+        for (int d = 0; d < 8; d++) {
+            counts[d][(u >> (8 * d)) & 0xFF]++;
+        }
+    }
+    for (int d = 0; d < 8; d++) {
+        size_t *count = counts[d];
+        int trivial = 0;
+        for (int k = 0; k < 256; k++) {
+            if (count[k] == (size_t)n) {
+                trivial = 1;
+                break;
+            }
+        }
+        if (trivial) {
+            continue;
+        }
+        size_t offset = 0;
+        for (int k = 0; k < 256; k++) {
+            size_t c = count[k];
+            count[k] = offset;
+            offset += c;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            b[count[((a[i] ^ SIGN) >> (8 * d)) & 0xFF]++] = a[i];
+        }
+        uint64_t *swap = a;
+        a = b;
+        b = swap;
+    }
+    if (a != (uint64_t *)values) {
+        memcpy(values, a, (size_t)n * sizeof(int64_t));
+    }
+}
+
+static PyObject *
+hotpath_sort_int64(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_buffer view;
+    if (get_int64_buffer(arg, &view, 1) < 0) {
+        return NULL;
+    }
+    Py_ssize_t n = view.len / 8;
+    int64_t *tmp = n > 1 ? PyMem_RawMalloc((size_t)n * sizeof(int64_t)) : NULL;
+    if (n > 1 && tmp == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    if (n > 1) {
+        Py_BEGIN_ALLOW_THREADS
+        radix_sort_int64(view.buf, tmp, n);
+        Py_END_ALLOW_THREADS
+    }
+    PyMem_RawFree(tmp);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+#ifdef __SIZEOF_INT128__
+/* A signed 128-bit value as a Python int. */
+static PyObject *
+int128_to_long(__int128 value)
+{
+    int negative = value < 0;
+    unsigned __int128 magnitude = negative ? -(unsigned __int128)value : (unsigned __int128)value;
+    PyObject *high = PyLong_FromUnsignedLongLong((unsigned long long)(magnitude >> 64));
+    PyObject *low = PyLong_FromUnsignedLongLong((unsigned long long)magnitude);
+    PyObject *shift = PyLong_FromLong(64);
+    PyObject *shifted = high && shift ? PyNumber_Lshift(high, shift) : NULL;
+    PyObject *out = shifted && low ? PyNumber_Or(shifted, low) : NULL;
+    Py_XDECREF(high);
+    Py_XDECREF(low);
+    Py_XDECREF(shift);
+    Py_XDECREF(shifted);
+    if (out != NULL && negative) {
+        Py_SETREF(out, PyNumber_Negative(out));
+    }
+    return out;
+}
+#endif
+
+static PyObject *
+hotpath_sums_int64(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    /* (sum, sum of squares) of int64 values, exactly; None where 128 bits might not hold them
+     * (the caller then sums in Python). */
+    Py_buffer view;
+    if (get_int64_buffer(arg, &view, 0) < 0) {
+        return NULL;
+    }
+#ifdef __SIZEOF_INT128__
+    const int64_t *v = view.buf;
+    Py_ssize_t n = view.len / 8;
+    __int128 total = 0;
+    unsigned __int128 squares = 0;
+    int overflow = 0;
+    /* Each square is at most 2**126, so while the sum of squares stays below 2**127 the next
+     * add cannot wrap 128 bits; the sum itself stays below 2**63 * n. */
+    static const unsigned __int128 LIMIT = (unsigned __int128)1 << 127;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        __int128 x = v[i];
+        total += x;
+        squares += (unsigned __int128)(x * x);
+        if (squares >= LIMIT) {
+            overflow = 1;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (overflow) {
+        Py_RETURN_NONE;
+    }
+    PyObject *s = int128_to_long(total);
+    PyObject *q = s != NULL ? int128_to_long((__int128)squares) : NULL;
+    PyObject *out = q != NULL ? PyTuple_Pack(2, s, q) : NULL;
+    Py_XDECREF(s);
+    Py_XDECREF(q);
+    return out;
+#else
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+#endif
+}
+
+static PyObject *
+hotpath_release_free_memory(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    release_free_memory();
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef hotpath_functions[] = {
+    {"sort_int64", (PyCFunction)hotpath_sort_int64, METH_O,
+     "Sorts a buffer of int64 (an array('q')) in place, ascending."},
+    {"sums_int64", (PyCFunction)hotpath_sums_int64, METH_O,
+     "(sum, sum of squares) of a buffer of int64, exact; None if they might not fit 128 bits."},
+    {"release_free_memory", (PyCFunction)hotpath_release_free_memory, METH_NOARGS,
+     "Hands the C heap's free pages back to the system (malloc_trim on glibc)."},
+    {NULL, NULL, 0, NULL},
+};
+
 /* -- module --------------------------------------------------------------------------------- */
 
 static struct PyModuleDef hotpath_module = {
@@ -878,6 +1252,7 @@ static struct PyModuleDef hotpath_module = {
     .m_name = "maeltrace._hotpath",
     .m_doc = "Compiled hot path of maeltrace's recorder.",
     .m_size = -1,
+    .m_methods = hotpath_functions,
 };
 
 PyMODINIT_FUNC

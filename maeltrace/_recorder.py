@@ -10,9 +10,13 @@ also the parent stack.
 from __future__ import annotations
 
 import itertools
+import operator
+import sys
 import threading
 from array import array
 from collections.abc import Callable
+from contextvars import ContextVar
+from itertools import compress
 from time import perf_counter_ns
 from types import TracebackType
 from typing import TypeVar
@@ -27,12 +31,80 @@ from maeltrace.records import (
     STATUS_OK,
 )
 
-__all__ = ["PyRecorder", "PyRegion", "ThreadInfoTuple"]
+__all__ = ["PyRecorder", "PyRegion", "ThreadInfoTuple", "otel_span_probe", "release_free_memory"]
 
 ThreadInfoTuple = tuple[int | None, int | None, str]
 T = TypeVar("T")
 
 _CHUNK_VALUES = CHUNK_REGIONS * FIELDS
+
+SpanProbe = tuple[ContextVar[dict[str, object]], str]
+"""OpenTelemetry's context variable and the key of the current span in its Context."""
+
+
+def otel_span_probe() -> SpanProbe | None:
+    """Where OpenTelemetry keeps the active span, so a recorder can see one without a call.
+
+    OpenTelemetry's default runtime context keeps the current ``Context`` (a dict) in a
+    `contextvars.ContextVar`; the active span is its value under the current-span key. Both
+    are private names of the API package, so anything unexpected (another runtime context
+    chosen with ``OTEL_PYTHON_CONTEXT``, a version that moved them) gives None, and the
+    recorder then asks the root hook at every root region, as it did before.
+
+    Returns:
+        (the context variable, the span key), or None; None too where OpenTelemetry was not
+        imported (this never imports it).
+    """
+    if "opentelemetry.trace" not in sys.modules:
+        return None
+    try:
+        from opentelemetry import context as otel_context
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+        from opentelemetry.trace.propagation import _SPAN_KEY
+    except ImportError:
+        return None
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    if type(runtime) is not ContextVarsRuntimeContext:  # a subclass may read it otherwise
+        return None
+    var = getattr(runtime, "_current_context", None)
+    if not isinstance(var, ContextVar) or not isinstance(_SPAN_KEY, str):
+        return None
+    return var, _SPAN_KEY
+
+
+def release_free_memory() -> None:
+    """Hands the C heap's free pages back to the system (``malloc_trim(0)`` on glibc).
+
+    Large arrays live on the C heap, and glibc keeps what they freed (and each arena an
+    export thread used) for reuse; without this a process's RSS stays at its high-water mark
+    after `maeltrace.Timer.reset`. Elsewhere, and where the call is unavailable, it does
+    nothing.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = _find_malloc_trim()
+    _malloc_trim()
+
+
+def _find_malloc_trim() -> Callable[[], object]:
+    try:
+        from maeltrace import _hotpath
+    except ImportError:
+        pass
+    else:
+        return _hotpath.release_free_memory
+    import ctypes  # here, not at the top: only reset() needs it, and only without the build
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc; absent on musl, macOS, Windows
+    except (AttributeError, OSError, TypeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+_malloc_trim: Callable[[], object] | None = None
 
 
 class ThreadLog:
@@ -54,6 +126,31 @@ class ThreadLog:
     def clear_records(self) -> None:
         self.current = array("q")
         self.chunks = [self.current]
+
+    def key_durations(self, key_id: int, seqs: array[int], durations: array[int]) -> None:
+        """Appends the sequence numbers and durations of ``key_id``'s completed regions."""
+        # Column slices and C iterators (map, compress): no Python-level loop per region;
+        # fromlist(list(...)) fills an array faster than extend(iterator).
+        for chunk in list(self.chunks):
+            n = len(chunk) // FIELDS * FIELDS  # whole regions only
+            keys = chunk[0:n:FIELDS]
+            statuses = chunk[5:n:FIELDS]
+            everything_ok = statuses.count(STATUS_OK) == len(statuses)
+            if everything_ok and keys.count(key_id) == len(keys):  # a chunk of this key only
+                seqs.extend(chunk[1:n:FIELDS])
+                durations.fromlist(list(map(operator.sub, chunk[4:n:FIELDS], chunk[3:n:FIELDS])))
+                continue
+            if everything_ok:
+                picked: list[bool] = list(map(key_id.__eq__, keys))
+            else:
+                picked = list(
+                    map(operator.and_, map(key_id.__eq__, keys), map(STATUS_OK.__eq__, statuses))
+                )
+            if not any(picked):
+                continue
+            seqs.extend(compress(chunk[1:n:FIELDS], picked))
+            ends = compress(chunk[4:n:FIELDS], picked)
+            durations.fromlist(list(map(operator.sub, ends, compress(chunk[3:n:FIELDS], picked))))
 
     def values(self, skip: int = 0) -> bytes:
         """Every whole region recorded so far after the first ``skip``, as int64 bytes."""
@@ -104,6 +201,7 @@ class PyRecorder:
         self._trace_key_id = -1
         self._on_trace_closed: Callable[[int], object] | None = None
         self._on_root_open: Callable[[int], object] | None = None
+        self._root_probe: SpanProbe | None = None
         self._next_trace = itertools.count().__next__
 
     def _log(self) -> ThreadLog:
@@ -139,7 +237,16 @@ class PyRecorder:
         regions = log.open
         seq = self._next_seq()
         if not regions and self._on_root_open is not None:
-            self._on_root_open(seq)
+            probe = self._root_probe
+            if probe is None:
+                self._on_root_open(seq)
+            else:
+                try:
+                    context = probe[0].get()
+                except LookupError:  # never set, and no default: no span
+                    context = {}
+                if not isinstance(context, dict) or context.get(probe[1]) is not None:
+                    self._on_root_open(seq)
         parent = regions[-1][1] if regions else NO_PARENT
         if key_id == self._trace_key_id:
             trace = self._next_trace()
@@ -184,8 +291,22 @@ class PyRecorder:
         self._trace_key_id = key_id
         self._on_trace_closed = on_trace_closed
 
-    def set_root_hook(self, hook: Callable[[int], object] | None) -> None:
+    def set_root_hook(
+        self,
+        hook: Callable[[int], object] | None,
+        context_var: ContextVar[dict[str, object]] | None = None,
+        span_key: str | None = None,
+    ) -> None:
+        """Calls ``hook(seq)`` before each root region opens; with ``context_var``, only while
+        the dict it holds has a value under ``span_key`` (see `otel_span_probe`)."""
+        if context_var is not None and (
+            not isinstance(context_var, ContextVar) or not isinstance(span_key, str)
+        ):
+            raise TypeError("set_root_hook: context_var must be a ContextVar and span_key a str")
         self._on_root_open = hook
+        self._root_probe = (
+            None if context_var is None or span_key is None else (context_var, span_key)
+        )
 
     def is_open(self, key_id: int) -> bool:
         return self._find(self._log(), key_id) >= 0
@@ -217,6 +338,25 @@ class PyRecorder:
     def clear_records(self) -> None:
         for log in list(self._logs):
             log.clear_records()
+        release_free_memory()
+
+    def key_durations(self, key_id: int) -> tuple[array[int], array[int]]:
+        """(seqs, durations) of ``key_id``'s completed regions, in start order, read from the
+        logs without building any other column."""
+        seqs: array[int] = array("q")
+        durations: array[int] = array("q")
+        runs = 0
+        for log in list(self._logs):
+            before = len(seqs)
+            log.key_durations(key_id, seqs, durations)
+            runs += len(seqs) > before
+        # One thread's regions of a key cannot overlap, so its run is in order already; only
+        # several threads' runs need sorting.
+        if runs > 1 and any(seqs[i] > seqs[i + 1] for i in range(len(seqs) - 1)):
+            order = sorted(range(len(seqs)), key=seqs.__getitem__)
+            seqs = array("q", [seqs[i] for i in order])
+            durations = array("q", [durations[i] for i in order])
+        return seqs, durations
 
     def after_fork(self) -> None:
         mine: ThreadLog | None = getattr(self._local, "log", None)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from maeltrace._version import __version__
 from maeltrace.arguments import non_negative_int, positive_int
+from maeltrace.errors import MaeltraceError
 
 __all__ = ["main"]
 
@@ -72,12 +74,23 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     replay = commands.add_parser(
         "replay",
-        help="send a spill file (OTLP JSON lines) to an OTLP endpoint",
-        description="Sends the spans of an OTLP JSON lines file (a spill file, or the embedded "
-        "default's traces.otlp.jsonl) to an OTLP endpoint and reports how many went out. "
-        "Lines that fail again are kept in FILE.failed.",
+        help="send a run's outbox (or an OTLP JSON lines file) to an OTLP endpoint",
+        description="Sends what a run's outbox still holds (the spans its endpoint did not take; "
+        "each request sent is marked in the outbox, so a second replay sends only the rest), or "
+        "the spans of an OTLP JSON lines file (the embedded default's traces.otlp.jsonl), to an "
+        "OTLP endpoint, and reports how many went out. Requests over --max-request-bytes, and "
+        "those the endpoint refuses for their size, are sent in parts. Lines of a JSON lines "
+        "file that fail again are kept in FILE.failed.",
     )
-    replay.add_argument("file", help="the OTLP JSON lines file")
+    replay.add_argument(
+        "file", help="an outbox (*.otlp.outbox), a run folder (all its outboxes), or a .jsonl file"
+    )
+    replay.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=None,
+        help="the most bytes of one request (default 4 MiB)",
+    )
     replay.add_argument(
         "--endpoint", help="default $OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT; e.g. http://host:4318"
     )
@@ -112,8 +125,6 @@ def _demo(args: argparse.Namespace) -> int:
     tmr.save_all_time_stats(folder / "stats.csv")
     names = ", ".join(sorted(p.name for p in folder.iterdir()))
     print(f"\nfinal loss {loss:.4f}; written to {folder}/: {names}")
-    if tmr.spill_path.exists():
-        print(f"the OTLP endpoint did not take every span: `maeltrace replay {tmr.spill_path}`")
     print("open trace.json in https://ui.perfetto.dev or chrome://tracing for the flame chart")
     return 0
 
@@ -174,12 +185,24 @@ def _replay(args: argparse.Namespace) -> int:
     config = ExportConfig.from_env(endpoint=args.endpoint, protocol=args.protocol)
     if config is None:
         raise ValueError("no OTLP endpoint: pass --endpoint or set OTEL_EXPORTER_OTLP_ENDPOINT")
-    result = replay(args.file, config)
-    print(
-        f"sent {result.sent_spans} spans in {result.sent_lines} lines to {config.endpoint}; "
-        f"{result.failed_lines} lines failed"
-    )
-    return 0 if result.failed_lines == 0 else 1
+    from maeltrace.otel.batching import DEFAULT_MAX_REQUEST_BYTES
+    from maeltrace.otel.outbox import OUTBOX_SUFFIX
+
+    limit = args.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES
+    source = Path(args.file)
+    files = sorted(source.glob(f"*{OUTBOX_SUFFIX}")) if source.is_dir() else [source]
+    if not files:
+        raise ValueError(f"{source} holds no outbox (*{OUTBOX_SUFFIX})")
+    failed = 0
+    for path in files:
+        result = replay(path, config, max_request_bytes=limit)
+        unit = "requests" if path.name.endswith(OUTBOX_SUFFIX) else "lines"
+        print(
+            f"{path}: sent {result.sent_spans} spans in {result.sent_lines} {unit} to "
+            f"{config.endpoint}; {result.failed_lines} {unit} failed"
+        )
+        failed += result.failed_lines
+    return 0 if failed == 0 else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -204,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         if args.command == "report":
             return _report(args)
-    except (ValueError, OSError, ImportError) as exc:
+    except (ValueError, OSError, ImportError, MaeltraceError) as exc:
         print(f"maeltrace: error: {exc}", file=sys.stderr)
         return 2
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses others

@@ -8,9 +8,11 @@ __all__ = [
     "MAELTRACE_APPS_DIR",
     "MAELTRACE_DISABLED",
     "MAELTRACE_EXPORT",
+    "MAELTRACE_MAX_REQUEST_BYTES",
     "MAELTRACE_OUTPUT_DIR",
     "MAELTRACE_PURE_PYTHON",
     "MAELTRACE_RUN_ID",
+    "MAELTRACE_SIGNALS",
     "env_flag",
 ]
 
@@ -26,9 +28,14 @@ MAELTRACE_EXPORT = "MAELTRACE_EXPORT"
 """``0``, ``false``, ``no`` or ``off`` makes timers built afterwards keep their regions to
 themselves: no spans, no files at exit. Default on."""
 
+MAELTRACE_MAX_REQUEST_BYTES = "MAELTRACE_MAX_REQUEST_BYTES"
+"""The most bytes of one export request, outbox record or traces file line (at least 4096);
+default 4 MiB, gRPC's limit. Read when a timer is built."""
+
 MAELTRACE_PURE_PYTHON = "MAELTRACE_PURE_PYTHON"
-"""``1`` makes timers built afterwards use the pure-Python recorder even where the compiled one
-(``maeltrace._hotpath``) is installed; it records the same things, more slowly."""
+"""``1`` makes timers built afterwards use the pure-Python recorder and span encoder even where
+the compiled ones (``maeltrace._hotpath``, ``maeltrace._spanenc``) are installed; they record and
+encode the same things, more slowly."""
 
 MAELTRACE_OUTPUT_DIR = "MAELTRACE_OUTPUT_DIR"
 """Folder that runs write their files into; default ``./maeltrace-out``. Each run writes into a
@@ -37,6 +44,11 @@ subfolder named by its run id."""
 MAELTRACE_RUN_ID = "MAELTRACE_RUN_ID"
 """The run id, shared by every process of one run. When unset, the launcher's id is used
 (``TORCHELASTIC_RUN_ID``, ``SLURM_JOB_ID`` with ``SLURM_STEP_ID``), else a new one."""
+
+MAELTRACE_SIGNALS = "MAELTRACE_SIGNALS"
+"""``0``, ``false``, ``no`` or ``off`` keeps timers built afterwards from handling SIGTERM and
+SIGINT (writing their files before the signal ends the process), as
+``Timer(handle_signals=False)`` does. Default on."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})

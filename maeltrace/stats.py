@@ -3,14 +3,23 @@
 Durations are integer nanoseconds, so sums, means, variances and interpolated percentiles are
 computed in exact integer or rational arithmetic and rounded once, when converted to float
 seconds. Pure functions: rendering lives in `maeltrace.report`.
+
+Where the compiled helpers (``maeltrace._hotpath``) are built and ``MAELTRACE_PURE_PYTHON`` is
+not set, the samples are sorted and summed in C (radix sort; sums in 128-bit integers, or in
+Python where those might not hold them): the same exact values, for ten million samples in
+well under a second and without a Python int per sample.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from types import ModuleType
+
+from maeltrace.environment import MAELTRACE_PURE_PYTHON, env_flag
 
 __all__ = ["PERCENTILES", "TimeStats", "compute_stats", "percentile_ns"]
 
@@ -84,6 +93,36 @@ def percentile_ns(ordered: Sequence[int], percent: int | Fraction) -> Fraction:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def _compiled() -> ModuleType | None:
+    """The compiled helpers, unless absent or ``MAELTRACE_PURE_PYTHON`` asks for none."""
+    if env_flag(MAELTRACE_PURE_PYTHON):
+        return None
+    try:
+        from maeltrace import _hotpath
+    except ImportError:
+        return None
+    return _hotpath
+
+
+def _sorted_with_sums(durations_ns: Sequence[int]) -> tuple[Sequence[int], int, int]:
+    """The durations sorted, their sum and the sum of their squares, all exact."""
+    compiled = _compiled()
+    if compiled is not None:
+        try:
+            # A copy in any case: the caller's sequence is left as it was.
+            ordered = array("q", durations_ns)
+        except (OverflowError, TypeError):  # beyond int64, or not ints: Python handles it
+            pass
+        else:
+            compiled.sort_int64(ordered)
+            sums = compiled.sums_int64(ordered)
+            if sums is not None:
+                return ordered, sums[0], sums[1]
+            return ordered, sum(ordered), sum(x * x for x in ordered)
+    ordered_list = sorted(durations_ns)
+    return ordered_list, sum(ordered_list), sum(x * x for x in ordered_list)
+
+
 def compute_stats(durations_ns: Sequence[int]) -> TimeStats:
     """Summarises integer nanosecond durations.
 
@@ -93,11 +132,9 @@ def compute_stats(durations_ns: Sequence[int]) -> TimeStats:
     n = len(durations_ns)
     if n == 0:
         raise ValueError("cannot summarise zero samples")
-    ordered = sorted(durations_ns)
-    total = sum(ordered)
+    ordered, total, square_sum = _sorted_with_sums(durations_ns)
     if n > 1:
         # Sample variance in exact integers: (n*sum(x^2) - sum(x)^2) / (n*(n-1)).
-        square_sum = sum(x * x for x in ordered)
         variance = Fraction(n * square_sum - total * total, n * (n - 1))
         stdev = math.sqrt(variance) / NS_PER_S
     else:

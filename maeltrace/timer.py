@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import inspect
 import os
 import socket
 import sys
+import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from time import perf_counter_ns
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
+from maeltrace import _signals
 from maeltrace._recorder import PyRecorder
 from maeltrace.annotations import Annotator, annotators
 from maeltrace.clock import ClockAnchor
@@ -31,22 +34,24 @@ from maeltrace.devices.base import (
 from maeltrace.environment import (
     MAELTRACE_DISABLED,
     MAELTRACE_EXPORT,
+    MAELTRACE_MAX_REQUEST_BYTES,
     MAELTRACE_PURE_PYTHON,
+    MAELTRACE_SIGNALS,
     env_flag,
 )
-from maeltrace.errors import RegionError
+from maeltrace.errors import ExportWarning, RegionError, warn_safely
 from maeltrace.keys import Key, TimeType, canonical_key
 from maeltrace.metadata import new_run_id, run_id_from_environment, run_metadata
 from maeltrace.otel.resource import rank_from_environment
-from maeltrace.output import run_output_dir
-from maeltrace.records import FIELDS, STATUS_OK, Records
+from maeltrace.output import output_root, run_output_dir
+from maeltrace.records import FIELDS, STATUS_OK, Records, key_samples
 from maeltrace.stats import TimeStats, compute_stats
 
 if TYPE_CHECKING:
     from maeltrace import _hotpath
     from maeltrace.distributed import GatheredStats
     from maeltrace.otel.export import ExportConfig
-    from maeltrace.otel.pipeline import SpanPipeline
+    from maeltrace.otel.pipeline import PipelineStats, SpanPipeline
     from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
 
@@ -135,15 +140,26 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _open_timers() -> list[Timer]:
+    """The timers whose files are still to be written: those that export, are open and
+    recorded something."""
+    return [tmr for tmr in list(_TIMERS) if tmr.export and not tmr._closed and tmr.keys()]
+
+
 @atexit.register
 def _close_at_exit() -> None:
     """Exports and writes the files of every open timer that recorded something."""
-    for tmr in list(_TIMERS):
-        if tmr.export and not tmr._closed and tmr.keys():
-            try:
-                tmr.close(timeout_s=10.0)
-            except Exception as exc:  # at exit there is no one left to raise to
-                print(f"maeltrace: could not close {tmr!r} at exit: {exc}", file=sys.stderr)
+    for tmr in _open_timers():
+        try:
+            tmr.close(timeout_s=10.0)
+        except Exception as exc:  # at exit there is no one left to raise to
+            print(f"maeltrace: could not close {tmr!r} at exit: {exc}", file=sys.stderr)
+
+
+def _signal_timers() -> list[Timer]:
+    """The timers whose files SIGTERM and SIGINT write (`maeltrace._signals`): as at exit,
+    unless built with ``handle_signals=False``."""
+    return [tmr for tmr in _open_timers() if tmr._handle_signals]
 
 
 class Timer:
@@ -183,6 +199,15 @@ class Timer:
             ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL``, else ``http/protobuf``.
         output_dir: folder of this run's files; default ``$MAELTRACE_OUTPUT_DIR/<run id>``.
         trace_budget: spans per trace, and how batches are sampled beyond it.
+        max_request_bytes: the most bytes of one export request, outbox record or traces file
+            line (at least 4 KiB); default ``MAELTRACE_MAX_REQUEST_BYTES``, else 4 MiB, the
+            gRPC limit. A request an endpoint still refuses for its size is halved and sent
+            again.
+        handle_signals: on SIGTERM or SIGINT, write the files first (within 5 s for all timers,
+            ``maeltrace._signals.SIGNAL_TIMEOUT_S``), then let the signal end the process as it
+            would have; a Python handler set before the timer is called afterwards, one set
+            later replaces this. Only where the timer exports; default on unless
+            ``MAELTRACE_SIGNALS`` is off.
 
     Raises:
         ValueError: ``warmup`` is negative, ``MAELTRACE_DISABLED`` holds no yes/no word, or
@@ -219,6 +244,8 @@ class Timer:
         protocol: str | None = None,
         output_dir: str | os.PathLike[str] | None = None,
         trace_budget: TraceBudget | None = None,
+        max_request_bytes: int | None = None,
+        handle_signals: bool | None = None,
     ) -> None:
         self.warmup = _check_warmup(warmup)
         self.trace_key = None if trace_key is None else canonical_key(trace_key)
@@ -230,6 +257,9 @@ class Timer:
         self._sync_every = sync_every
         self._closed = False
         self._pipeline: SpanPipeline | None = None
+        self._pipeline_failed = False
+        self._file_errors = 0
+        self._warned_files = False
         self._export_offsets: list[int] = []
         self._user_parents: dict[int, tuple[bytes, bytes]] = {}
         self._export_config: ExportConfig | None = None
@@ -242,6 +272,7 @@ class Timer:
                     f"{type(trace_budget).__name__}"
                 )
         self._trace_budget = trace_budget
+        self._max_request_bytes = _check_max_request_bytes(max_request_bytes)
         self._output_dir = Path(output_dir) if output_dir is not None else None
         self.export = False
         self._clock: DeviceClock | None = None
@@ -269,11 +300,22 @@ class Timer:
                 if self._export_config is not None and self._export_config.disabled:
                     self.export = False
             self._bind_hot_path()
+            self._handle_signals = self.export and (
+                env_flag(MAELTRACE_SIGNALS, default=True)
+                if handle_signals is None
+                else bool(handle_signals)
+            )
             _TIMERS.add(self)
+            if self._handle_signals:
+                _signals.install(_signal_timers)
             if self.export and "opentelemetry.trace" in sys.modules:
                 # The user traces with OpenTelemetry: root regions become children of the span
-                # active when they open. Only root regions are asked, and only here.
-                self._recorder.set_root_hook(self._on_root_open)
+                # active when they open. Only root regions are asked, and only while
+                # OpenTelemetry's context holds a span: the recorder reads its context variable
+                # itself (or, where it cannot find it, asks at every root region).
+                from maeltrace._recorder import otel_span_probe
+
+                self._recorder.set_root_hook(self._on_root_open, *(otel_span_probe() or ()))
             if nvtx or xprof:
                 self._annotate(annotators(nvtx=nvtx, xprof=xprof))
         else:
@@ -354,19 +396,26 @@ class Timer:
     def flush(self, timeout_s: float = 30.0) -> None:
         """Resolves outstanding device times and exports every closed region as a span.
 
-        Waits at most ``timeout_s`` for the export; spans an endpoint does not take go to the
-        spill file (see `spill_path`). Regions of an epoch that is still open wait for its end.
+        Waits at most ``timeout_s`` for the export. Spans are on disk before they are sent (the
+        outbox, `outbox_path`), and an endpoint that does not take them gets them again at the
+        next epoch's end and at `close`. Regions of an epoch that is still open wait for its
+        end. Never raises for the file system or the endpoint (see `ExportWarning`).
         """
         self._flush_device()
         if self.export and not self._closed:
-            self._export_pipeline().request(wait_s=timeout_s)
+            pipeline = self._export_pipeline()
+            if pipeline is not None:
+                pipeline.request(wait_s=timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Flushes, exports this process's run span, writes the stats files and the Chrome trace
         into the output folder, and stops the exporter. Later calls do nothing.
 
-        Waits at most ``timeout_s`` for the export. Regions recorded afterwards are kept (the
-        statistics include them) but no longer exported.
+        Waits at most ``timeout_s`` for the endpoint, saying on standard error that it waits
+        when that takes more than a second. What could not be written or sent is kept (spans in
+        the outbox for ``maeltrace replay``, files in a rescue folder) and one line on standard
+        error says what and where. Never raises for the file system or the endpoint. Regions
+        recorded afterwards are kept (the statistics include them) but no longer exported.
         """
         if self._closed or not self.enabled:
             return
@@ -378,27 +427,49 @@ class Timer:
         self._closed = True
         end = perf_counter_ns()
         summary = self.summary()
-        attributes: dict[str, object] = dict(summary.to_attributes())
-        if self._clock is not None:
-            attributes["maeltrace.device.clock"] = self._clock.name
-            attributes["maeltrace.device.description"] = self._clock.description
-        pipeline.close(final_perf_ns=end, wait_s=timeout_s, run_attributes=attributes)
-        self.write_outputs(summary)
+        if pipeline is not None:
+            attributes: dict[str, object] = dict(summary.to_attributes())
+            if self._clock is not None:
+                attributes["maeltrace.device.clock"] = self._clock.name
+                attributes["maeltrace.device.description"] = self._clock.description
+            pipeline.close(
+                final_perf_ns=end,
+                wait_s=timeout_s,
+                run_attributes=attributes,
+                rescue=self._rescue_dir,
+            )
+        written = self.write_outputs(summary)
+        lines = [pipeline.summary_line() if pipeline is not None else None]
+        if written is not None and written != self._output_dir:
+            lines.append(
+                f"maeltrace: the stats files and trace.json could not be written to "
+                f"{self._intended_output_dir()}; they are in {written}"
+            )
+        elif written is None:
+            lines.append(
+                "maeltrace: the stats files and trace.json could not be written anywhere; "
+                "the statistics stay readable from this timer"
+            )
+        for line in lines:
+            if line:
+                print(line, file=sys.stderr)
 
-    def write_outputs(self, summary: Summary | None = None) -> Path:
+    def write_outputs(self, summary: Summary | None = None) -> Path | None:
         """Writes ``stats.json``, ``stats.md`` and the Chrome trace ``trace.json`` (Perfetto,
         chrome://tracing) into the output folder, atomically; returns the folder.
+
+        When the output folder cannot be written (not a folder, not writable, a full disk), the
+        files go to a rescue folder under the system's temporary folder instead
+        (``maeltrace-rescue/<run id>``), with one `ExportWarning`; that folder is returned, or
+        None when it could not be written either. Never raises for the file system.
 
         Args:
             summary: the statistics to write; default `summary` now.
         """
         from maeltrace.chrome import chrome_trace, write_chrome_trace
 
-        folder = self.output_dir
         suffix = self._file_suffix()
         summary = summary or self.summary()
-        summary.save(folder / f"stats{suffix}.json")
-        summary.save(folder / f"stats{suffix}.md")
         trace = chrome_trace(
             self.records(),
             self.anchor,
@@ -406,57 +477,168 @@ class Timer:
             device_clock=self._clock.name if self._clock is not None else None,
             metadata={"run_id": self.run_id},
         )
-        write_chrome_trace(folder / f"trace{suffix}.json", trace)
-        return folder
+        causes = []
+        for folder in (self._usable_output_dir(), self._rescue_dir()):
+            if folder is None:
+                continue
+            try:
+                summary.save(folder / f"stats{suffix}.json")
+                summary.save(folder / f"stats{suffix}.md")
+                write_chrome_trace(folder / f"trace{suffix}.json", trace)
+            except OSError as exc:
+                self._file_errors += 1
+                causes.append(f"{exc}")
+                continue
+            if causes:
+                self._warn_files(
+                    f"cannot write the stats files ({causes[0]}); wrote them to {folder}"
+                )
+            return folder
+        self._warn_files(f"cannot write the stats files: {'; '.join(causes) or 'no folder'}")
+        return None
 
     @property
     def output_dir(self) -> Path:
-        """This run's folder (created on first use): ``$MAELTRACE_OUTPUT_DIR/<run id>``."""
+        """This run's folder (created on first use): ``$MAELTRACE_OUTPUT_DIR/<run id>``.
+
+        Raises:
+            OSError: the folder cannot be created.
+        """
         if self._output_dir is None:
             self._output_dir = run_output_dir(self.run_id)
         else:
             self._output_dir.mkdir(parents=True, exist_ok=True)
         return self._output_dir
 
+    def _intended_output_dir(self) -> Path:
+        """`output_dir`'s path, without creating it."""
+        return self._output_dir or output_root() / self.run_id
+
+    def _usable_output_dir(self) -> Path | None:
+        """`output_dir`, or None (with one warning) when it cannot be created."""
+        try:
+            return self.output_dir
+        except (OSError, ValueError) as exc:
+            self._file_errors += 1
+            self._warn_files(
+                f"cannot create the output folder {self._intended_output_dir()}: {exc}"
+            )
+            return None
+
+    def _rescue_dir(self) -> Path | None:
+        """Where the files go when the output folder cannot take them."""
+        try:
+            return run_output_dir(self.run_id, Path(tempfile.gettempdir()) / "maeltrace-rescue")
+        except (OSError, ValueError):
+            return None
+
+    def _warn_files(self, message: str) -> None:
+        if not self._warned_files:
+            self._warned_files = True
+            warn_safely(f"maeltrace: {message}", ExportWarning, stacklevel=3)
+
     @property
-    def spill_path(self) -> Path:
-        """Where spans go that the OTLP endpoint did not take, for ``maeltrace replay``."""
-        return self.output_dir / f"spill{self._file_suffix()}.otlp.jsonl"
+    def outbox_path(self) -> Path:
+        """Where this timer's spans wait on disk until the OTLP endpoint took them; `maeltrace
+        replay` sends what is still there. A second timer of the same run folder and process
+        gets ``outbox.2``, and so on: this is the name once the outbox is open."""
+        from maeltrace.otel.outbox import outbox_path
+
+        pipeline = self._pipeline
+        if pipeline is not None and pipeline.outbox_path is not None:
+            return pipeline.outbox_path
+        return outbox_path(self.output_dir, self._file_suffix())
 
     @property
     def traces_path(self) -> Path:
         """The OTLP JSON lines file of the embedded default (no endpoint configured)."""
         return self.output_dir / f"traces{self._file_suffix()}.otlp.jsonl"
 
+    @property
+    def export_health(self) -> PipelineStats:
+        """What export did so far: spans exported, pending in the outbox, refused, lost, and
+        the count of failed writes and exports (a copy)."""
+        from maeltrace.otel.pipeline import PipelineStats
+
+        stats = PipelineStats()
+        if self._pipeline is not None:
+            stats = dataclasses.replace(self._pipeline.stats)
+        stats.write_errors += self._file_errors
+        return stats
+
     def _file_suffix(self) -> str:
         rank = rank_from_environment().get("rank")
         return "" if rank is None else f".rank{rank}"
 
-    def _export_pipeline(self) -> SpanPipeline:
-        if self._pipeline is None:
-            from maeltrace.otel.export import make_exporter
-            from maeltrace.otel.pipeline import SpanPipeline
-            from maeltrace.otel.resource import resource
-            from maeltrace.otel.spans import SpanBuilder
+    def _export_pipeline(self) -> SpanPipeline | None:
+        """The pipeline, built at first use; None (with one warning) when it cannot be."""
+        if self._pipeline is None and not self._pipeline_failed:
+            try:
+                self._pipeline = self._new_pipeline()
+            except Exception as exc:  # never into training
+                self._pipeline_failed = True
+                warn_safely(
+                    f"maeltrace: cannot set up span export: {type(exc).__name__}: {exc}; "
+                    "regions are still recorded and the statistics stay readable",
+                    ExportWarning,
+                    stacklevel=3,
+                )
+        return self._pipeline
 
-            builder = SpanBuilder(
-                run_id=self.run_id,
-                process_id=f"{socket.gethostname()}/{os.getpid()}/{id(self):x}",
-                anchor=self.anchor,
-                resource_attributes=resource(self.run_id),
-                trace_key_id=self._key_ids.get(self.trace_key) if self.trace_key else None,
-                budget=self._trace_budget,
-                user_parents=self._user_parents,
-            )
-            config = self._export_config
-            self._pipeline = SpanPipeline(
+    def _new_pipeline(self) -> SpanPipeline:
+        from maeltrace.otel.export import HTTP_JSON, ExportConfigError, make_exporter
+        from maeltrace.otel.outbox import Outbox
+        from maeltrace.otel.pipeline import SpanPipeline
+        from maeltrace.otel.resource import resource
+        from maeltrace.otel.spans import SpanBuilder
+
+        builder = SpanBuilder(
+            run_id=self.run_id,
+            process_id=f"{socket.gethostname()}/{os.getpid()}/{id(self):x}",
+            anchor=self.anchor,
+            resource_attributes=resource(self.run_id),
+            trace_key_id=self._key_ids.get(self.trace_key) if self.trace_key else None,
+            budget=self._trace_budget,
+            user_parents=self._user_parents,
+        )
+        folder = self._intended_output_dir()
+        suffix = self._file_suffix()
+        config = self._export_config
+        exporter = None
+        if config is not None:
+            try:
+                exporter = make_exporter(config)
+            except ExportConfigError as exc:
+                warn_safely(
+                    f"maeltrace: cannot export to {config.endpoint}: {exc}; spans go to the "
+                    "traces file of the run folder instead",
+                    ExportWarning,
+                    stacklevel=4,
+                )
+        if exporter is None:
+            return SpanPipeline(
                 builder,
                 self._read_new,
-                make_exporter(config) if config is not None else None,
-                traces_path=self.traces_path if config is None else None,
-                spill_path=self.spill_path,
+                None,
+                traces_path=folder / f"traces{suffix}.otlp.jsonl",
+                max_request_bytes=self._max_request_bytes,
             )
-        return self._pipeline
+        assert config is not None
+
+        def open_outbox(where: Path = folder) -> Outbox:
+            where.mkdir(parents=True, exist_ok=True)
+            return Outbox.open_free(where, suffix)
+
+        # OTLP/JSON bodies are made from the protobuf requests and are up to three times larger.
+        factor = 3 if config.protocol == HTTP_JSON else 1
+        return SpanPipeline(
+            builder,
+            self._read_new,
+            exporter,
+            outbox=open_outbox,
+            endpoint=config.endpoint,
+            max_request_bytes=self._max_request_bytes // factor,
+        )
 
     def _read_new(self) -> tuple[Records, dict[int, str], str | None]:
         """The regions closed since the last call (on the export thread)."""
@@ -471,11 +653,15 @@ class Timer:
         clock = self._clock
         if self._pipeline is not None and self.trace_key is not None:
             self._pipeline.builder.trace_key_id = self._key_ids.get(self.trace_key)
-        records = Records.merge(
+        # Records.merge's sort and copies, in compiled code with the GIL released where built:
+        # in Python they cost the training thread about 2 us per region.
+        from maeltrace.otel.encode import merge_records
+
+        records = merge_records(
             logs,
             keys,
-            self._device_times.by_seq(),
-            device_offset_ns=clock.host_offset_ns if clock is not None else 0,
+            self._device_times.by_seq() if len(self._device_times) else {},
+            clock.host_offset_ns if clock is not None else 0,
         )
         return records, dict(self._failures), clock.name if clock is not None else None
 
@@ -495,7 +681,9 @@ class Timer:
         """An epoch ended: its device times are resolved and its spans leave, not waiting."""
         if self.export and not self._closed:
             self._flush_device()
-            self._export_pipeline().request()
+            pipeline = self._export_pipeline()
+            if pipeline is not None:
+                pipeline.request()
 
     def __enter__(self) -> Timer:
         return self
@@ -691,6 +879,10 @@ class Timer:
                 self._failures.clear()
                 self._device_times.clear()
                 self._export_offsets.clear()
+            # What was freed goes back to the system, not only to the C heap (glibc keeps it).
+            from maeltrace._recorder import release_free_memory
+
+            release_free_memory()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -725,13 +917,21 @@ class Timer:
         done = {k for k, s in zip(records.key_id, records.status, strict=True) if s == STATUS_OK}
         return [key for key_id, key in enumerate(records.keys) if key_id in done]
 
-    def _durations_ns(self, key: Key, warmup: int | None, gpu: bool) -> list[int]:
+    def _durations_ns(self, key: Key, warmup: int | None, gpu: bool) -> Sequence[int]:
         canonical = canonical_key(key)
         skip = self.warmup if warmup is None else _check_warmup(warmup)
-        samples = self.records(flush=gpu).samples()
         key_id = self._key_ids.get(canonical)
-        by_key = samples.gpu if gpu else samples.cpu
-        durations = by_key.get(key_id, []) if key_id is not None else []
+        durations: Sequence[int] = ()
+        if key_id is not None and self.enabled:
+            # This key's columns only, straight from the logs: 16 B per region of the key,
+            # where records() copies every column of every key (see records.key_samples).
+            if gpu:
+                self._flush_device()
+            elif self._clock is not None:
+                self._clock.poll()
+            seqs, cpu = self._recorder.key_durations(key_id)
+            device = self._device_times.by_seq() if len(self._device_times) else None
+            durations = key_samples(seqs, cpu, device, gpu=gpu)
         if not durations:
             timed = [str(k) for k in self.keys()]
             what = "with a device time " if gpu else ""
@@ -739,7 +939,7 @@ class Timer:
                 f"no region was completed {what}under {str(canonical)!r}; "
                 f"timed keys: {timed or 'none'}"
             )
-        return durations[skip:]
+        return durations[skip:] if skip else durations
 
     def get_time(self, key: Key, gpu: bool = False, *, warmup: int | None = None) -> list[float]:
         """The durations of ``key``'s completed regions in seconds, in start order.
@@ -825,11 +1025,22 @@ class Timer:
             exist_ok: ``False`` refuses to replace an existing file, as Deep500's timer did.
             warmup: first samples of each key to leave out of the steady-state rows.
 
+        A file system that refuses the write (a missing or read-only folder, a full disk) gives
+        one `ExportWarning` and a count (`export_health`), not an exception: the statistics stay
+        readable from the timer.
+
         Raises:
             ValueError: the suffix names no supported format.
             FileExistsError: the file exists and ``exist_ok`` is false.
         """
-        self.summary(warmup=warmup).save(filename, exist_ok=exist_ok)
+        summary = self.summary(warmup=warmup)
+        try:
+            summary.save(filename, exist_ok=exist_ok)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            self._file_errors += 1
+            warn_safely(f"maeltrace: cannot write {filename}: {exc}", ExportWarning)
 
     def gather_stats(self, group: Any = None, *, warmup: int | None = None) -> GatheredStats:
         """Every rank's statistics of every key, and across ranks the slowest rank, the max/min
@@ -889,3 +1100,23 @@ def _check_warmup(warmup: int) -> int:
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative int, not {warmup!r}")
     return warmup
+
+
+def _check_max_request_bytes(value: int | None) -> int:
+    from maeltrace.otel.batching import DEFAULT_MAX_REQUEST_BYTES, MIN_MAX_REQUEST_BYTES
+
+    source = "max_request_bytes"
+    if value is None:
+        raw = os.environ.get(MAELTRACE_MAX_REQUEST_BYTES, "").strip()
+        if not raw:
+            return DEFAULT_MAX_REQUEST_BYTES
+        source = MAELTRACE_MAX_REQUEST_BYTES
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{source}={raw!r} is not a whole number of bytes") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_MAX_REQUEST_BYTES:
+        raise ValueError(
+            f"{source} must be an int of at least {MIN_MAX_REQUEST_BYTES}, not {value!r}"
+        )
+    return value

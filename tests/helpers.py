@@ -3,6 +3,7 @@ with the checks their tests share."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -295,3 +296,44 @@ def assert_times_a_step_per_batch(run: AppRun, *step_keys: str, epochs: int, bat
     assert run.children_in_order("epoch") == [["io", "batch"] * batches] * epochs
     assert run.children_in_order("batch") == [list(step_keys)] * (epochs * batches)
     assert run.info["regions"] == ["epoch", "io", "batch", *step_keys]
+
+
+def outbox_span_names(path: Path) -> list[str]:
+    """The names of the spans still pending in an outbox (not acknowledged by the endpoint)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from maeltrace.otel.outbox import read_outbox
+
+    return [
+        span.name
+        for entry in read_outbox(path)
+        for rs in ExportTraceServiceRequest.FromString(entry.body).resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, size: str = "64k", *, read_only: bool = False) -> Iterator[Path]:
+    """A small tmpfs at ``folder`` for the block, always unmounted after it (CI runs as root;
+    elsewhere the test is skipped, saying why)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command to make a small file system with")
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)

@@ -411,7 +411,7 @@ def test_bearer_token_is_required_when_configured(
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"authorization=Bearer%20{token}")
         monkeypatch.setenv("MAELTRACE_RUN_ID", "with-token")
         tmr = run_timer(server.url, "http/protobuf", tmp_path / "out")
-        assert not tmr.spill_path.exists()
+        assert tmr.export_health.spans_pending == 0
         summary = get_json(f"{server.url}/runs/with-token", token=token)
         assert summary["process_count"] == 1
         assert [r["run_id"] for r in get_json(f"{server.url}/runs", token=token)] == ["with-token"]

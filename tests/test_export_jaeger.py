@@ -13,7 +13,7 @@ import pytest
 
 from maeltrace import Timer, TimeType
 from maeltrace.cli import main
-from maeltrace.otel.otlp_json import read_json_lines
+from tests.helpers import outbox_span_names
 from tests.services.jaeger import JaegerService, free_port
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
@@ -108,11 +108,12 @@ def test_a_training_loop_exports_one_trace_per_epoch(
     endpoint = jaeger.otlp_grpc_endpoint if protocol == "grpc" else jaeger.otlp_http_endpoint
     with Timer(export=True, endpoint=endpoint, protocol=protocol, output_dir=tmp_path) as tmr:
         _train(tmr)
-    assert not tmr.spill_path.exists()
+    assert tmr.export_health.spans_exported == EPOCHS * SPANS_PER_EPOCH + RUN_SPANS
+    assert tmr.export_health.spans_pending == 0
     _check_run(jaeger, service, tmp_path / "stats.json")
 
 
-def test_with_the_endpoint_down_spans_are_spilled_and_replayed(
+def test_with_the_endpoint_down_spans_wait_in_the_outbox_and_are_replayed(
     jaeger: JaegerService,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -123,12 +124,10 @@ def test_with_the_endpoint_down_spans_are_spilled_and_replayed(
     down = f"http://127.0.0.1:{free_port()}"
     with Timer(export=True, endpoint=down, output_dir=tmp_path) as tmr:
         _train(tmr)  # nothing listens: the training loop must not notice
-    spilled = list(read_json_lines(tmr.spill_path))
-    assert sum(
-        len(ss.spans) for d in spilled for rs in d.resource_spans for ss in rs.scope_spans
-    ) == (EPOCHS * SPANS_PER_EPOCH + RUN_SPANS)
-    assert main(["replay", str(tmr.spill_path), "--endpoint", jaeger.otlp_http_endpoint]) == 0
+    assert len(outbox_span_names(tmr.outbox_path)) == EPOCHS * SPANS_PER_EPOCH + RUN_SPANS
+    assert main(["replay", str(tmr.outbox_path), "--endpoint", jaeger.otlp_http_endpoint]) == 0
     assert f"sent {EPOCHS * SPANS_PER_EPOCH + RUN_SPANS} spans" in capsys.readouterr().out
+    assert outbox_span_names(tmr.outbox_path) == []  # acknowledged: a second replay sends none
     _check_run(jaeger, service, tmp_path / "stats.json")
 
 

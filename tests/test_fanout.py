@@ -141,12 +141,14 @@ def test_a_collector_restarted_mid_run_loses_no_span(
     with CollectorService(env=env, cwd=tmp_path):
         _train(tmr, range(1))
         tmr.flush()
-    _train(tmr, range(1, 2))  # the Collector is down: this epoch goes to the spill file
+    _train(tmr, range(1, 2))  # the Collector is down: this epoch waits in the outbox
     tmr.flush()
+    assert tmr.export_health.spans_pending > 0
     with CollectorService(env=env, cwd=tmp_path) as collector:
-        tmr.close()  # the run span goes to the restarted Collector
+        tmr.close()  # the waiting epoch and the run span go to the restarted Collector
+        assert tmr.export_health.spans_pending == 0
         assert (
-            main(["replay", str(tmr.spill_path), "--endpoint", collector.otlp_http_endpoint]) == 0
+            main(["replay", str(tmr.outbox_path), "--endpoint", collector.otlp_http_endpoint]) == 0
         )
         traces = jaeger.wait_for_spans(service, SPANS)
     assert sum(len(t["spans"]) for t in traces) == SPANS

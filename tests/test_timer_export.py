@@ -17,6 +17,7 @@ import pytest
 from maeltrace import Timer, TimeType
 from maeltrace.otel.export import ExportConfigError
 from maeltrace.otel.otlp_json import read_json_lines
+from tests.helpers import outbox_span_names
 from tests.services.jaeger import free_port
 
 
@@ -138,7 +139,7 @@ class TestConfiguration:
 
 
 class TestEndpointDown:
-    def test_training_goes_on_and_every_span_is_spilled(
+    def test_training_goes_on_and_every_span_waits_in_the_outbox(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")
@@ -153,12 +154,13 @@ class TestEndpointDown:
         loop_s = time.perf_counter() - started
         tmr.close()
         assert loop_s < 1.0  # the loop never waited for the endpoint (it takes ms)
-        assert len(_span_names(tmr.spill_path)) == 3 * 11 + 1
+        assert len(outbox_span_names(tmr.outbox_path)) == 3 * 11 + 1
+        assert tmr.export_health.spans_pending == 3 * 11 + 1
         assert tmr.get_time_stats(TimeType.BATCH).count == 15
 
 
 class TestStuckEndpoint:
-    def test_close_spills_what_a_silent_endpoint_holds_and_what_was_not_built(
+    def test_close_keeps_what_a_silent_endpoint_holds_and_what_was_not_built(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         # An endpoint that accepts connections and never answers: each export waits out its
@@ -186,7 +188,7 @@ class TestStuckEndpoint:
             started = time.monotonic()
             tmr.close(timeout_s=1.0)
             assert time.monotonic() - started < 10
-            assert sorted(_span_names(tmr.spill_path)) == ["after", "batch", "epoch", "run"]
+            assert sorted(outbox_span_names(tmr.outbox_path)) == ["after", "batch", "epoch", "run"]
         finally:
             stop.set()
             thread.join()

@@ -35,15 +35,17 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from maeltrace._version import __version__
 from maeltrace.errors import MaeltraceError
+from maeltrace.files import read_lines
+from maeltrace.otel.batching import DEFAULT_MAX_REQUEST_BYTES, split_request, split_traces
 from maeltrace.otel.otlp_json import append_json_line, traces_from_json_line, traces_to_json_line
+from maeltrace.otel.outbox import Outbox, is_outbox
 
 if TYPE_CHECKING:
     import urllib.request
-
-    from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 __all__ = [
     "GRPC",
@@ -66,10 +68,13 @@ __all__ = [
     "HttpExporter",
     "JsonLinesExporter",
     "ReplayResult",
+    "Request",
     "SpanExporter",
     "count_spans",
     "make_exporter",
     "replay",
+    "request_message",
+    "send_splitting",
 ]
 
 _log = logging.getLogger(__name__)
@@ -155,16 +160,22 @@ class ExportFailed(MaeltraceError):
             too slow), as opposed to a refusal that a retry would get again (a bad request, an
             authentication failure, a too-large batch).
         attempts: how many attempts the exporter made.
+        too_large: the receiver refused the request for its size (HTTP 413, gRPC
+            RESOURCE_EXHAUSTED): the same spans in smaller requests may pass.
 
     Attributes:
         retryable: as given.
         attempts: as given.
+        too_large: as given.
     """
 
-    def __init__(self, message: str, *, retryable: bool, attempts: int = 1) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, attempts: int = 1, too_large: bool = False
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.attempts = attempts
+        self.too_large = too_large
 
 
 def count_spans(data: TracesData | ExportTraceServiceRequest) -> int:
@@ -490,6 +501,19 @@ def _parse_timeout_ms(raw: str, source: str) -> float:
 # -- exporters ---------------------------------------------------------------------------------
 
 
+Request = ExportTraceServiceRequest | bytes
+"""An export request: the message, or its serialised bytes (what the pipeline and the outbox
+hold, sent as they are over OTLP/gRPC and OTLP/HTTP protobuf)."""
+
+
+def request_message(request: Request) -> ExportTraceServiceRequest:
+    """The request as a message, parsing it if it is serialised."""
+    if isinstance(request, bytes):
+        message: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(request)
+        return message
+    return request
+
+
 class SpanExporter(Protocol):
     """Something that sends export requests somewhere.
 
@@ -497,8 +521,8 @@ class SpanExporter(Protocol):
     whatever retries the exporter makes, within a bounded time.
     """
 
-    def export(self, request: ExportTraceServiceRequest) -> None:
-        """Sends one request.
+    def export(self, request: Request) -> None:
+        """Sends one request (a message or its serialised bytes).
 
         Raises:
             ExportFailed: it was not delivered.
@@ -509,12 +533,21 @@ class SpanExporter(Protocol):
 
 
 class _AttemptError(Exception):
-    """One attempt failed; whether to retry, and after how long if the receiver said."""
+    """One attempt failed; whether to retry, after how long if the receiver said, and whether
+    the receiver refused the request for its size."""
 
-    def __init__(self, message: str, *, retryable: bool, retry_after_s: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after_s: float | None = None,
+        too_large: bool = False,
+    ):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+        self.too_large = too_large
 
 
 class _RetryingExporter:
@@ -590,6 +623,7 @@ class _RetryingExporter:
                         f"(attempt {number} of {self.max_attempts})",
                         retryable=err.retryable,
                         attempts=number,
+                        too_large=err.too_large,
                     ) from err.__cause__
                 self._sleep(self._delay(number, err.retry_after_s))
             except Exception as err:
@@ -653,7 +687,7 @@ class HttpExporter(_RetryingExporter):
             headers["Content-Encoding"] = "gzip"
         self._headers = headers
 
-    def export(self, request: ExportTraceServiceRequest) -> None:
+    def export(self, request: Request) -> None:
         """Posts one request, retrying as the class describes.
 
         Raises:
@@ -669,9 +703,11 @@ class HttpExporter(_RetryingExporter):
         """Makes later exports fail; there is no connection to close (one per request)."""
         self._shut_down = True
 
-    def _encode(self, request: ExportTraceServiceRequest) -> bytes:
+    def _encode(self, request: Request) -> bytes:
         if self.config.protocol == HTTP_JSON:
-            body = traces_to_json_line(request).encode("utf-8")
+            body = traces_to_json_line(request_message(request)).encode("utf-8")
+        elif isinstance(request, bytes):
+            body = request
         else:
             body = request.SerializeToString()
         if self.config.compression == "gzip":
@@ -702,6 +738,7 @@ class HttpExporter(_RetryingExporter):
                 f"HTTP {err.code} {err.reason}{detail}",
                 retryable=retryable,
                 retry_after_s=retry_after,
+                too_large=err.code == 413,
             ) from err
         except urllib.error.URLError as err:
             # Raised for connect-time trouble; the reason is the underlying OSError.
@@ -799,6 +836,8 @@ def _log_partial_success(payload: bytes, content_type: str) -> None:
 # that code too, which no retry fixes.
 _GRPC_RETRYABLE = frozenset({1, 4, 10, 11, 14, 15})
 
+_GRPC_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
 
 class GrpcExporter(_RetryingExporter):
     """Sends spans over OTLP/gRPC (``TraceService/Export``).
@@ -807,8 +846,9 @@ class GrpcExporter(_RetryingExporter):
     survive a fork; a process forked afterwards makes its own), and reused. Status codes that
     the OTLP specification calls transient (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, CANCELLED,
     OUT_OF_RANGE, DATA_LOSS) are retried after an exponential backoff with jitter; any other
-    code (RESOURCE_EXHAUSTED included: see `_GRPC_RETRYABLE`) fails at once. Calls do not wait
-    for the channel to become ready: a receiver that is down fails an attempt at once.
+    code (RESOURCE_EXHAUSTED included: see `_GRPC_RETRYABLE`) fails at once; RESOURCE_EXHAUSTED
+    is marked ``too_large``, since receivers give it for messages over their size limit. Calls
+    do not wait for the channel to become ready: a receiver that is down fails an attempt at once.
 
     Time: ``config.timeout_s`` is each attempt's gRPC deadline, and at most ``max_delay_s``
     passes between attempts: an export returns within `max_export_s` (max_attempts *
@@ -857,13 +897,14 @@ class GrpcExporter(_RetryingExporter):
         self._stub: Any = None
         self._pid = 0
 
-    def export(self, request: ExportTraceServiceRequest) -> None:
+    def export(self, request: Request) -> None:
         """Sends one request, retrying as the class describes.
 
         Raises:
             ExportFailed: it was not delivered; ``retryable`` says whether a later try may be.
         """
-        self._run(lambda: self._call(request))
+        body = request if isinstance(request, bytes) else request.SerializeToString()
+        self._run(lambda: self._call(body))
 
     def shutdown(self) -> None:
         """Closes the channel; later exports fail."""
@@ -878,8 +919,6 @@ class GrpcExporter(_RetryingExporter):
             if self._shut_down:
                 raise _AttemptError("exporter is shut down", retryable=False)
             if self._stub is None or self._pid != os.getpid():
-                from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
-
                 options = [
                     ("grpc.primary_user_agent", _USER_AGENT),
                     # Calls fail at once while the channel waits to reconnect, and gRPC's wait
@@ -893,14 +932,19 @@ class GrpcExporter(_RetryingExporter):
                         self.config.endpoint, self._credentials, options=options
                     )
                 self._channel, self._pid = channel, os.getpid()
-                self._stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]  # generated code
+                # Requests arrive serialised (the outbox holds bytes): no serializer.
+                self._stub = channel.unary_unary(
+                    _GRPC_EXPORT_METHOD,
+                    request_serializer=None,
+                    response_deserializer=ExportTraceServiceResponse.FromString,
+                )
             return self._stub
 
-    def _call(self, request: ExportTraceServiceRequest) -> None:
-        stub = self._stub_now()
+    def _call(self, body: bytes) -> None:
+        export = self._stub_now()
         try:
-            response = stub.Export(
-                request,
+            response = export(
+                body,
                 metadata=self._metadata,
                 timeout=self.config.timeout_s,
                 compression=self._compression,
@@ -911,7 +955,9 @@ class GrpcExporter(_RetryingExporter):
             number = code.value[0] if code is not None else -1
             name = code.name if code is not None else "UNKNOWN"
             raise _AttemptError(
-                f"{name}: {err.details()}", retryable=number in _GRPC_RETRYABLE
+                f"{name}: {err.details()}",
+                retryable=number in _GRPC_RETRYABLE,
+                too_large=name == "RESOURCE_EXHAUSTED",
             ) from err
         partial = response.partial_success
         if partial.rejected_spans or partial.error_message:
@@ -944,14 +990,14 @@ class JsonLinesExporter:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
-    def export(self, request: ExportTraceServiceRequest) -> None:
+    def export(self, request: Request) -> None:
         """Appends the request as one line.
 
         Raises:
             ExportFailed: the file cannot be written; ``retryable`` when the disk is full.
         """
         try:
-            append_json_line(self.path, request)
+            append_json_line(self.path, request_message(request))
         except OSError as err:
             full = err.errno in (errno.ENOSPC, errno.EDQUOT)
             raise ExportFailed(f"cannot append to {self.path}: {err}", retryable=full) from err
@@ -960,6 +1006,27 @@ class JsonLinesExporter:
 
     def shutdown(self) -> None:
         """Nothing to release: the file is opened for each line."""
+
+
+def send_splitting(exporter: SpanExporter, body: bytes) -> int:
+    """Sends a serialised request, halving it while the receiver refuses its size (HTTP 413,
+    gRPC RESOURCE_EXHAUSTED) until the parts pass or a single span is refused.
+
+    Returns:
+        How many times a request was halved.
+
+    Raises:
+        ExportFailed: a part was not delivered (the parts before it were: sending the whole
+            request again repeats them, under the same span ids).
+    """
+    try:
+        exporter.export(body)
+    except ExportFailed as err:
+        halves = split_request(body) if err.too_large else None
+        if halves is None:
+            raise
+        return 1 + sum(send_splitting(exporter, half) for half in halves)
+    return 0
 
 
 def make_exporter(config: ExportConfig) -> SpanExporter:
@@ -1008,32 +1075,42 @@ def replay(
     *,
     batch_lines: int = 1,
     failed_path: str | os.PathLike[str] | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> ReplayResult:
-    """Sends the spans of an OTLP JSON lines file (a spill file, say) to an exporter.
+    """Sends the spans of an outbox, or of an OTLP JSON lines file (the embedded default's
+    traces file, or a spill file of an older version), to an exporter.
 
-    Lines are sent in order, ``batch_lines`` of them per export request. The file itself is
-    never changed or deleted: lines that are not delivered are copied to ``failed_path``, which
-    is overwritten when the first such line comes (it holds a subset of the file's lines, so
-    nothing is lost by that) and not created when none does. Once the receiver fails in a way a
-    retry may cure (down, overloaded), the remaining lines are copied there without trying them,
-    instead of each waiting out its own timeouts; a refusal of one batch (a 400) does not stop
-    the others. To replay a file that is still being appended to, rename it first: lines
-    appended after the end was read are not sent.
+    An outbox (``*.otlp.outbox``, see `maeltrace.otel.outbox`) is sent request by request, in
+    order, and each request the receiver accepts is acknowledged in the outbox itself, so a
+    second replay sends only what is still pending; ``failed_path`` and ``batch_lines`` do not
+    apply. The outbox must not be in use by a running timer (`OutboxBusy` otherwise).
 
-    Typical use::
+    A JSON lines file is sent ``batch_lines`` lines per request. The file itself is never
+    changed or deleted: lines that are not delivered are copied to ``failed_path``, which is
+    overwritten when the first such line comes (it holds a subset of the file's lines, so
+    nothing is lost by that) and not created when none does. A line cut short (a crash or a
+    full disk while it was written) or that is not OTLP JSON is skipped with one warning and
+    copied there too. A line larger than ``max_request_bytes`` (written by an older version) is
+    sent in parts.
 
-        result = replay(spill, config)
-        if result.complete:
-            spill.unlink()
-        else:
-            result.failed_path.replace(spill)  # keep only what is still unsent
+    For both, once the receiver fails in a way a retry may cure (down, overloaded), the rest is
+    kept without trying it, instead of each waiting out its own timeouts; a refusal of one
+    request (a 400) does not stop the others, and a request refused for its size (HTTP 413,
+    gRPC RESOURCE_EXHAUSTED) is halved and sent again.
+
+    Typical use of a JSON lines file::
+
+        result = replay(traces, config)
+        if not result.complete:
+            result.failed_path.replace(traces)  # keep only what is still unsent
 
     Args:
-        path: the OTLP JSON lines file.
+        path: the outbox or OTLP JSON lines file.
         exporter_or_config: where to send; an `ExportConfig` gets an exporter from
             `make_exporter`, shut down at the end (an exporter passed in is left open).
         batch_lines: how many lines to send per request, at least 1.
         failed_path: where the lines that were not delivered go; default ``<path>.failed``.
+        max_request_bytes: the most bytes of one request.
 
     Returns:
         The counts, and where the failed lines went.
@@ -1041,44 +1118,34 @@ def replay(
     Raises:
         OSError: the file cannot be read, or ``failed_path`` cannot be written (the file still
             holds every line then).
+        OutboxBusy: the outbox is in use.
         ExportConfigError: the configuration is disabled, or ``batch_lines`` is below 1.
     """
     if batch_lines < 1:
         raise ExportConfigError(f"batch_lines={batch_lines} must be at least 1")
     source = Path(path)
+    outbox = Outbox(source) if is_outbox(source) else None
     failed_to = Path(failed_path) if failed_path is not None else Path(f"{source}.failed")
     if isinstance(exporter_or_config, ExportConfig):
-        exporter: SpanExporter = make_exporter(exporter_or_config)
+        try:
+            exporter: SpanExporter = make_exporter(exporter_or_config)
+        except BaseException:
+            if outbox is not None:
+                outbox.close()
+            raise
         owned = True
     else:
         exporter, owned = exporter_or_config, False
     replayer = _Replayer(source, exporter, failed_to)
     try:
-        with open(source, "rb") as file:
-            batch: list[bytes] = []
-            request = ExportTraceServiceRequest()
-            for number, raw in enumerate(file, start=1):
-                if not raw.strip():
-                    continue
-                if replayer.receiver_down:
-                    replayer.keep([raw])
-                    continue
-                try:
-                    data = traces_from_json_line(raw.decode("utf-8"))
-                except ValueError as err:  # UnicodeDecodeError is one too
-                    _log.warning("replay of %s: line %d is not OTLP JSON: %s", source, number, err)
-                    replayer.keep([raw])
-                    replayer.malformed += 1
-                    continue
-                batch.append(raw)
-                request.resource_spans.extend(data.resource_spans)
-                if len(batch) >= batch_lines:
-                    replayer.send(batch, request)
-                    batch, request = [], ExportTraceServiceRequest()
-            if batch:
-                replayer.send(batch, request)
+        if outbox is not None:
+            replayer.send_outbox(outbox)
+        else:
+            replayer.send_lines(batch_lines, max_request_bytes)
     finally:
         replayer.close()
+        if outbox is not None:
+            outbox.close()
         if owned:
             exporter.shutdown()
     return ReplayResult(
@@ -1086,7 +1153,7 @@ def replay(
         sent_spans=replayer.sent_spans,
         failed_lines=replayer.failed,
         malformed_lines=replayer.malformed,
-        failed_path=failed_to if replayer.failed else None,
+        failed_path=failed_to if replayer.failed and outbox is None else None,
     )
 
 
@@ -1101,21 +1168,70 @@ class _Replayer:
         self.receiver_down = False
         self._failed_file: BinaryIO | None = None
 
-    def send(self, lines: list[bytes], request: ExportTraceServiceRequest) -> None:
-        if self.receiver_down:
-            self.keep(lines)
-            return
+    def send_outbox(self, outbox: Outbox) -> None:
+        for entry in outbox.pending():
+            if self.receiver_down:
+                self.failed += 1
+                continue
+            if self._deliver(entry.body, 1):
+                outbox.acknowledge(entry)
+                self.sent_lines += 1
+                self.sent_spans += entry.spans
+            else:
+                self.failed += 1
+
+    def send_lines(self, batch_lines: int, max_request_bytes: int) -> None:
+        batch: list[bytes] = []
+        request = ExportTraceServiceRequest()
+
+        def skipped(number: int, raw: bytes, why: str) -> None:
+            self.keep([raw])
+            self.malformed += 1
+
+        def parse(raw: bytes) -> tuple[bytes, TracesData]:
+            return raw, traces_from_json_line(raw.decode("utf-8"))
+
+        for _, (raw, data) in read_lines(self.source, parse=parse, on_skip=skipped):
+            if self.receiver_down:
+                self.keep([raw])
+                continue
+            if data.ByteSize() > max_request_bytes:
+                if batch:
+                    self.send(batch, request)
+                    batch, request = [], ExportTraceServiceRequest()
+                parts = split_traces(data, max_request_bytes)
+                if all(self._deliver(part.SerializeToString(), 0) for part in parts):
+                    self.sent_lines += 1
+                    self.sent_spans += count_spans(data)
+                else:
+                    self.keep([raw])
+                continue
+            batch.append(raw)
+            request.resource_spans.extend(data.resource_spans)
+            if len(batch) >= batch_lines:
+                self.send(batch, request)
+                batch, request = [], ExportTraceServiceRequest()
+        if batch:
+            self.send(batch, request)
+
+    def _deliver(self, body: bytes, lines: int) -> bool:
+        """Sends one request (halving it while it is too large); False when it failed."""
         try:
-            self.exporter.export(request)
+            send_splitting(self.exporter, body)
         except ExportFailed as err:
-            _log.warning("replay of %s: not delivered (%d lines): %s", self.source, len(lines), err)
-            self.keep(lines)
+            _log.warning("replay of %s: not delivered: %s", self.source, err)
             # A receiver that is down or overloaded would fail the rest too, each after its
             # own timeouts and retries.
             self.receiver_down = err.retryable
-        else:
-            self.sent_lines += len(lines)
-            self.sent_spans += count_spans(request)
+            return False
+        return True
+
+    def send(self, lines: list[bytes], request: ExportTraceServiceRequest) -> None:
+        if self.receiver_down or not self._deliver(request.SerializeToString(), len(lines)):
+            self.keep(lines)
+            return
+        self.sent_lines += len(lines)
+        self.sent_spans += count_spans(request)
 
     def keep(self, lines: list[bytes]) -> None:
         if self._failed_file is None:

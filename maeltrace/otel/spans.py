@@ -1,9 +1,11 @@
-"""Regions become OpenTelemetry spans, after the fact, as OTLP protobuf messages.
+"""Regions become OpenTelemetry spans, after the fact, as serialised OTLP spans.
 
 Nothing here runs on the hot path: a `SpanBuilder` reads closed regions (`maeltrace.Records`)
-at flush time and builds ``opentelemetry.proto`` messages directly, with explicit start and end
-times on the wall clock (through the timer's `maeltrace.clock.ClockAnchor`). Building SDK span
-objects would cost tens of microseconds per span; these cost a few.
+at flush time and writes each span straight to the wire format, protobuf or OTLP/JSON, with
+explicit start and end times on the wall clock (through the timer's
+`maeltrace.clock.ClockAnchor`), through `maeltrace.otel.encode`. Building SDK span objects
+would cost tens of microseconds per span, protobuf messages a few; the compiled encoder takes
+about 0.1 us of the GIL per span, and does the rest of its work with the GIL released.
 
 Trace shape: every region of the trace key (the epoch) starts a trace whose id is derived from
 (run id, epoch ordinal), so every rank of a run puts the same epoch into the same trace without
@@ -15,21 +17,57 @@ ones, and every k-th. The statistics never sample: they are computed over every 
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import math
-from collections.abc import Mapping
+from array import array
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# protobuf ships no type information (types-protobuf trails protobuf 7).
+from google.protobuf import json_format  # type: ignore[import-untyped]
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import (
+    ResourceSpans,
+    ScopeSpans,
+    Span,
+    Status,
+    TracesData,
+)
 
 from maeltrace._version import __version__
 from maeltrace.clock import ClockAnchor
+from maeltrace.otel.encode import (
+    KEY_MASK,
+    R_DEVICE,
+    R_END,
+    R_KTS,
+    R_PARENT,
+    R_SEQ,
+    R_START,
+    ROW_FIELDS,
+    STATUS_SHIFT,
+    THREAD_SHIFT,
+    Encoder,
+    Special,
+    Template,
+    group_records,
+    varint,
+)
+from maeltrace.otel.encode import encoder as default_encoder
 from maeltrace.records import NO_DEVICE_TIME, NO_PARENT, NO_TRACE, STATUS_OK, Records
 
-__all__ = ["SCOPE_NAME", "SpanBuilder", "TraceBudget", "run_trace_id", "trace_id"]
+__all__ = [
+    "SCOPE_NAME",
+    "SpanBuilder",
+    "TraceBudget",
+    "run_trace_id",
+    "span_field_size",
+    "trace_id",
+]
 
 SCOPE_NAME = "maeltrace"
 """Instrumentation scope of every span."""
@@ -80,11 +118,6 @@ class TraceBudget:
             raise ValueError("TraceBudget.max_spans must be at least 1")
 
 
-# A region as the builder keeps it: (key_id, seq, parent, start, end, status, trace, device_ns,
-# device_start, thread); tuples, as an epoch's regions may wait in memory for its end.
-_Row = tuple[int, int, int, int, int, int, int, int, int, int]
-KEY, SEQ, PARENT, START, END, STATUS, TRACE, DEVICE, DEVICE_START, THREAD = range(10)
-
 _MASK = (1 << 64) - 1
 
 
@@ -103,13 +136,49 @@ def attributes(values: Mapping[str, object]) -> list[KeyValue]:
     return [KeyValue(key=k, value=_value(v)) for k, v in values.items()]
 
 
+_Row = tuple[int, int, int, int, int, int, int]
+"""A packed row, unpacked (`maeltrace.otel.encode.ROW_FIELDS` values), for sampling."""
+
+_DUMPS = {"ensure_ascii": False, "allow_nan": False, "separators": (",", ":")}
+"""`json.dumps` options of `maeltrace.otel.otlp_json.traces_to_json_line`: fragments written with
+them join into the same line it writes."""
+
+
+def _json_object(message: Any) -> dict[str, Any]:
+    """protobuf's JSON mapping of a span (or a part of one), its ids in OTLP's hex."""
+    obj: dict[str, Any] = json_format.MessageToDict(message, use_integers_for_enums=True)
+    for holder in [obj, *obj.get("links", [])]:
+        for name in ("traceId", "spanId", "parentSpanId"):
+            if name in holder:
+                holder[name] = base64.b64decode(holder[name]).hex()
+    return obj
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, **_DUMPS).encode()  # type: ignore[arg-type]  # options typed loosely
+
+
+def _inner(value: object) -> bytes:
+    """A JSON object's members, or a list's items, without the braces or brackets around."""
+    return _dumps(value)[1:-1]
+
+
+def _attribute_fields(values: Mapping[str, object]) -> bytes:
+    return Span(attributes=attributes(values)).SerializeToString()  # type: ignore[no-any-return]
+
+
+def _attribute_json(values: Mapping[str, object]) -> bytes:
+    return _inner(_json_object(Span(attributes=attributes(values))).get("attributes", []))
+
+
 class SpanBuilder:
-    """Builds the spans of a timer's regions, a flush at a time.
+    """Builds the spans of a timer's regions, a flush at a time, as OTLP bytes.
 
     Each region is built once. Regions of an epoch wait until the epoch itself has closed, so
-    that the trace's budget can choose among all of them; regions outside epochs go out at the
-    next flush. Spans are built in place in the message that is exported, from a serialised
-    template per key and thread (the attributes those share), a few microseconds each.
+    that the trace's budget can choose among all of them (packed, 56 bytes each, freed when the
+    epoch's spans are built); regions outside epochs go out at the next flush. Spans are written
+    by `maeltrace.otel.encode` from fragments serialised once per key and thread; the compiled
+    encoder does so with the GIL released.
 
     Args:
         run_id: the run's id (shared by every process of the run).
@@ -122,6 +191,8 @@ class SpanBuilder:
             root region opened, by the region's sequence number; the builder takes entries out
             as it uses them. A root region outside epochs becomes that span's child, in its
             trace, with everything inside it; an epoch keeps its own trace and links to it.
+        encoder: writes the bytes; default `maeltrace.otel.encode.encoder` (compiled where
+            built). Both encoders write the same bytes.
     """
 
     def __init__(
@@ -133,6 +204,7 @@ class SpanBuilder:
         trace_key_id: int | None = None,
         budget: TraceBudget | None = None,
         user_parents: dict[int, tuple[bytes, bytes]] | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
         self.run_id = run_id
         self._user_parents = user_parents if user_parents is not None else {}
@@ -145,13 +217,19 @@ class SpanBuilder:
         self._base = int.from_bytes(_hash(run_id, process_id, size=8), "big")
         self._resource = Resource(attributes=attributes(resource_attributes))
         self._scope = InstrumentationScope(name=SCOPE_NAME, version=__version__)
+        self._resource_field = _field(1, self._resource.SerializeToString())
+        self._scope_field = _field(1, self._scope.SerializeToString())
+        self._json_wrapper: tuple[bytes, bytes] | None = None
         self.trace_key_id = trace_key_id
         self.budget = budget or TraceBudget()
-        self._pending: dict[int, list[_Row]] = {}
+        self._encoder = encoder or default_encoder()
+        self._pending: dict[int, list[bytes]] = {}
         self._closed_traces: set[int] = set()
         self._roots: list[tuple[bytes, bytes]] = []
-        self._index: dict[int, int] = {}
-        self._templates: dict[tuple[int, int], bytes] = {}
+        self._counters = array("q")
+        # Fragments per template key (key | thread << 32), protobuf and JSON.
+        self._templates: tuple[dict[int, Template], dict[int, Template]] = ({}, {})
+        self._trace_ids: dict[int, bytes] = {}
         self.spans_built = 0
         self.spans_dropped = 0
 
@@ -159,7 +237,7 @@ class SpanBuilder:
 
     def span_id(self, seq: int) -> bytes:
         """The span id of region ``seq`` of this process."""
-        return ((self._base + seq) & _MASK).to_bytes(8, "big") or b"\x01"
+        return ((self._base + seq) & _MASK).to_bytes(8, "big")
 
     def gpu_span_id(self, seq: int) -> bytes:
         """The span id of the device-timeline child of region ``seq``."""
@@ -171,78 +249,241 @@ class SpanBuilder:
         return _hash(self.run_id, self.process_id, "run", size=8)
 
     def _trace_of(self, ordinal: int) -> bytes:
-        return run_trace_id(self.run_id) if ordinal == NO_TRACE else trace_id(self.run_id, ordinal)
+        found = self._trace_ids.get(ordinal)
+        if found is None:
+            found = (
+                run_trace_id(self.run_id) if ordinal == NO_TRACE else trace_id(self.run_id, ordinal)
+            )
+            if len(self._trace_ids) < 64:  # the run's and the few epochs in flight
+                self._trace_ids[ordinal] = found
+        return found
 
-    # -- building ------------------------------------------------------------------------------
+    # -- encoding ------------------------------------------------------------------------------
 
-    def new_message(self) -> ResourceSpans:
-        """An empty message under this timer's resource and scope, for `add` to fill."""
-        return ResourceSpans(resource=self._resource, scope_spans=[ScopeSpans(scope=self._scope)])
-
-    def add(
+    def encode(
         self,
-        out: ResourceSpans,
         records: Records,
         failures: Mapping[int, str] | None = None,
         device_clock: str | None = None,
-    ) -> int:
-        """Builds into ``out`` the spans of newly closed regions that are ready; the rest wait
-        for their epoch. Returns the number of spans built.
+        *,
+        json: bool = False,
+    ) -> list[bytes]:
+        """The spans of the newly closed regions that are ready; the rest wait for their epoch.
+
+        Regions of an epoch become ready when the epoch itself has closed; a trace over its
+        budget is sampled (`TraceBudget`). Each region is one span, a region with a device time
+        two (its ``[gpu]`` child follows it).
 
         Args:
-            out: a message from `new_message`.
-            records: regions not given to `add` before (`maeltrace.Timer.records` with
-                ``since``), in start order.
+            records: regions not given to `encode` or `add` before (`maeltrace.Timer.records`
+                with ``since``), in start order.
             failures: descriptions of failed regions, by sequence number.
             device_clock: name of the clock of device times, for the attributes.
+            json: OTLP/JSON span objects (UTF-8: hex ids, 64-bit integers as strings, enums as
+                integers, lowerCamelCase keys, as `maeltrace.otel.otlp_json` writes them)
+                instead of serialised ``opentelemetry.proto.trace.v1.Span`` messages.
+
+        Returns:
+            One serialised span per item, for `request_bytes` or `json_line`.
         """
+        enc = self._encoder
         trace_key = self.trace_key_id
         closed = self._closed_traces
-        ready: dict[int, list[_Row]] = {}
         pending = self._pending
-        for row in zip(
-            records.key_id,
-            records.seq,
-            records.parent_seq,
-            records.start_ns,
-            records.end_ns,
-            records.status,
-            records.trace,
-            records.device_ns,
-            records.device_start_ns,
-            records.thread,
-            strict=True,
-        ):
-            ordinal = row[TRACE]
-            if ordinal != NO_TRACE and row[KEY] == trace_key:
+        ready: list[tuple[int, int, bytes]] = []  # (row where it became ready, ordinal, rows)
+        for ordinal, first, close, rows in group_records(records, trace_key, enc):
+            if ordinal == NO_TRACE or ordinal in closed:
+                ready.append((first, ordinal, rows))
+            elif close >= 0:
                 closed.add(ordinal)
-            (ready if ordinal == NO_TRACE or ordinal in closed else pending).setdefault(
-                ordinal, []
-            ).append(row)
+                ready.append((close, ordinal, rows))
+            else:
+                pending.setdefault(ordinal, []).append(rows)
+        ready.sort(key=lambda item: item[0])
+        batches = [(ordinal, [rows]) for _, ordinal, rows in ready]
         for ordinal in [o for o in pending if o in closed]:
-            ready.setdefault(ordinal, []).extend(pending.pop(ordinal))
-        context = _Context(records, failures or {}, device_clock or "gpu")
-        built = 0
-        spans = out.scope_spans[0].spans
-        for ordinal, rows in ready.items():
-            rows.sort(key=lambda r: r[SEQ])
-            kept, note = self._sample(rows)
-            built += self._emit(spans, ordinal, kept, context, note)
-        self.spans_built += built
-        return built
+            waiting = pending.pop(ordinal)
+            for o, parts in batches:
+                if o == ordinal:
+                    parts[:0] = waiting
+                    break
+            else:
+                batches.append((ordinal, waiting))
+        need = len(records.keys)
+        if len(self._counters) < need:
+            self._counters.extend([0] * (need - len(self._counters)))
+        out: list[bytes] = []
+        for ordinal, parts in batches:
+            rows = enc.sort_rows(parts[0] if len(parts) == 1 else b"".join(parts))
+            del parts[:]  # an epoch's staged rows are freed as soon as they are joined
+            rows, sampled = self._sample(rows)
+            out += self._encode_rows(
+                ordinal, rows, records, failures or {}, device_clock, sampled, json
+            )
+        self.spans_built += len(out)
+        return out
 
-    def _sample(self, rows: list[_Row]) -> tuple[list[_Row], tuple[int, int] | None]:
+    def _encode_rows(
+        self,
+        ordinal: int,
+        rows: bytes,
+        records: Records,
+        failures: Mapping[int, str],
+        device_clock: str | None,
+        sampled: tuple[int, int] | None,
+        json: bool,
+    ) -> list[bytes]:
+        enc = self._encoder
+        templates = self._templates[json]
+        for key in enc.template_keys(rows) - templates.keys():
+            templates[key] = self._template(key, records, json)
+        clock = device_clock or "gpu"
+        if json:
+            gpu_clock = b"," + _attribute_json({"maeltrace.gpu.clock": clock})
+        else:
+            gpu_clock = _attribute_fields({"maeltrace.gpu.clock": clock})
+        trace = self._trace_of(ordinal)
+        specials = self._specials(ordinal, trace, rows, failures, sampled, json)
+        return enc.encode(
+            rows,
+            json,
+            trace,
+            self.run_span_id if ordinal == NO_TRACE else b"",
+            self._base,
+            self._offset_ns,
+            self._counters,
+            templates,
+            specials,
+            gpu_clock,
+        )
+
+    def _specials(
+        self,
+        ordinal: int,
+        trace: bytes,
+        rows: bytes,
+        failures: Mapping[int, str],
+        sampled: tuple[int, int] | None,
+        json: bool,
+    ) -> list[Special]:
+        """The rows that the encoder's common rules do not cover: epochs, failed regions, and
+        regions under a span of the user's."""
+        user_parents, user_traces = self._user_parents, self._user_traces
+        trace_key = (
+            self.trace_key_id if ordinal != NO_TRACE and self.trace_key_id is not None else -1
+        )
+        candidates: Sequence[int] = self._encoder.special_rows(rows, trace_key, bool(user_parents))
+        if not candidates and not (ordinal == NO_TRACE and user_traces):
+            return []
+        values = array("q")
+        values.frombytes(rows)
+        if ordinal == NO_TRACE and (
+            user_traces or any(values[i * ROW_FIELDS + R_SEQ] in user_parents for i in candidates)
+        ):
+            # Regions under a span of the user's, and everything inside them, take its trace:
+            # every row is looked at.
+            candidates = range(len(values) // ROW_FIELDS)
+        out: list[Special] = []
+        for i in candidates:
+            seq, parent, _, end, kts, _, _ = values[i * ROW_FIELDS : (i + 1) * ROW_FIELDS]
+            user = user_parents.pop(seq, None) if parent == NO_PARENT else None
+            trace_override: bytes | None = None
+            parent_override: bytes | None = None
+            links: list[tuple[bytes, bytes]] = []
+            extra: dict[str, object] = {}
+            if ordinal == NO_TRACE and (user is not None or parent in user_traces):
+                # Under a span of the user's: its trace, not the run's.
+                trace_override = user[0] if user is not None else user_traces[parent]
+                user_traces[seq] = trace_override
+                if user is not None:
+                    parent_override = user[1]
+            elif user is not None:  # an epoch keeps its trace and links to the user's span
+                links.append(user)
+            if kts & KEY_MASK == trace_key:
+                parent_override = b""
+                self._roots.append((trace, self.span_id(seq)))
+                extra["maeltrace.trace"] = ordinal
+                if parent != NO_PARENT:  # an enclosing region lives in the run's trace
+                    links.append((run_trace_id(self.run_id), self.span_id(parent)))
+                if sampled is not None:
+                    extra["maeltrace.sampling.dropped_units"] = sampled[0]
+                    extra["maeltrace.sampling.dropped_regions"] = sampled[1]
+            failure = failures.get(seq, "failed") if kts >> STATUS_SHIFT != STATUS_OK else None
+            plain = trace_override is None and parent_override is None
+            if plain and not links and not extra and failure is None:
+                continue
+            tail = Span(links=[Span.Link(trace_id=t, span_id=s) for t, s in links])
+            if failure is not None:
+                kind, _, message = failure.partition(": ")
+                tail.status.code = Status.STATUS_CODE_ERROR
+                tail.status.message = failure
+                event = tail.events.add()
+                event.name = "exception"
+                event.time_unix_nano = (end + self._offset_ns) & _MASK
+                event.attributes.extend(
+                    attributes({"exception.type": kind, "exception.message": message or kind})
+                )
+            if json:
+                fields = _json_object(tail)
+                tail_bytes = b"," + _inner(fields) if fields else b""
+                extra_bytes = b"," + _attribute_json(extra) if extra else b""
+            else:
+                tail_bytes = tail.SerializeToString()
+                extra_bytes = _attribute_fields(extra) if extra else b""
+            out.append((i, trace_override, parent_override, extra_bytes, tail_bytes))
+        return out
+
+    def _template(self, key: int, records: Records, json: bool) -> Template:
+        """The fragments every span of a key on a thread shares."""
+        name = str(records.keys[key & KEY_MASK])
+        values: dict[str, object] = {"maeltrace.key": name}
+        if records.threads:
+            info = records.threads[key >> THREAD_SHIFT]
+            values["thread.name"] = info.name
+            if info.native_id is not None:
+                values["thread.id"] = info.native_id
+        internal = Span.SpanKind.SPAN_KIND_INTERNAL
+        head = Span(name=name, kind=internal)
+        gpu_head = Span(name=name + GPU_SUFFIX, kind=internal)
+        if json:
+            return (
+                _inner(_json_object(head)),
+                _attribute_json(values),
+                _inner(_json_object(gpu_head)),
+                _attribute_json({"maeltrace.key": name}),
+            )
+        return (
+            head.SerializeToString(),
+            _attribute_fields(values),
+            gpu_head.SerializeToString(),
+            _attribute_fields({"maeltrace.key": name}),
+        )
+
+    def _sample(self, rows: bytes) -> tuple[bytes, tuple[int, int] | None]:
         """Keeps a trace within budget by choosing whole units (children of its root, each with
         its subtree); returns the rows kept and (units dropped, regions dropped) if any."""
-        sizes = [2 if r[DEVICE] != NO_DEVICE_TIME else 1 for r in rows]
-        if sum(sizes) <= self.budget.max_spans:
+        values = array("q")
+        values.frombytes(rows)
+        count = len(values) // ROW_FIELDS
+        devices = values[R_DEVICE::ROW_FIELDS]
+        if count + len(devices) - devices.count(NO_DEVICE_TIME) <= self.budget.max_spans:
             return rows, None
-        root_seqs = {r[SEQ] for r in rows if r[KEY] == self.trace_key_id}
-        seqs = {r[SEQ] for r in rows}
+        columns = [values[f::ROW_FIELDS] for f in range(ROW_FIELDS)]
+        unpacked: list[_Row] = list(zip(*columns, strict=True))
+        kept, note = self._choose(unpacked)
+        out = array("q")
+        for row in kept:
+            out.extend(row)
+        return out.tobytes(), note
+
+    def _choose(self, rows: list[_Row]) -> tuple[list[_Row], tuple[int, int]]:
+        sizes = [2 if r[R_DEVICE] != NO_DEVICE_TIME else 1 for r in rows]
+        root_seqs = {r[R_SEQ] for r in rows if r[R_KTS] & KEY_MASK == self.trace_key_id}
+        seqs = {r[R_SEQ] for r in rows}
         unit_of: dict[int, int] = {}
         units: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
-            seq, parent = r[SEQ], r[PARENT]
+            seq, parent = r[R_SEQ], r[R_PARENT]
             if seq in root_seqs or parent not in seqs or parent in root_seqs:
                 unit = seq  # the root, a child of it, or a region whose parent went earlier
             else:
@@ -255,7 +496,7 @@ class SpanBuilder:
 
         def duration(unit: int) -> int:
             first = rows[units[unit][0]]
-            return first[END] - first[START]
+            return first[R_END] - first[R_START]
 
         slowest = sorted(order, key=duration)[-self.budget.slowest :] if self.budget.slowest else []
         for unit in order[: self.budget.first] + slowest:
@@ -272,155 +513,25 @@ class SpanBuilder:
                     break
                 keep.add(unit)
                 budget -= size
-        kept = sorted((rows[i] for u in keep for i in units.get(u, [])), key=lambda r: r[SEQ])
+        kept = sorted((rows[i] for u in keep for i in units.get(u, [])), key=lambda r: r[R_SEQ])
         dropped = len(rows) - len(kept)
         self.spans_dropped += dropped
         return kept, (len(units) - len(keep & units.keys()), dropped)
 
-    def _template(self, key_id: int, thread: int, context: _Context) -> bytes:
-        """The serialised part of a span that every region of a key on a thread shares."""
-        template = self._templates.get((key_id, thread))
-        if template is None:
-            name = str(context.records.keys[key_id])
-            span = Span(name=name, kind=Span.SpanKind.SPAN_KIND_INTERNAL)
-            values: dict[str, object] = {"maeltrace.key": name}
-            if context.records.threads:
-                info = context.records.threads[thread]
-                values["thread.name"] = info.name
-                if info.native_id is not None:
-                    values["thread.id"] = info.native_id
-            span.attributes.extend(attributes(values))
-            template = self._templates[(key_id, thread)] = span.SerializeToString()
-        return template
-
-    def _emit(
-        self,
-        spans: Any,
-        ordinal: int,
-        rows: list[_Row],
-        context: _Context,
-        sampled: tuple[int, int] | None,
-    ) -> int:
-        trace = self._trace_of(ordinal)
-        offset = self._offset_ns
-        base = self._base
-        index = self._index
-        run_parent = self.run_span_id if ordinal == NO_TRACE else b""
-        user_parents, user_traces = self._user_parents, self._user_traces
-        built = 0
-        for r in rows:
-            key_id, seq, parent = r[KEY], r[SEQ], r[PARENT]
-            span = spans.add()
-            span.MergeFromString(self._template(key_id, r[THREAD], context))
-            user = user_parents.pop(seq, None) if parent == NO_PARENT else None
-            if ordinal == NO_TRACE and (user is not None or parent in user_traces):
-                # Under a span of the user's: its trace, not the run's.
-                user_trace = user[0] if user is not None else user_traces[parent]
-                user_traces[seq] = user_trace
-                span.trace_id = user_trace
-                if user is not None:
-                    span.parent_span_id = user[1]
-            else:
-                span.trace_id = trace
-                if user is not None:  # an epoch keeps its trace and links to the user's span
-                    link = span.links.add()
-                    link.trace_id, link.span_id = user
-            span.span_id = ((base + seq) & _MASK).to_bytes(8, "big")
-            span.start_time_unix_nano = r[START] + offset
-            span.end_time_unix_nano = r[END] + offset
-            n = index.get(key_id, 0)
-            index[key_id] = n + 1
-            attrs = span.attributes
-            kv = attrs.add()
-            kv.key = "maeltrace.index"
-            kv.value.int_value = n
-            kv = attrs.add()
-            kv.key = "maeltrace.cpu.duration_ns"
-            kv.value.int_value = r[END] - r[START]
-            if key_id == self.trace_key_id and ordinal != NO_TRACE:
-                self._root(span, trace, parent, ordinal, sampled)
-            elif parent != NO_PARENT:
-                span.parent_span_id = ((base + parent) & _MASK).to_bytes(8, "big")
-            elif run_parent and user is None:
-                span.parent_span_id = run_parent
-            if r[STATUS] != STATUS_OK:
-                self._failed(span, context.failures.get(seq, "failed"))
-            built += 1
-            if r[DEVICE] != NO_DEVICE_TIME:
-                attrs.extend(
-                    attributes(
-                        {
-                            "maeltrace.gpu.duration_ns": r[DEVICE],
-                            "maeltrace.gpu.clock": context.device_clock,
-                        }
-                    )
-                )
-                self._gpu_span(spans.add(), span, r, context)
-                built += 1
-        return built
-
-    def _root(
-        self,
-        span: Span,
-        trace: bytes,
-        parent: int,
-        ordinal: int,
-        sampled: tuple[int, int] | None,
-    ) -> None:
-        self._roots.append((trace, span.span_id))
-        values: dict[str, object] = {"maeltrace.trace": ordinal}
-        if parent != NO_PARENT:  # an enclosing region lives in the run's trace: link to it
-            link = span.links.add()
-            link.trace_id = run_trace_id(self.run_id)
-            link.span_id = self.span_id(parent)
-        if sampled is not None:
-            values["maeltrace.sampling.dropped_units"] = sampled[0]
-            values["maeltrace.sampling.dropped_regions"] = sampled[1]
-        span.attributes.extend(attributes(values))
-
-    @staticmethod
-    def _failed(span: Span, description: str) -> None:
-        kind, _, message = description.partition(": ")
-        span.status.code = Status.STATUS_CODE_ERROR
-        span.status.message = description
-        event = span.events.add()
-        event.name = "exception"
-        event.time_unix_nano = span.end_time_unix_nano
-        event.attributes.extend(
-            attributes({"exception.type": kind, "exception.message": message or kind})
+    def encode_run_span(
+        self, end_perf_ns: int, stats: Mapping[str, object] | None = None, *, json: bool = False
+    ) -> bytes:
+        """This process's run span: from the timer's start to ``end_perf_ns``, linking every
+        epoch built so far, with the run's exact statistics as attributes; encoded as `encode`
+        encodes spans."""
+        span = Span(
+            trace_id=run_trace_id(self.run_id),
+            span_id=self.run_span_id,
+            name=RUN_SPAN_NAME,
+            kind=Span.SpanKind.SPAN_KIND_INTERNAL,
+            start_time_unix_nano=self._anchor.wall_time_unix_nano,
+            end_time_unix_nano=end_perf_ns + self._offset_ns,
         )
-
-    def _gpu_span(self, span: Span, parent: Span, r: _Row, context: _Context) -> None:
-        start = r[DEVICE_START] + self._offset_ns
-        span.trace_id = parent.trace_id
-        span.span_id = self.gpu_span_id(r[SEQ])
-        span.parent_span_id = parent.span_id
-        span.name = parent.name + GPU_SUFFIX
-        span.kind = Span.SpanKind.SPAN_KIND_INTERNAL
-        span.start_time_unix_nano = start
-        span.end_time_unix_nano = start + r[DEVICE]
-        span.attributes.extend(
-            attributes(
-                {
-                    "maeltrace.key": parent.name,
-                    "maeltrace.gpu.duration_ns": r[DEVICE],
-                    "maeltrace.gpu.clock": context.device_clock,
-                }
-            )
-        )
-
-    def add_run_span(
-        self, out: ResourceSpans, end_perf_ns: int, stats: Mapping[str, object] | None = None
-    ) -> None:
-        """Adds this process's run span to ``out``: from the timer's start to ``end_perf_ns``,
-        linking every epoch built so far, with the run's exact statistics as attributes."""
-        span = out.scope_spans[0].spans.add()
-        span.trace_id = run_trace_id(self.run_id)
-        span.span_id = self.run_span_id
-        span.name = RUN_SPAN_NAME
-        span.kind = Span.SpanKind.SPAN_KIND_INTERNAL
-        span.start_time_unix_nano = self._anchor.wall_time_unix_nano
-        span.end_time_unix_nano = end_perf_ns + self._offset_ns
         for trace, span_id in self._roots:
             link = span.links.add()
             link.trace_id = trace
@@ -433,10 +544,81 @@ class SpanBuilder:
         values.update(stats or {})
         span.attributes.extend(attributes(values))
         self.spans_built += 1
+        return _dumps(_json_object(span)) if json else span.SerializeToString()
+
+    # -- wrapping ------------------------------------------------------------------------------
+
+    def request_bytes(self, spans: Sequence[bytes]) -> bytes:
+        """A serialised ``ExportTraceServiceRequest``: one ``ResourceSpans`` with this builder's
+        resource and one ``ScopeSpans`` (scope ``maeltrace`` and its version) holding the given
+        protobuf spans, in order.
+
+        Its size is exactly ``request_size(sum(span_field_size(len(s)) for s in spans))``; that
+        is ``len(request_bytes([]))`` plus each span's `span_field_size`, plus at most 6 bytes
+        as the wrapper's three length prefixes grow (4 MiB of spans: 6 bytes).
+        """
+        return self._encoder.request(spans, self._resource_field, self._scope_field)
+
+    def request_size(self, payload: int) -> int:
+        """The exact size of `request_bytes` of spans whose `span_field_size` add up to
+        ``payload``."""
+        scope_spans = len(self._scope_field) + payload
+        resource_spans = len(self._resource_field) + span_field_size(scope_spans)
+        return span_field_size(resource_spans)
+
+    def json_line(self, spans: Sequence[bytes]) -> bytes:
+        """One OTLP JSON line (``TracesData``: resourceSpans, scopeSpans, spans) holding the given
+        JSON spans, ending in ``b"\\n"``; it reads back with
+        `maeltrace.otel.otlp_json.traces_from_json_line` and the Collector's ``otlpjsonfile``
+        receiver, and equals ``traces_to_json_line`` of the same spans.
+
+        Its size is exactly ``len(json_line([])) + sum(map(len, spans)) + max(len(spans) - 1,
+        0)`` (a comma between spans).
+        """
+        if self._json_wrapper is None:
+            data = TracesData()
+            rs = data.resource_spans.add()
+            rs.resource.CopyFrom(self._resource)
+            rs.scope_spans.add().scope.CopyFrom(self._scope)
+            obj = json_format.MessageToDict(data, use_integers_for_enums=True)
+            rs_obj = obj["resourceSpans"][0]
+            prefix = b'{"resourceSpans":[{"resource":' + _dumps(rs_obj["resource"])
+            prefix += b',"scopeSpans":[{"scope":' + _dumps(rs_obj["scopeSpans"][0]["scope"])
+            self._json_wrapper = (prefix + b',"spans":[', b"]}]}]}\n")
+        return self._encoder.json_line(spans, *self._json_wrapper)
+
+    # -- protobuf messages (older callers) ----------------------------------------------------
+
+    def new_message(self) -> ResourceSpans:
+        """An empty message under this timer's resource and scope, for `add` to fill."""
+        return ResourceSpans(resource=self._resource, scope_spans=[ScopeSpans(scope=self._scope)])
+
+    def add(
+        self,
+        out: ResourceSpans,
+        records: Records,
+        failures: Mapping[int, str] | None = None,
+        device_clock: str | None = None,
+    ) -> int:
+        """Adds to ``out`` (a message from `new_message`) the spans `encode` builds; returns
+        their number."""
+        spans = self.encode(records, failures, device_clock)
+        if spans:
+            out.scope_spans[0].MergeFromString(self._encoder.span_fields(spans))
+        return len(spans)
+
+    def add_run_span(
+        self, out: ResourceSpans, end_perf_ns: int, stats: Mapping[str, object] | None = None
+    ) -> None:
+        """Adds this process's run span (`encode_run_span`) to ``out``."""
+        out.scope_spans[0].spans.add().MergeFromString(self.encode_run_span(end_perf_ns, stats))
 
 
-@dataclass(frozen=True, slots=True)
-class _Context:
-    records: Records
-    failures: Mapping[int, str]
-    device_clock: str
+def span_field_size(size: int) -> int:
+    """Bytes that a span of ``size`` bytes takes in a request: its field tag, its length and
+    itself."""
+    return 1 + len(varint(size)) + size
+
+
+def _field(number: int, value: bytes) -> bytes:
+    return bytes([number << 3 | 2]) + varint(len(value)) + value

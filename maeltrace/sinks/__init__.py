@@ -37,14 +37,13 @@ keep the first, with a `SinkWarning`.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from maeltrace.files import atomic_write_text
+from maeltrace.files import append_line
 from maeltrace.keys import TimeType
 
 if TYPE_CHECKING:
@@ -77,7 +76,7 @@ class SinkWarning(UserWarning):
     """A sink could not deliver statistics (tracker down, refused, too slow).
 
     Issued once per failed call; training goes on, and the values are kept in the output
-    folder's ``pending-<sink>.json``.
+    folder's ``pending-<sink>.jsonl``.
     """
 
 
@@ -161,13 +160,13 @@ def metric_values(
 
 # -- shared by the sinks: the files they upload, and the values they could not deliver --------
 
-_PENDING_LOCK = threading.Lock()
-
 
 def output_files(timer: Timer) -> list[Path]:
     """Writes the timer's stats files and Chrome trace (`maeltrace.Timer.write_outputs`) and
     returns them, with this process's report files (``report*``) where there are any."""
     folder = timer.write_outputs()
+    if folder is None:  # nothing could be written; write_outputs warned
+        return []
     suffix = timer._file_suffix()
     files = [folder / f"stats{suffix}.json", folder / f"stats{suffix}.md"]
     files.append(folder / f"trace{suffix}.json")
@@ -180,22 +179,23 @@ def output_files(timer: Timer) -> list[Path]:
 
 
 def pending_path(timer: Timer, sink: str) -> Path:
-    """Where a sink keeps the values it could not deliver: ``pending-<sink>.json`` in the
-    output folder (``pending-<sink>.rank<N>.json`` in a ranked process)."""
-    return timer.output_dir / f"pending-{sink}{timer._file_suffix()}.json"
+    """Where a sink keeps the values it could not deliver: ``pending-<sink>.jsonl`` in the
+    output folder (``pending-<sink>.rank<N>.jsonl`` in a ranked process)."""
+    return timer.output_dir / f"pending-{sink}{timer._file_suffix()}.jsonl"
 
 
 def keep_pending(
     timer: Timer, sink: str, metrics: Mapping[str, float], error: str, **details: Any
 ) -> Path:
-    """Appends an entry to the sink's pending file, a JSON list of entries::
+    """Appends an entry to the sink's pending file, JSON lines, one entry a line::
 
         {"sink", "run_id", "time_unix_s", "metrics": {name: value}, "error", ...details}
 
-    A file that is not such a list is kept aside as ``<name>.corrupt`` and a new one started.
+    Appended by `maeltrace.files.append_line` (threads and processes may share the file; a
+    full disk leaves no partial line) and read back by `maeltrace.files.read_lines`.
 
     Raises:
-        OSError: the file cannot be written.
+        OSError: the file cannot be written; it is left as it was.
     """
     path = pending_path(timer, sink)
     entry: dict[str, Any] = {
@@ -206,19 +206,8 @@ def keep_pending(
         "error": error,
         **details,
     }
-    with _PENDING_LOCK:
-        entries: list[Any] = []
-        if path.exists():
-            try:
-                loaded = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                loaded = None
-            if isinstance(loaded, list):
-                entries = loaded
-            else:
-                path.replace(path.with_name(path.name + ".corrupt"))
-        entries.append(entry)
-        atomic_write_text(path, json.dumps(entries, indent=2) + "\n")
+    # default=str: a detail JSON cannot encode is kept as its text rather than lost.
+    append_line(path, json.dumps(entry, separators=(",", ":"), default=str).encode("utf-8"))
     return path
 
 
