@@ -553,6 +553,24 @@ def loop_verdicts(arms: list[Arm]) -> tuple[list[list[str]], dict[str, Any]]:
                 ]
             )
             verdicts[name] = word
+    # The CPU the other threads used during the loop bounds what export can take from the
+    # training thread from above; as a ratio, 1 + that share. Its resolution is what the export
+    # off arms show (nothing runs beside their loop), so it resolves where wall time cannot.
+    quiet = [p / 100 for arm in (reference, aa_arm) for p in arm.other_cpu_pct]
+    cpu_half = max(quiet) if quiet else None
+    for arm in arms:
+        if not arm.exports or not arm.other_cpu_pct:
+            continue
+        shares = [1 + p / 100 for p in arm.other_cpu_pct]
+        low, high = common.bootstrap_interval(
+            shares, statistics.median, confidence=CONFIDENCE, resamples=BOOTSTRAP_RESAMPLES
+        )
+        value = statistics.median(shares)
+        for label, wanted in (("target", TARGET_RATIO), ("goal", GOAL_RATIO)):
+            word = common.ratio_verdict(value, low, high, wanted, cpu_half)
+            name = f"loop, {arm.name}: 1 + other threads' CPU share, upper bound ({label})"
+            rows.append([name, f"<= {wanted:.3f}x", f"{value:.4f}x [{low:.4f}..{high:.4f}]", word])
+            verdicts[name] = word
     verdicts["A/A band +-%"] = None if half is None else half * 100
     return rows, verdicts
 
