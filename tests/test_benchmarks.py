@@ -46,7 +46,8 @@ def test_export_benchmark_prints_every_configuration_and_a_verdict_per_target(
     assert "OpenTelemetry SDK -> Jaeger" in out.split("Throughput:", 1)[1]
     targets = out.split("Targets (issue 11):", 1)[1].strip().splitlines()[2:]
     rows = [line for line in targets if line.startswith(("loop, ", "maeltrace -> "))]
-    assert len(rows) == 3 * 2 + 2  # three export arms x (target, goal), two throughput rows
+    # Three export arms x (target, goal) x (wall ratio, CPU-share bound), two throughput rows.
+    assert len(rows) == 3 * 2 * 2 + 2
     for row in rows:
         # "met" is only ever yes when the run could resolve it; otherwise it says why not.
         assert re.search(r"  (yes|NO|n/a|not resolved: .+)$", row), row
