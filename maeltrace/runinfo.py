@@ -217,10 +217,16 @@ def rank_info(environ: Mapping[str, str] | None = None) -> RankInfo:
 
 
 def rank_suffix(environ: Mapping[str, str] | None = None) -> str:
-    """``.rank<r>`` for this process's file names when any source knows its rank, else ``""``.
+    """``.rank<r>`` for this process's file names when its rank is known, else ``""``.
 
     The same sources as `rank_info`, so that ranks of one group that share a run id write
-    their own files even when the launcher set no ``RANK``.
+    their own files even when the launcher set no ``RANK``. A launcher's rank always names
+    the files (as ``torchrun --nproc-per-node 1`` always did); a ``torch.distributed`` group of
+    one process does not, since nothing can overwrite its files and a program that builds and
+    destroys such a group around its loop would otherwise name some files with the suffix
+    and some without.
     """
-    rank = known_rank(environ).get("rank")
-    return "" if rank is None else f".rank{rank}"
+    found, source = _lookup(os.environ if environ is None else environ)
+    if "rank" not in found or (source != "environment" and found["world_size"] <= 1):
+        return ""
+    return f".rank{found['rank']}"

@@ -149,3 +149,25 @@ def test_ranks_of_a_group_without_rank_variables_write_their_own_files(tmp_path:
         assert (folder / f"trace.rank{rank}.json").exists()
         traces = folder / f"traces.rank{rank}.otlp.jsonl"
         assert _resource_ranks(traces) == {rank}
+
+
+def _one_process_group(_: int, folder: str, port: int) -> None:
+    import torch.distributed as dist
+
+    for name in LAUNCHER_VARIABLES:
+        os.environ.pop(name, None)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        Path(folder, "suffix.json").write_text(json.dumps([rank_suffix(), known_rank()]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_group_of_one_process_keeps_the_plain_file_names(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+    torch.multiprocessing.spawn(
+        _one_process_group, args=(str(tmp_path), free_port()), nprocs=1, join=True
+    )
+    suffix, known = json.loads((tmp_path / "suffix.json").read_text())
+    assert suffix == ""
+    assert known == {"rank": 0, "world_size": 1}
