@@ -15,23 +15,27 @@ from __future__ import annotations
 
 import bisect
 import math
-import os
 import pickle
-import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from maeltrace.keys import Key
-from maeltrace.metadata import run_id_from_environment
-from maeltrace.otel.resource import rank_from_environment
+from maeltrace.runinfo import (
+    RankInfo,
+    jax_multiprocess,
+    rank_info,
+    run_id_from_environment,
+    torch_distributed,
+)
 from maeltrace.stats import NS_PER_S, TimeStats, percentile_ns
 
 if TYPE_CHECKING:
     from maeltrace.timer import Timer
 
+# RankInfo and rank_info live in maeltrace.runinfo; re-exported for old imports.
 __all__ = [
     "GRID_POINTS",
     "PERCENTILE_NOTE",
@@ -64,81 +68,7 @@ PERCENTILE_NOTE = (
 """The accuracy of `KeyGathered.pooled` and where it comes from (see `merge_percentile`)."""
 
 
-# -- who am I --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RankInfo:
-    """One process's place in the run.
-
-    Attributes:
-        rank: global rank, 0 for a single process.
-        local_rank: rank on this node.
-        world_size: number of processes of the run.
-        node: the host name.
-        source: where it came from: ``torch.distributed``, ``jax``, ``environment`` (the
-            launcher's variables) or ``single``.
-    """
-
-    rank: int
-    local_rank: int
-    world_size: int
-    node: str
-    source: str
-
-
-def _torch_distributed() -> Any:
-    """``torch.distributed`` when torch is already imported and a process group is up."""
-    if "torch" not in sys.modules:
-        return None
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist
-    return None
-
-
-def _jax_multiprocess() -> Any:
-    """The ``jax`` module when it is already imported and runs more than one process."""
-    jax = sys.modules.get("jax")
-    if jax is None:
-        return None
-    try:
-        if int(jax.process_count()) > 1:
-            return jax
-    except Exception:  # a JAX without a backend: not multi-process
-        return None
-    return None
-
-
-def rank_info(environ: Mapping[str, str] | None = None) -> RankInfo:
-    """This process's rank, local rank, world size and node.
-
-    In order: ``torch.distributed`` when torch is imported and its process group initialised;
-    JAX's process index and count when JAX is imported and runs several processes; the
-    launcher's environment (torchrun, Open MPI, MPICH/Intel MPI, Slurm, Horovod); else a
-    single process. Imports no framework.
-    """
-    env = os.environ if environ is None else environ
-    from_env = rank_from_environment(env)
-    node = socket.gethostname()
-    dist = _torch_distributed()
-    if dist is not None:
-        rank, world = int(dist.get_rank()), int(dist.get_world_size())
-        return RankInfo(rank, from_env.get("local_rank", 0), world, node, "torch.distributed")
-    jax = _jax_multiprocess()
-    if jax is not None:
-        rank = int(jax.process_index())
-        return RankInfo(rank, from_env.get("local_rank", 0), int(jax.process_count()), node, "jax")
-    if "rank" in from_env:
-        return RankInfo(
-            from_env["rank"],
-            from_env.get("local_rank", 0),
-            from_env.get("world_size", from_env["rank"] + 1),
-            node,
-            "environment",
-        )
-    return RankInfo(0, 0, 1, node, "single")
+# -- one run id for all ranks ---------------------------------------------------------------
 
 
 def shared_run_id(local_id: str) -> str:
@@ -153,7 +83,7 @@ def shared_run_id(local_id: str) -> str:
     found = run_id_from_environment()
     if found:
         return found
-    dist = _torch_distributed()
+    dist = torch_distributed()
     if dist is not None and int(dist.get_world_size()) > 1:
         box: list[object] = [local_id if int(dist.get_rank()) == 0 else None]
         dist.broadcast_object_list(box, src=0)
@@ -422,12 +352,12 @@ def local_summaries(
 
 
 def _all_gather(payload: _Payload, group: Any) -> list[_Payload]:
-    dist = _torch_distributed()
+    dist = torch_distributed()
     if dist is not None:
         gathered: list[Any] = [None] * int(dist.get_world_size(group))
         dist.all_gather_object(gathered, payload, group=group)
         return gathered
-    jax = _jax_multiprocess()
+    jax = jax_multiprocess()
     if jax is not None:
         return _jax_all_gather(payload)
     return [payload]
@@ -596,7 +526,7 @@ def time_collective(
     Without ``torch.distributed`` initialised, ``wait_key`` is skipped and ``fn`` is timed.
     """
     cuda = _on_cuda([*args, *kwargs.values()])
-    dist = _torch_distributed()
+    dist = torch_distributed()
     if wait_key is not None and dist is not None:
         with timer.region(wait_key, gpu=cuda is not None):
             if cuda is not None:

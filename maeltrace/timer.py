@@ -41,10 +41,10 @@ from maeltrace.environment import (
 )
 from maeltrace.errors import ExportWarning, RegionError, warn_safely
 from maeltrace.keys import Key, TimeType, canonical_key
-from maeltrace.metadata import new_run_id, run_id_from_environment, run_metadata
-from maeltrace.otel.resource import rank_from_environment
+from maeltrace.metadata import run_metadata
 from maeltrace.output import output_root, run_output_dir
 from maeltrace.records import FIELDS, STATUS_OK, Records, key_samples
+from maeltrace.runinfo import new_run_id, rank_suffix, run_id_from_environment
 from maeltrace.stats import TimeStats, compute_stats
 
 if TYPE_CHECKING:
@@ -567,8 +567,9 @@ class Timer:
         return stats
 
     def _file_suffix(self) -> str:
-        rank = rank_from_environment().get("rank")
-        return "" if rank is None else f".rank{rank}"
+        # The same sources as the metadata's rank (torch.distributed too), so that ranks of a
+        # group started without RANK in the environment do not overwrite each other's files.
+        return rank_suffix()
 
     def _export_pipeline(self) -> SpanPipeline | None:
         """The pipeline, built at first use; None (with one warning) when it cannot be."""

@@ -11,6 +11,7 @@ from typing import Protocol, TypeVar
 
 from maeltrace.errors import DeviceClockWarning
 from maeltrace.records import FLAG_COMPILED
+from maeltrace.runinfo import FRAMEWORKS, imported_frameworks
 
 __all__ = [
     "CLOCK_NAMES",
@@ -143,14 +144,10 @@ def block_any(value: T) -> T:
     return value
 
 
-CLOCK_NAMES = ("torch", "tensorflow", "jax", "cpu")
+CLOCK_NAMES = (*FRAMEWORKS, "cpu")
 """Device clocks `make_clock` builds by name."""
 
 _ALIASES = {"cuda": "torch", "tf": "tensorflow", "keras": "tensorflow"}
-
-
-def _imported_frameworks() -> list[str]:
-    return [name for name in ("torch", "tensorflow", "jax") if name in sys.modules]
 
 
 def make_clock(
@@ -171,7 +168,7 @@ def make_clock(
     """
     name = _ALIASES.get(device, device) if device is not None else None
     if name is None:
-        imported = _imported_frameworks()
+        imported = imported_frameworks()
         if prefer is not None:
             name = prefer
         elif len(imported) == 1:

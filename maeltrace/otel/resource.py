@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
 from maeltrace._version import __version__
+from maeltrace.runinfo import framework_versions, hostname, known_rank, rank_from_environment
 
+# rank_from_environment lives in maeltrace.runinfo; re-exported for old imports.
 __all__ = ["OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME", "rank_from_environment", "resource"]
 
 OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
@@ -18,29 +19,6 @@ OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
 
 OTEL_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
 """Extra resource attributes, ``key=value`` pairs separated by commas (the standard variable)."""
-
-_RANK_VARIABLES = (
-    # (rank, local rank, world size) of each launcher, first match wins.
-    ("RANK", "LOCAL_RANK", "WORLD_SIZE"),  # torchrun
-    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE"),  # Open MPI
-    ("PMI_RANK", "MPI_LOCALRANKID", "PMI_SIZE"),  # MPICH, Intel MPI
-    ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"),  # srun
-    ("HOROVOD_RANK", "HOROVOD_LOCAL_RANK", "HOROVOD_SIZE"),
-)
-
-
-def rank_from_environment(environ: Mapping[str, str] | None = None) -> dict[str, int]:
-    """Rank, local rank and world size from the launcher's environment, where it sets them."""
-    env = os.environ if environ is None else environ
-    for rank, local, size in _RANK_VARIABLES:
-        if env.get(rank, "").isdigit():
-            found = {"rank": int(env[rank])}
-            if env.get(local, "").isdigit():
-                found["local_rank"] = int(env[local])
-            if env.get(size, "").isdigit():
-                found["world_size"] = int(env[size])
-            return found
-    return {}
 
 
 def _parse_resource_attributes(raw: str) -> dict[str, str]:
@@ -64,8 +42,10 @@ def resource(
     """The resource attributes of a timer's spans.
 
     ``service.name`` comes from ``OTEL_SERVICE_NAME``, else ``service.name`` in
-    ``OTEL_RESOURCE_ATTRIBUTES``, else the script's name. Rank and world size come from the
-    launcher's environment; framework versions from what is imported (nothing is imported here).
+    ``OTEL_RESOURCE_ATTRIBUTES``, else the script's name. Rank, local rank and world size
+    come from `maeltrace.runinfo.known_rank` (``torch.distributed``, JAX, then the launcher's
+    environment), as in the stats files; framework versions from what is imported (nothing is
+    imported here).
 
     Raises:
         ValueError: ``OTEL_RESOURCE_ATTRIBUTES`` is malformed.
@@ -79,7 +59,7 @@ def resource(
     attributes.update(
         {
             "service.name": service,
-            "host.name": socket.gethostname(),
+            "host.name": hostname(),
             "process.pid": os.getpid(),
             "process.runtime.name": sys.implementation.name,
             "process.runtime.version": ".".join(map(str, sys.version_info[:3])),
@@ -89,12 +69,9 @@ def resource(
             "maeltrace.run_id": run_id,
         }
     )
-    for key, value in rank_from_environment(env).items():
+    for key, value in known_rank(env).items():
         attributes[f"maeltrace.{key}"] = value
-    for name in ("torch", "tensorflow", "jax"):
-        module = sys.modules.get(name)
-        version = getattr(module, "__version__", None)
-        if isinstance(version, str):
-            attributes[f"maeltrace.framework.{name}.version"] = version
+    for name, version in framework_versions().items():
+        attributes[f"maeltrace.framework.{name}.version"] = version
     attributes.update(extra or {})
     return attributes
