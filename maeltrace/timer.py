@@ -172,7 +172,8 @@ class Timer:
         run_id: the id every process of one run shares; default from ``MAELTRACE_RUN_ID`` or
             the launcher (``TORCHELASTIC_RUN_ID``, ``SLURM_JOB_ID``), else a new one.
         device: the clock of ``gpu=True`` regions: ``torch`` (CUDA events), ``tensorflow``
-            (device syncs), ``jax`` (waiting for outputs), ``cpu``, or a factory building a
+            (device syncs), ``jax`` (waiting for outputs), ``cpu``, another name registered in
+            `maeltrace.devices.registry`, or a factory building a
             `maeltrace.devices.DeviceClock`; default the framework imported, chosen at the
             first gpu region.
         sync_every: with the ``tensorflow`` clock, measure device time of every N-th region of
