@@ -22,15 +22,8 @@ from maeltrace import _signals
 from maeltrace._recorder import PyRecorder
 from maeltrace.annotations import Annotator, annotators
 from maeltrace.clock import ClockAnchor
-from maeltrace.devices.base import (
-    _ALIASES,
-    CLOCK_NAMES,
-    DeviceClock,
-    DeviceClockFactory,
-    DeviceTimes,
-    block_any,
-    make_clock,
-)
+from maeltrace.devices import registry as clocks
+from maeltrace.devices.base import DeviceClock, DeviceClockFactory, DeviceTimes, block_any
 from maeltrace.environment import (
     MAELTRACE_DISABLED,
     MAELTRACE_EXPORT,
@@ -179,7 +172,8 @@ class Timer:
         run_id: the id every process of one run shares; default from ``MAELTRACE_RUN_ID`` or
             the launcher (``TORCHELASTIC_RUN_ID``, ``SLURM_JOB_ID``), else a new one.
         device: the clock of ``gpu=True`` regions: ``torch`` (CUDA events), ``tensorflow``
-            (device syncs), ``jax`` (waiting for outputs), ``cpu``, or a factory building a
+            (device syncs), ``jax`` (waiting for outputs), ``cpu``, another name registered in
+            `maeltrace.devices.registry`, or a factory building a
             `maeltrace.devices.DeviceClock`; default the framework imported, chosen at the
             first gpu region.
         sync_every: with the ``tensorflow`` clock, measure device time of every N-th region of
@@ -249,8 +243,9 @@ class Timer:
     ) -> None:
         self.warmup = _check_warmup(warmup)
         self.trace_key = None if trace_key is None else canonical_key(trace_key)
-        if isinstance(device, str) and _ALIASES.get(device, device) not in CLOCK_NAMES:
-            raise ValueError(f"unknown device {device!r}; use one of {', '.join(CLOCK_NAMES)}")
+        if isinstance(device, str) and not clocks.is_known(device):
+            names = ", ".join(clocks.clock_names())
+            raise ValueError(f"unknown device {device!r}; use one of {names}")
         if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
             raise ValueError(f"sync_every must be a positive int, not {sync_every!r}")
         self._device = device
@@ -371,7 +366,7 @@ class Timer:
                 if callable(self._device):
                     self._clock = self._device(self._device_times)
                 else:
-                    self._clock = make_clock(
+                    self._clock = clocks.make_clock(
                         self._device, self._device_times, prefer=prefer, sync_every=self._sync_every
                     )
             return self._clock

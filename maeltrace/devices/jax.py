@@ -5,13 +5,16 @@ from __future__ import annotations
 import threading
 import warnings
 from time import perf_counter_ns
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import jax
 import jax.monitoring
 
 from maeltrace.devices.base import FLAG_COMPILED, DeviceClock, DeviceTimes
 from maeltrace.errors import DeviceClockWarning
+
+if TYPE_CHECKING:
+    from maeltrace.devices.registry import ClockOptions
 
 __all__ = ["JaxBlockClock", "jax_clock"]
 
@@ -91,6 +94,9 @@ class JaxBlockClock:
         return None
 
 
-def jax_clock(times: DeviceTimes) -> DeviceClock:
-    """The JAX clock, on whatever backend JAX runs."""
+def jax_clock(times: DeviceTimes, options: ClockOptions | None = None) -> DeviceClock:
+    """The JAX clock, on whatever backend JAX runs.
+
+    The ``jax`` entry of `maeltrace.devices.registry`; it takes no options.
+    """
     return JaxBlockClock(times)

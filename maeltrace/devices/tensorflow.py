@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import warnings
 from time import perf_counter_ns
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import tensorflow as tf
 
-from maeltrace.devices.base import DeviceTimes
+from maeltrace.devices.base import DeviceClock, DeviceTimes
 from maeltrace.errors import DeviceClockWarning
 
-__all__ = ["TfSyncClock"]
+if TYPE_CHECKING:
+    from maeltrace.devices.registry import ClockOptions
+
+__all__ = ["TfSyncClock", "tf_clock"]
 
 T = TypeVar("T")
 
@@ -49,10 +52,11 @@ class TfSyncClock:
         )
         if not tf.config.list_logical_devices("GPU"):
             self.description += "; no GPU: the CPU clock of synchronous CPU work"
+            # Stack: here, tf_clock, make_clock, Timer.use_device, _device_open, the start.
             warnings.warn(
                 f"gpu=True regions are timed by {self.description}",
                 DeviceClockWarning,
-                stacklevel=5,
+                stacklevel=6,
             )
 
     def _sync(self) -> int:
@@ -79,3 +83,8 @@ class TfSyncClock:
 
     def flush(self) -> None:
         return None
+
+
+def tf_clock(times: DeviceTimes, options: ClockOptions) -> DeviceClock:
+    """The ``tensorflow`` entry of `maeltrace.devices.registry`: `TfSyncClock`."""
+    return TfSyncClock(times, sync_every=options.sync_every)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from time import perf_counter_ns
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 
 from maeltrace.devices.base import DeviceClock, DeviceTimes, SyncedCpuClock
 from maeltrace.errors import DeviceClockWarning
+
+if TYPE_CHECKING:
+    from maeltrace.devices.registry import ClockOptions
 
 __all__ = ["DEFAULT_MAX_OUTSTANDING", "CudaEventClock", "torch_clock"]
 
@@ -148,11 +151,15 @@ class CudaEventClock:
         self._pool.append(marker)
 
 
-def torch_clock(times: DeviceTimes) -> DeviceClock:
-    """CUDA events where torch sees a GPU; else the CPU clock, with one warning."""
+def torch_clock(times: DeviceTimes, options: ClockOptions | None = None) -> DeviceClock:
+    """CUDA events where torch sees a GPU; else the CPU clock, with one warning.
+
+    The ``torch`` entry of `maeltrace.devices.registry`; it takes no options.
+    """
     if torch.cuda.is_available():
         return CudaEventClock(times)
     clock = SyncedCpuClock(times, "torch sees no CUDA device; its ops run on the CPU")
+    # Stack: here, make_clock, Timer.use_device, _device_open, the region's start.
     warnings.warn(
         f"gpu=True regions are timed on the {clock.description}", DeviceClockWarning, stacklevel=5
     )
