@@ -50,7 +50,7 @@ from maeltrace.stats import TimeStats, compute_stats
 if TYPE_CHECKING:
     from maeltrace import _hotpath
     from maeltrace.distributed import GatheredStats
-    from maeltrace.otel.export import ExportConfig
+    from maeltrace.otel.config import ExportConfig
     from maeltrace.otel.pipeline import PipelineStats, SpanPipeline
     from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
@@ -292,7 +292,7 @@ class Timer:
         if self.enabled:
             self.export = env_flag(MAELTRACE_EXPORT, default=True) if export is None else export
             if self.export:
-                from maeltrace.otel.export import ExportConfig
+                from maeltrace.otel.config import ExportConfig
 
                 # Read now, so that a malformed endpoint or header fails here, not later in a
                 # background thread.
@@ -586,7 +586,8 @@ class Timer:
         return self._pipeline
 
     def _new_pipeline(self) -> SpanPipeline:
-        from maeltrace.otel.export import HTTP_JSON, ExportConfigError, make_exporter
+        from maeltrace.otel.config import HTTP_JSON, ExportConfigError
+        from maeltrace.otel.exporters import make_exporter
         from maeltrace.otel.outbox import Outbox
         from maeltrace.otel.pipeline import SpanPipeline
         from maeltrace.otel.resource import resource
