@@ -42,6 +42,7 @@ from maeltrace.environment import (
 from maeltrace.errors import ExportWarning, RegionError, warn_safely
 from maeltrace.keys import Key, TimeType, canonical_key
 from maeltrace.metadata import new_run_id, run_id_from_environment, run_metadata
+from maeltrace.otel import semconv
 from maeltrace.otel.resource import rank_from_environment
 from maeltrace.output import output_root, run_output_dir
 from maeltrace.records import FIELDS, STATUS_OK, Records, key_samples
@@ -430,8 +431,8 @@ class Timer:
         if pipeline is not None:
             attributes: dict[str, object] = dict(summary.to_attributes())
             if self._clock is not None:
-                attributes["maeltrace.device.clock"] = self._clock.name
-                attributes["maeltrace.device.description"] = self._clock.description
+                attributes[semconv.MAELTRACE_DEVICE_CLOCK] = self._clock.name
+                attributes[semconv.MAELTRACE_DEVICE_DESCRIPTION] = self._clock.description
             pipeline.close(
                 final_perf_ns=end,
                 wait_s=timeout_s,
