@@ -77,7 +77,7 @@ MAELTRACE_GPU_DURATION_NS: Final = "maeltrace.gpu.duration_ns"
 """The region's duration on the device clock, in nanoseconds (on the ``[gpu]`` child)."""
 
 MAELTRACE_GPU_CLOCK: Final = "maeltrace.gpu.clock"
-"""The device clock that timed a ``[gpu]`` child (``gpu`` when the clock has no name)."""
+"""On a region timed on the device: the device clock's name (``gpu`` when it has none)."""
 
 MAELTRACE_TRACE: Final = "maeltrace.trace"
 """On an epoch's root span: the epoch's ordinal, which its trace id is derived from."""
