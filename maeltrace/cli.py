@@ -180,7 +180,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from maeltrace.otel.export import ExportConfig, replay
+    from maeltrace.otel.config import ExportConfig
+    from maeltrace.otel.replay import replay
 
     config = ExportConfig.from_env(endpoint=args.endpoint, protocol=args.protocol)
     if config is None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from maeltrace.files import atomic_write_text
 from maeltrace.keys import Key, canonical_key, key_label
+from maeltrace.otel import semconv
 from maeltrace.records import Records
 from maeltrace.stats import TimeStats, compute_stats
 
@@ -287,11 +288,11 @@ class Summary:
         (seconds; ``count`` an int), over all samples (warm-up included)."""
         out: dict[str, float | int] = {}
         for row in self.rows:
-            name = f"maeltrace.stats.{row.key}.{'gpu' if row.device else 'cpu'}"
+            clock = semconv.STATS_GPU if row.device else semconv.STATS_CPU
             if row.compiled:
-                name += ".first_call"
+                clock += "." + semconv.FIRST_CALL
             for field_name, value in row.stats.to_dict().items():
-                out[f"{name}.{field_name}"] = value
+                out[semconv.stats_attribute(row.key, clock, field_name)] = value
         return out
 
     def to_json(self) -> str:

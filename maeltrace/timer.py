@@ -35,6 +35,7 @@ from maeltrace.environment import (
 from maeltrace.errors import ExportWarning, RegionError, warn_safely
 from maeltrace.keys import Key, TimeType, canonical_key
 from maeltrace.metadata import run_metadata
+from maeltrace.otel import semconv
 from maeltrace.output import output_root, run_output_dir
 from maeltrace.records import FIELDS, STATUS_OK, Records, key_samples
 from maeltrace.runinfo import new_run_id, rank_suffix, run_id_from_environment
@@ -43,7 +44,7 @@ from maeltrace.stats import TimeStats, compute_stats
 if TYPE_CHECKING:
     from maeltrace import _hotpath
     from maeltrace.distributed import GatheredStats
-    from maeltrace.otel.export import ExportConfig
+    from maeltrace.otel.config import ExportConfig
     from maeltrace.otel.pipeline import PipelineStats, SpanPipeline
     from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
@@ -287,7 +288,7 @@ class Timer:
         if self.enabled:
             self.export = env_flag(MAELTRACE_EXPORT, default=True) if export is None else export
             if self.export:
-                from maeltrace.otel.export import ExportConfig
+                from maeltrace.otel.config import ExportConfig
 
                 # Read now, so that a malformed endpoint or header fails here, not later in a
                 # background thread.
@@ -425,8 +426,8 @@ class Timer:
         if pipeline is not None:
             attributes: dict[str, object] = dict(summary.to_attributes())
             if self._clock is not None:
-                attributes["maeltrace.device.clock"] = self._clock.name
-                attributes["maeltrace.device.description"] = self._clock.description
+                attributes[semconv.MAELTRACE_DEVICE_CLOCK] = self._clock.name
+                attributes[semconv.MAELTRACE_DEVICE_DESCRIPTION] = self._clock.description
             pipeline.close(
                 final_perf_ns=end,
                 wait_s=timeout_s,
@@ -582,7 +583,8 @@ class Timer:
         return self._pipeline
 
     def _new_pipeline(self) -> SpanPipeline:
-        from maeltrace.otel.export import HTTP_JSON, ExportConfigError, make_exporter
+        from maeltrace.otel.config import HTTP_JSON, ExportConfigError
+        from maeltrace.otel.exporters import make_exporter
         from maeltrace.otel.outbox import Outbox
         from maeltrace.otel.pipeline import SpanPipeline
         from maeltrace.otel.resource import resource

@@ -30,6 +30,8 @@ from typing import Any, Final, Protocol
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from maeltrace.otel import semconv
+
 __all__ = [
     "FIELDS",
     "NOT_POOLED",
@@ -41,20 +43,8 @@ __all__ = [
     "stats_from_attributes",
 ]
 
-RUN_SPAN_NAME: Final = "run"
-"""Name of the span that closes a process's run (as `maeltrace.otel.spans` names it)."""
-
-STATS_PREFIX: Final = "maeltrace.stats."
-"""Prefix of the run span's statistics attributes."""
-
 FIELDS: Final = ("min", "mean", "median", "max", "stdev", "count", "total", "p90", "p95", "p99")
 """The `maeltrace.TimeStats` fields a run span carries per key and clock; all are required."""
-
-CLOCKS: Final = ("cpu", "gpu")
-"""Clock names in the statistics attributes."""
-
-FIRST_CALL: Final = "first_call"
-"""Attribute segment of the rows of regions that compiled code (JAX's first calls)."""
 
 MAX_SECONDS: Final = 1e12
 """Larger durations (30,000 years) are refused as input: no real region lasts that long, and the
@@ -123,12 +113,12 @@ def _split_stats_name(name: str) -> tuple[str, str, str] | None:
         return None
     head, _, clock = head.rpartition(".")
     first_call = False
-    if clock == FIRST_CALL:
+    if clock == semconv.FIRST_CALL:
         first_call = True
         head, _, clock = head.rpartition(".")
-    if clock not in CLOCKS or not head:
+    if clock not in semconv.STATS_CLOCKS or not head:
         return None
-    return head, f"{clock}.{FIRST_CALL}" if first_call else clock, field_name
+    return head, f"{clock}.{semconv.FIRST_CALL}" if first_call else clock, field_name
 
 
 def stats_from_attributes(attributes: Mapping[str, object]) -> KeyStats:
@@ -147,9 +137,9 @@ def stats_from_attributes(attributes: Mapping[str, object]) -> KeyStats:
     """
     found: KeyStats = {}
     for name, value in attributes.items():
-        if not name.startswith(STATS_PREFIX):
+        if not name.startswith(semconv.STATS_PREFIX):
             continue
-        parts = _split_stats_name(name[len(STATS_PREFIX) :])
+        parts = _split_stats_name(name[len(semconv.STATS_PREFIX) :])
         if parts is None:
             continue
         key, clock, field_name = parts
@@ -240,7 +230,7 @@ class ProcessSummary:
                 if not isinstance(stats, dict):
                     raise ValueError(f"stats of {key!r} on {clock!r} are not an object")
                 for field_name, value in stats.items():
-                    flat[f"{STATS_PREFIX}{key}.{clock}.{field_name}"] = value
+                    flat[semconv.stats_attribute(key, clock, field_name)] = value
         return cls(
             label=label,
             rank=_int_or_none(obj.get("rank")),
@@ -326,9 +316,9 @@ class RunSummary:
 
 
 def _process_of(resource: Mapping[str, object], span: Mapping[str, object]) -> ProcessSummary:
-    rank = _int_or_none(resource.get("maeltrace.rank"))
-    host = _str_or_none(resource.get("host.name"))
-    pid = _int_or_none(resource.get("process.pid"))
+    rank = _int_or_none(resource.get(semconv.MAELTRACE_RANK))
+    host = _str_or_none(resource.get(semconv.HOST_NAME))
+    pid = _int_or_none(resource.get(semconv.PROCESS_PID))
     if rank is not None:
         label = f"rank{rank}"
     else:
@@ -336,12 +326,12 @@ def _process_of(resource: Mapping[str, object], span: Mapping[str, object]) -> P
     return ProcessSummary(
         label=label,
         rank=rank,
-        local_rank=_int_or_none(resource.get("maeltrace.local_rank")),
-        world_size=_int_or_none(resource.get("maeltrace.world_size")),
-        service=_str_or_none(resource.get("service.name")),
+        local_rank=_int_or_none(resource.get(semconv.MAELTRACE_LOCAL_RANK)),
+        world_size=_int_or_none(resource.get(semconv.MAELTRACE_WORLD_SIZE)),
+        service=_str_or_none(resource.get(semconv.SERVICE_NAME)),
         host=host,
         pid=pid,
-        device_clock=_str_or_none(span.get("maeltrace.device.clock")),
+        device_clock=_str_or_none(span.get(semconv.MAELTRACE_DEVICE_CLOCK)),
         end_unix_nano=0,
         stats=stats_from_attributes(span),
     )
@@ -393,7 +383,7 @@ class RunSummaries:
         with self._lock:
             for resource_spans in message.resource_spans:
                 resource = _attribute_map(resource_spans.resource.attributes)
-                resource_run = _str_or_none(resource.get("maeltrace.run_id"))
+                resource_run = _str_or_none(resource.get(semconv.MAELTRACE_RUN_ID))
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
                         self._add_span(span, resource, resource_run, now, changed)
@@ -407,16 +397,16 @@ class RunSummaries:
         now: float,
         changed: list[str],
     ) -> None:
-        is_run_span = span.name == RUN_SPAN_NAME
+        is_run_span = span.name == semconv.RUN_SPAN_NAME
         attributes = _attribute_map(span.attributes) if is_run_span else {}
         # The resource names the run of every span; the run span also names it itself.
-        run_id = resource_run or _str_or_none(attributes.get("maeltrace.run_id"))
+        run_id = resource_run or _str_or_none(attributes.get(semconv.MAELTRACE_RUN_ID))
         if run_id is None:
             self.unattributed_spans += 1
             return
         run = self._run(run_id)
         run.spans_received += 1
-        if not is_run_span or "maeltrace.run_id" not in attributes:
+        if not is_run_span or semconv.MAELTRACE_RUN_ID not in attributes:
             return
         process = _process_of(resource, attributes)
         process.end_unix_nano = int(span.end_time_unix_nano)

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from maeltrace.environment import MAELTRACE_PURE_PYTHON, env_flag
+from maeltrace.otel import semconv
 from maeltrace.records import NO_DEVICE_TIME, NO_PARENT, NO_TRACE, STATUS_OK, Records, ThreadInfo
 
 __all__ = [
@@ -372,7 +373,12 @@ _PREFIXES: dict[int, bytes] = {}
 """Tag and length of a span of each size seen (sizes cluster: a few hundred bytes)."""
 
 _INDEX, _CPU, _GPU = 0, 1, 2
-_INT_KEYS = ("maeltrace.index", "maeltrace.cpu.duration_ns", "maeltrace.gpu.duration_ns")
+# The C encoder holds the same keys (_spanenc.c, INT_KEYS; tests/test_semconv.py checks).
+_INT_KEYS = (
+    semconv.MAELTRACE_INDEX,
+    semconv.MAELTRACE_CPU_DURATION_NS,
+    semconv.MAELTRACE_GPU_DURATION_NS,
+)
 _PB_KEYS = [b"\x0a" + varint(len(k)) + k.encode() for k in _INT_KEYS]
 _JSON_INT = [b',{"key":"' + k.encode() + b'","value":{"intValue":"%d"}}' for k in _INT_KEYS]
 _FIXED64 = struct.Struct("<Q")

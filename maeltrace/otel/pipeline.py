@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from maeltrace.errors import ExportWarning, warn_safely
 from maeltrace.files import append_line
 from maeltrace.otel.batching import DEFAULT_MAX_REQUEST_BYTES, chunk
-from maeltrace.otel.export import ExportFailed, SpanExporter, send_splitting
+from maeltrace.otel.exporters import ExportFailed, SpanExporter, send_splitting
 from maeltrace.otel.outbox import Outbox, OutboxEntry
 
 if TYPE_CHECKING:

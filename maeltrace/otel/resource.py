@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from maeltrace._version import __version__
+from maeltrace.otel import semconv
 from maeltrace.runinfo import framework_versions, hostname, known_rank, rank_from_environment
 
 # rank_from_environment lives in maeltrace.runinfo; re-exported for old imports.
@@ -19,6 +20,13 @@ OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
 
 OTEL_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
 """Extra resource attributes, ``key=value`` pairs separated by commas (the standard variable)."""
+
+_RANK_ATTRIBUTES = {
+    "rank": semconv.MAELTRACE_RANK,
+    "local_rank": semconv.MAELTRACE_LOCAL_RANK,
+    "world_size": semconv.MAELTRACE_WORLD_SIZE,
+}
+"""The resource attribute of each of `rank_from_environment`'s keys."""
 
 
 def _parse_resource_attributes(raw: str) -> dict[str, str]:
@@ -55,23 +63,25 @@ def resource(
         _parse_resource_attributes(env.get(OTEL_RESOURCE_ATTRIBUTES, ""))
     )
     script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
-    service = env.get(OTEL_SERVICE_NAME) or attributes.get("service.name") or script or "python"
+    service = (
+        env.get(OTEL_SERVICE_NAME) or attributes.get(semconv.SERVICE_NAME) or script or "python"
+    )
     attributes.update(
         {
-            "service.name": service,
-            "host.name": hostname(),
-            "process.pid": os.getpid(),
-            "process.runtime.name": sys.implementation.name,
-            "process.runtime.version": ".".join(map(str, sys.version_info[:3])),
-            "telemetry.sdk.name": "maeltrace",
-            "telemetry.sdk.language": "python",
-            "telemetry.sdk.version": __version__,
-            "maeltrace.run_id": run_id,
+            semconv.SERVICE_NAME: service,
+            semconv.HOST_NAME: hostname(),
+            semconv.PROCESS_PID: os.getpid(),
+            semconv.PROCESS_RUNTIME_NAME: sys.implementation.name,
+            semconv.PROCESS_RUNTIME_VERSION: ".".join(map(str, sys.version_info[:3])),
+            semconv.TELEMETRY_SDK_NAME: "maeltrace",
+            semconv.TELEMETRY_SDK_LANGUAGE: "python",
+            semconv.TELEMETRY_SDK_VERSION: __version__,
+            semconv.MAELTRACE_RUN_ID: run_id,
         }
     )
     for key, value in known_rank(env).items():
-        attributes[f"maeltrace.{key}"] = value
+        attributes[_RANK_ATTRIBUTES[key]] = value
     for name, version in framework_versions().items():
-        attributes[f"maeltrace.framework.{name}.version"] = version
+        attributes[semconv.framework_version_attribute(name)] = version
     attributes.update(extra or {})
     return attributes

@@ -40,6 +40,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import (
 
 from maeltrace._version import __version__
 from maeltrace.clock import ClockAnchor
+from maeltrace.otel import semconv
 from maeltrace.otel.encode import (
     KEY_MASK,
     R_DEVICE,
@@ -58,6 +59,7 @@ from maeltrace.otel.encode import (
     varint,
 )
 from maeltrace.otel.encode import encoder as default_encoder
+from maeltrace.otel.semconv import GPU_SUFFIX, RUN_SPAN_NAME, SCOPE_NAME
 from maeltrace.records import NO_DEVICE_TIME, NO_PARENT, NO_TRACE, STATUS_OK, Records
 
 __all__ = [
@@ -68,15 +70,6 @@ __all__ = [
     "span_field_size",
     "trace_id",
 ]
-
-SCOPE_NAME = "maeltrace"
-"""Instrumentation scope of every span."""
-
-RUN_SPAN_NAME = "run"
-"""Name of the span that covers a process's whole run and links its epochs."""
-
-GPU_SUFFIX = " [gpu]"
-"""Appended to a region's name for the child span placed on the device timeline."""
 
 
 def _hash(*parts: object, size: int) -> bytes:
@@ -339,9 +332,9 @@ class SpanBuilder:
             templates[key] = self._template(key, records, json)
         clock = device_clock or "gpu"
         if json:
-            gpu_clock = b"," + _attribute_json({"maeltrace.gpu.clock": clock})
+            gpu_clock = b"," + _attribute_json({semconv.MAELTRACE_GPU_CLOCK: clock})
         else:
-            gpu_clock = _attribute_fields({"maeltrace.gpu.clock": clock})
+            gpu_clock = _attribute_fields({semconv.MAELTRACE_GPU_CLOCK: clock})
         trace = self._trace_of(ordinal)
         specials = self._specials(ordinal, trace, rows, failures, sampled, json)
         return enc.encode(
@@ -402,12 +395,12 @@ class SpanBuilder:
             if kts & KEY_MASK == trace_key:
                 parent_override = b""
                 self._roots.append((trace, self.span_id(seq)))
-                extra["maeltrace.trace"] = ordinal
+                extra[semconv.MAELTRACE_TRACE] = ordinal
                 if parent != NO_PARENT:  # an enclosing region lives in the run's trace
                     links.append((run_trace_id(self.run_id), self.span_id(parent)))
                 if sampled is not None:
-                    extra["maeltrace.sampling.dropped_units"] = sampled[0]
-                    extra["maeltrace.sampling.dropped_regions"] = sampled[1]
+                    extra[semconv.MAELTRACE_SAMPLING_DROPPED_UNITS] = sampled[0]
+                    extra[semconv.MAELTRACE_SAMPLING_DROPPED_REGIONS] = sampled[1]
             failure = failures.get(seq, "failed") if kts >> STATUS_SHIFT != STATUS_OK else None
             plain = trace_override is None and parent_override is None
             if plain and not links and not extra and failure is None:
@@ -418,10 +411,12 @@ class SpanBuilder:
                 tail.status.code = Status.STATUS_CODE_ERROR
                 tail.status.message = failure
                 event = tail.events.add()
-                event.name = "exception"
+                event.name = semconv.EXCEPTION_EVENT_NAME
                 event.time_unix_nano = (end + self._offset_ns) & _MASK
                 event.attributes.extend(
-                    attributes({"exception.type": kind, "exception.message": message or kind})
+                    attributes(
+                        {semconv.EXCEPTION_TYPE: kind, semconv.EXCEPTION_MESSAGE: message or kind}
+                    )
                 )
             if json:
                 fields = _json_object(tail)
@@ -436,12 +431,12 @@ class SpanBuilder:
     def _template(self, key: int, records: Records, json: bool) -> Template:
         """The fragments every span of a key on a thread shares."""
         name = str(records.keys[key & KEY_MASK])
-        values: dict[str, object] = {"maeltrace.key": name}
+        values: dict[str, object] = {semconv.MAELTRACE_KEY: name}
         if records.threads:
             info = records.threads[key >> THREAD_SHIFT]
-            values["thread.name"] = info.name
+            values[semconv.THREAD_NAME] = info.name
             if info.native_id is not None:
-                values["thread.id"] = info.native_id
+                values[semconv.THREAD_ID] = info.native_id
         internal = Span.SpanKind.SPAN_KIND_INTERNAL
         head = Span(name=name, kind=internal)
         gpu_head = Span(name=name + GPU_SUFFIX, kind=internal)
@@ -450,13 +445,13 @@ class SpanBuilder:
                 _inner(_json_object(head)),
                 _attribute_json(values),
                 _inner(_json_object(gpu_head)),
-                _attribute_json({"maeltrace.key": name}),
+                _attribute_json({semconv.MAELTRACE_KEY: name}),
             )
         return (
             head.SerializeToString(),
             _attribute_fields(values),
             gpu_head.SerializeToString(),
-            _attribute_fields({"maeltrace.key": name}),
+            _attribute_fields({semconv.MAELTRACE_KEY: name}),
         )
 
     def _sample(self, rows: bytes) -> tuple[bytes, tuple[int, int] | None]:
@@ -537,9 +532,9 @@ class SpanBuilder:
             link.trace_id = trace
             link.span_id = span_id
         values: dict[str, object] = {
-            "maeltrace.run_id": self.run_id,
-            "maeltrace.spans_built": self.spans_built,
-            "maeltrace.regions_sampled_out": self.spans_dropped,
+            semconv.MAELTRACE_RUN_ID: self.run_id,
+            semconv.MAELTRACE_SPANS_BUILT: self.spans_built,
+            semconv.MAELTRACE_REGIONS_SAMPLED_OUT: self.spans_dropped,
         }
         values.update(stats or {})
         span.attributes.extend(attributes(values))
