@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -268,6 +269,17 @@ def test_no_module_breaks_a_layer_rule(rule: Rule, edges: list[Edge]) -> None:
         and not any(under(e.importer, exempt) for exempt in rule.exempt)
     ]
     assert not broken, f"{rule.reason}:\n" + "\n".join(broken)
+
+
+def test_importing_the_library_loads_no_tool() -> None:
+    # The static rule's running counterpart: every library package, imported for real.
+    code = (
+        "import sys, maeltrace, maeltrace.timer, maeltrace.sinks.mlflow, maeltrace.sinks.wandb, "
+        "maeltrace.otel.export, maeltrace.collect.mlflow_out, maeltrace.report; "
+        "print(sorted(m for m in sys.modules if m.startswith('maeltrace.tools')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_no_cycle_touches_the_enforced_packages(edges: list[Edge]) -> None:
