@@ -35,10 +35,10 @@ from typing import Any
 
 from maeltrace import Timer
 from maeltrace.arguments import non_negative_int, positive_int
-from maeltrace.bench import APP_SCHEMA, PROGRESS_PREFIX
 from maeltrace.files import atomic_write_text
 from maeltrace.metadata import new_run_id, run_id_from_environment
 from maeltrace.output import run_output_dir
+from maeltrace.tools.benchfiles import APP_SCHEMA, PROGRESS_PREFIX
 
 __all__ = ["SIZES", "App", "AppConfig", "Progress", "Size"]
 

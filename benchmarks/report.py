@@ -3,10 +3,10 @@
 What it measures:
     A Timer records ``--epochs`` epochs (default 3) of ``--batches`` batches (default 2,500),
     each with its IO wait and a forward region inside the batch: 7,501 regions an epoch. Its
-    Chrome trace is written, and `maeltrace.plots.flame_chart` draws the median epoch into a
+    Chrome trace is written, and `maeltrace.tools.plots.flame_chart` draws the median epoch into a
     PNG; the figure is the median over ``--rounds`` rounds (default 3), in seconds.
 
-    Baseline in the same run: the same bars (`maeltrace.plots.flame_layout`) drawn the naive
+    Baseline in the same run: the same bars (`maeltrace.tools.plots.flame_layout`) drawn the naive
     way, one matplotlib ``Rectangle`` patch per bar, on a figure of the same size and dpi, saved
     as PNG. The ratio is flame_chart's time over the baseline's in the same round.
 
@@ -49,7 +49,7 @@ def _patches(trace: dict[str, Any]) -> None:
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    from maeltrace.plots import DPI, flame_layout, key_colour
+    from maeltrace.tools.plots import DPI, flame_layout, key_colour
 
     layout = flame_layout(trace)
     fig = Figure(figsize=(10, 2.2), dpi=DPI)
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     batches = _common.pick(opts.batches, opts.quick, 500, 2500)
     rounds = _common.pick(opts.rounds, opts.quick, 2, 3)
 
-    from maeltrace.plots import flame_chart, flame_layout
+    from maeltrace.tools.plots import flame_chart, flame_layout
 
     with tempfile.TemporaryDirectory(prefix="maeltrace-bench-report-") as tmp:
         folder = Path(tmp)

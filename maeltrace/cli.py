@@ -110,10 +110,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from maeltrace.demo import DemoConfig, run_demo
     from maeltrace.metadata import new_run_id, run_id_from_environment
     from maeltrace.output import run_output_dir
     from maeltrace.timer import Timer
+    from maeltrace.tools.demo import DemoConfig, run_demo
 
     config = DemoConfig(epochs=args.epochs, batches=args.batches, batch_size=args.batch_size)
     run_id = args.run_id or run_id_from_environment() or new_run_id()
@@ -132,7 +132,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from maeltrace.bench import BenchOptions, default_apps_dir, discover_apps, run_bench
+    from maeltrace.tools.bench import BenchOptions, default_apps_dir, discover_apps, run_bench
 
     apps_dir = Path(args.apps_dir) if args.apps_dir else default_apps_dir()
     if args.list:
@@ -172,7 +172,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from maeltrace.benchreport import write_report
+    from maeltrace.tools.benchreport import write_report
 
     files = write_report(Path(args.dir))
     print(f"wrote {files.html} and {files.markdown}")
@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return collect_main(argv[1:])
     if argv[:1] == ["compare"]:
-        from maeltrace.compare import main as compare_main
+        from maeltrace.tools.compare import main as compare_main
 
         return compare_main(argv[1:])
     args = _parser().parse_args(argv)

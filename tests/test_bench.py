@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from maeltrace import cli
-from maeltrace.bench import BenchOptions, _ProgressBar, discover_apps, run_bench, select_apps
 from maeltrace.report import Summary
+from maeltrace.tools.bench import BenchOptions, _ProgressBar, discover_apps, run_bench, select_apps
 from tests.helpers import APPS
 from tests.services.jaeger import JaegerService
 

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from maeltrace import Timer, TimeType
-from maeltrace.benchreport import ReportFiles, write_report
 from maeltrace.devices import DeviceTimes
 from maeltrace.devices.torch_cuda import CudaEventClock
-from maeltrace.plots import distribution_plot, flame_layout, pick_epoch
 from maeltrace.report import Summary
+from maeltrace.tools.benchreport import ReportFiles, write_report
+from maeltrace.tools.plots import distribution_plot, flame_layout, pick_epoch
 from tests.fakes.cuda import FakeCudaDevice
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -314,7 +314,7 @@ def test_pick_epoch_takes_the_median_after_the_first() -> None:
 def test_plots_are_deterministic(bench: Bench, tmp_path: Path) -> None:
     folder = bench.folder / "ap2-fake-cuda"
     trace = json.loads((folder / "trace.json").read_text(encoding="utf-8"))
-    from maeltrace.plots import flame_chart
+    from maeltrace.tools.plots import flame_chart
 
     flame_chart(trace, tmp_path / "a.png", title="ap2-fake-cuda")
     flame_chart(trace, tmp_path / "b.png", title="ap2-fake-cuda")
@@ -335,7 +335,7 @@ def test_an_epoch_of_thousands_of_batches_draws_every_region(tmp_path: Path) -> 
                 with tmr.region(TimeType.BATCH), tmr.region(TimeType.FORWARD):
                     pass
     tmr.write_outputs()
-    from maeltrace.plots import flame_chart
+    from maeltrace.tools.plots import flame_chart
 
     trace = json.loads((tmp_path / "run" / "trace.json").read_text(encoding="utf-8"))
     drawn = flame_chart(trace, tmp_path / "flame.png", title="many batches")

@@ -17,7 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maeltrace import Timer, TimeType
-from maeltrace.compare import (
+from maeltrace.report import Row, Summary
+from maeltrace.stats import compute_stats
+from maeltrace.tools.benchstore import BENCH_EXPERIMENT
+from maeltrace.tools.compare import (
     CompareError,
     Verdict,
     _bootstrap_medians,
@@ -26,9 +29,6 @@ from maeltrace.compare import (
     load_summaries,
     main,
 )
-from maeltrace.report import Row, Summary
-from maeltrace.sinks.mlflow import BENCH_EXPERIMENT
-from maeltrace.stats import compute_stats
 
 MEDIAN_NS = 1_000_000
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
@@ -732,7 +732,7 @@ def test_importing_the_module_loads_neither_numpy_nor_mlflow() -> None:
     import sys
 
     code = (
-        "import sys, maeltrace.compare; "
+        "import sys, maeltrace.tools.compare; "
         "print(sorted(m for m in ('numpy', 'mlflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,7 +1,7 @@
 """Plots of a run for the bench report: one epoch as a flame chart, and duration histograms.
 
-Only the report code (`maeltrace.benchreport`) imports this module, so ``import maeltrace`` stays
-free of matplotlib and numpy. Figures are drawn on matplotlib's Agg canvas directly, without
+Only the report code (`maeltrace.tools.benchreport`) imports this module, so ``import maeltrace``
+stays free of matplotlib and numpy. Figures are drawn on matplotlib's Agg canvas directly, without
 ``pyplot``: no global state, no backend switch in the caller's process, and the same input
 gives byte-identical PNG files (the ``Software`` tag, the only varying metadata, is left out).
 """

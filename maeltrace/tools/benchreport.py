@@ -2,7 +2,7 @@
 
 `write_report` reads a bench folder (``bench.json`` and one folder per app) or the folder of
 one run (``stats.json``, ``trace.json``, and ``app.json`` when an app of ``apps/`` wrote it),
-draws each app's flame chart and duration histograms into the app's folder (`maeltrace.plots`)
+draws each app's flame chart and duration histograms into the app's folder (`maeltrace.tools.plots`)
 and writes ``report.md`` and ``report.html`` beside ``bench.json``. The HTML page is one file:
 inline CSS, no script, no network resource, images by relative path, so the folder can be
 copied, zipped or served as it is.
@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from maeltrace.bench import APP_SCHEMA, AppOutcome, read_bench
 from maeltrace.files import atomic_write_text, read_json_object
 from maeltrace.keys import TimeType, key_label
 from maeltrace.report import COLUMNS, Row, Summary, finite_number, format_seconds, table_cells
 from maeltrace.stats import TimeStats
+from maeltrace.tools.benchfiles import APP_SCHEMA, AppOutcome, read_bench
 
 if TYPE_CHECKING:
-    from maeltrace.plots import FlameChart, Png
+    from maeltrace.tools.plots import FlameChart, Png
 
 __all__ = ["ReportFiles", "write_report"]
 
@@ -278,7 +278,7 @@ def _layout(path: Path, summary: Summary) -> FlameChart | None:
     Read and laid out before anything is drawn, so that a malformed trace stops the report
     with no file written; only the layout is kept, not the trace.
     """
-    from maeltrace import plots  # matplotlib: only once there is a trace to lay out
+    from maeltrace.tools import plots  # matplotlib: only once there is a trace to lay out
 
     trace = read_json_object(path)
     if not summary.rows:  # no region, nothing to chart; the file must still be a trace
@@ -343,7 +343,7 @@ def _run_report(root: Path) -> _Report:
 
 def _draw(app: _App) -> list[Path]:
     """Draws an app's flame chart and histograms into its folder."""
-    from maeltrace import plots  # matplotlib: only once there is something to draw
+    from maeltrace.tools import plots  # matplotlib: only once there is something to draw
 
     assert app.summary is not None
     written: list[Path] = []

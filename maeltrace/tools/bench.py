@@ -8,11 +8,11 @@ or outlives ``--timeout`` is recorded as such and the next app runs.
 
 The folder, ``<output root>/bench-<UTC time>-<hex>/``, gets ``bench.json`` (what ran, how it
 ended, how long it took), the apps' folders, and at the end ``report.md`` and ``report.html``
-(`maeltrace.benchreport`). The results go to MLflow as well (`maeltrace.sinks.mlflow.log_bench`):
-the tracking server of ``MLFLOW_TRACKING_URI`` when set, else a SQLite store in the output root
-(``mlflow.db``), so that runs of different days sit side by side in ``mlflow ui``. Spans go
-where the apps' timers send them: the OTLP endpoint of ``OTEL_EXPORTER_OTLP_ENDPOINT`` when
-set, else the embedded default's files in each app's folder.
+(`maeltrace.tools.benchreport`). The results go to MLflow as well
+(`maeltrace.tools.benchstore.log_bench`): the tracking server of ``MLFLOW_TRACKING_URI`` when
+set, else a SQLite store in the output root (``mlflow.db``), so that runs of different days sit
+side by side in ``mlflow ui``. Spans go where the apps' timers send them: the OTLP endpoint of
+``OTEL_EXPORTER_OTLP_ENDPOINT`` when set, else the embedded default's files in each app's folder.
 """
 
 from __future__ import annotations
@@ -35,32 +35,17 @@ from typing import IO, Any
 
 from maeltrace._version import __version__
 from maeltrace.environment import MAELTRACE_APPS_DIR, MAELTRACE_EXPORT, env_flag
-from maeltrace.files import atomic_write_text, read_json_object
+from maeltrace.files import atomic_write_text
 from maeltrace.output import output_root
+from maeltrace.tools.benchfiles import BENCH_SCHEMA, PROGRESS_PREFIX, AppOutcome
 
 __all__ = [
-    "APP_SCHEMA",
-    "BENCH_SCHEMA",
-    "PROGRESS_PREFIX",
-    "STATUSES",
-    "AppOutcome",
-    "Bench",
     "BenchOptions",
     "BenchResult",
     "discover_apps",
-    "read_bench",
     "run_bench",
     "select_apps",
 ]
-
-BENCH_SCHEMA = "maeltrace.bench/1"
-"""The ``schema`` of ``bench.json``."""
-
-APP_SCHEMA = "maeltrace.app/1"
-"""The ``schema`` of the ``app.json`` each app writes (``apps/_harness.py``)."""
-
-PROGRESS_PREFIX = "@maeltrace-progress"
-"""Start of the progress lines the apps print for the progress bar (``apps/_harness.py``)."""
 
 _SCRIPT = re.compile(r"^(ap\d+)_(\w+)\.py$")
 
@@ -99,124 +84,6 @@ class BenchOptions:
     report: bool = True
 
 
-STATUSES = ("ok", "failed", "timeout")
-"""How an app's run can end: `AppOutcome.status`."""
-
-
-@dataclass(slots=True)
-class AppOutcome:
-    """How one app's run ended (an entry of ``bench.json``'s ``apps``).
-
-    Attributes:
-        name: the app's name (``ap1-unet-downscaling``).
-        folder: its folder, relative to the bench folder.
-        status: one of `STATUSES`.
-        returncode: its exit status; None when it was killed.
-        wall_s: how long its process ran, import included; None where not recorded.
-        log: its log file, relative to the bench folder; None where not recorded.
-    """
-
-    name: str
-    folder: str
-    status: str
-    returncode: int | None
-    wall_s: float | None
-    log: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "folder": self.folder,
-            "status": self.status,
-            "returncode": self.returncode,
-            "wall_s": None if self.wall_s is None else round(self.wall_s, 3),
-            "log": self.log,
-        }
-
-    @classmethod
-    def from_dict(cls, entry: object, where: str) -> AppOutcome:
-        """The outcome that `to_dict` gave; ``where`` names the entry in error messages.
-
-        Raises:
-            ValueError: a field is missing or of the wrong type; the message names it.
-        """
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where} must be an object")
-        for field_name in ("name", "folder"):
-            value = entry.get(field_name)
-            if not isinstance(value, str) or not value:
-                lacks = " (the entry lacks it)" if field_name not in entry else ""
-                raise ValueError(f"{where}.{field_name} must be a non-empty string{lacks}")
-        status = entry.get("status")
-        if status not in STATUSES:
-            lacks = " (it has no 'status')" if "status" not in entry else ""
-            raise ValueError(
-                f"{where}.status must be one of {', '.join(STATUSES)}, not {status!r}{lacks}"
-            )
-        returncode = entry.get("returncode")
-        if returncode is not None and (
-            isinstance(returncode, bool) or not isinstance(returncode, int)
-        ):
-            raise ValueError(f"{where}.returncode must be an int or null")
-        wall_s = entry.get("wall_s")
-        if isinstance(wall_s, bool) or not isinstance(wall_s, int | float | None):
-            raise ValueError(f"{where}.wall_s must be a number or null")
-        log = entry.get("log")
-        if log is not None and not isinstance(log, str):
-            raise ValueError(f"{where}.log must be a string or null")
-        return cls(
-            entry["name"],
-            entry["folder"],
-            status,
-            returncode,
-            None if wall_s is None else float(wall_s),
-            log or None,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Bench:
-    """A bench folder as `read_bench` reads it.
-
-    Attributes:
-        folder: the bench folder.
-        manifest: its ``bench.json``.
-        apps: its apps' outcomes, in the order they ran.
-    """
-
-    folder: Path
-    manifest: dict[str, Any]
-    apps: tuple[AppOutcome, ...]
-
-
-def read_bench(folder: Path) -> Bench:
-    """Reads and checks a bench folder's ``bench.json``.
-
-    Raises:
-        ValueError: it is missing, not JSON, not schema `BENCH_SCHEMA`, or an app entry is
-            malformed or listed twice; the message names the file and the entry.
-    """
-    path = folder / "bench.json"
-    manifest = read_json_object(path)
-    schema = manifest.get("schema")
-    if schema != BENCH_SCHEMA:
-        raise ValueError(
-            f"{path}: schema {BENCH_SCHEMA!r} expected, not {schema!r}: not a maeltrace bench"
-        )
-    entries = manifest.get("apps")
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: 'apps' is not a list")
-    apps = tuple(
-        AppOutcome.from_dict(entry, f"{path}: apps[{index}]") for index, entry in enumerate(entries)
-    )
-    seen: set[str] = set()
-    for app in apps:
-        if app.name in seen:
-            raise ValueError(f"{path}: app {app.name!r} is listed twice")
-        seen.add(app.name)
-    return Bench(folder, manifest, apps)
-
-
 @dataclass(slots=True)
 class BenchResult:
     """What ``maeltrace bench`` did.
@@ -247,7 +114,7 @@ def default_apps_dir() -> Path:
     named = os.environ.get(MAELTRACE_APPS_DIR)
     if named:
         return Path(named)
-    beside = Path(__file__).resolve().parent.parent / "apps"
+    beside = Path(__file__).resolve().parents[2] / "apps"  # maeltrace/tools/bench.py
     return beside if beside.is_dir() else Path.cwd() / "apps"
 
 
@@ -486,7 +353,7 @@ def _log_mlflow(
     folder: Path, result: BenchResult, options: BenchOptions, root: Path, out: IO[str]
 ) -> dict[str, Any] | None:
     try:
-        from maeltrace.sinks.mlflow import log_bench
+        from maeltrace.tools.benchstore import log_bench
     except ImportError as exc:  # pragma: no cover - the mlflow module itself imports nothing
         print(f"maeltrace bench: not logged to MLflow: {exc}", file=out)
         return None
@@ -509,7 +376,7 @@ def _log_mlflow(
 
 def _write_report(folder: Path, out: IO[str]) -> tuple[Path, Path] | None:
     try:
-        from maeltrace.benchreport import write_report
+        from maeltrace.tools.benchreport import write_report
 
         files = write_report(folder)
     except ImportError as exc:
@@ -521,7 +388,7 @@ def _write_report(folder: Path, out: IO[str]) -> tuple[Path, Path] | None:
 def _log_report(result: BenchResult, out: IO[str]) -> None:
     assert result.mlflow is not None and result.report is not None
     try:
-        from maeltrace.sinks.mlflow import log_bench_report
+        from maeltrace.tools.benchstore import log_bench_report
 
         log_bench_report(result.folder, result.mlflow)
     except Exception as exc:  # the report is on disk either way

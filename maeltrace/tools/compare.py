@@ -36,20 +36,19 @@ from typing import TYPE_CHECKING, Any
 
 from maeltrace._imports import require
 from maeltrace.arguments import non_negative_int, positive_int
-from maeltrace.bench import read_bench
 from maeltrace.errors import MaeltraceError
 from maeltrace.files import atomic_write_text, read_json_object
 from maeltrace.keys import canonical_key, key_label
 from maeltrace.output import output_root
 from maeltrace.report import Row, Summary
-from maeltrace.sinks.mlflow import (
-    ARTIFACT_PATH,
+from maeltrace.sinks.mlflow import ARTIFACT_PATH, bounded_http
+from maeltrace.tools.benchfiles import read_bench
+from maeltrace.tools.benchstore import (
     BENCH_APP_TAG,
     BENCH_TIMEOUT_S,
     PARENT_RUN_TAG,
     STATS_ARTIFACT,
     bench_tracking_uri,
-    bounded_http,
     sqlite_path,
 )
 
@@ -633,14 +632,15 @@ def load_summaries(
     A source is a bench folder (``bench.json``: every app with status ``ok``), an app's run
     folder (``stats.json``, named by its ``app.json``, else by the folder), a ``stats.json``
     file (named likewise by its folder), or an MLflow run id: 32 hex digits, or any string that
-    is not an existing path. A run with a `maeltrace.sinks.mlflow.STATS_ARTIFACT` artifact gives
-    its summary, named by its `maeltrace.sinks.mlflow.BENCH_APP_TAG` tag, else its run name; a
+    is not an existing path. A run with a `maeltrace.tools.benchstore.STATS_ARTIFACT` artifact gives
+    its summary, named by its `maeltrace.tools.benchstore.BENCH_APP_TAG` tag, else its run name; a
     run without one (a bench's parent run) gives those of its child runs that have one.
 
     Args:
         source: the path or run id.
         tracking_uri: the MLflow store of run ids; default ``MLFLOW_TRACKING_URI``, else
-            ``maeltrace bench``'s store in the output folder (`maeltrace.sinks.mlflow.bench_store`).
+            ``maeltrace bench``'s store in the output folder
+            (`maeltrace.tools.benchstore.bench_store`).
 
     Raises:
         CompareError: the source is missing, unreadable or malformed, or no such run exists.
