@@ -8,10 +8,15 @@ from typing import TYPE_CHECKING
 from maeltrace._version import __version__
 from maeltrace.errors import (
     DeviceClockWarning,
+    ExportConfigError,
+    ExportFailed,
     ExportWarning,
     MaeltraceError,
     MaeltraceWarning,
+    OutboxBusy,
     RegionError,
+    SinkError,
+    SinkWarning,
 )
 from maeltrace.keys import Key, TimeType
 from maeltrace.records import Records
@@ -19,29 +24,48 @@ from maeltrace.stats import TimeStats
 from maeltrace.timer import Region, Timer
 
 if TYPE_CHECKING:
+    from maeltrace.distributed import shared_run_id, time_collective
+    from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
 
 __all__ = [
     "DeviceClockWarning",
+    "ExportConfigError",
+    "ExportFailed",
     "ExportWarning",
     "Key",
     "MaeltraceError",
     "MaeltraceWarning",
+    "OutboxBusy",
     "Records",
     "Region",
     "RegionError",
+    "SinkError",
+    "SinkWarning",
     "Summary",
     "TimeStats",
     "TimeType",
     "Timer",
+    "TraceBudget",
     "__version__",
+    "shared_run_id",
+    "time_collective",
 ]
+
+# Names loaded when first read, not with the package: the reports (json, csv, tempfile...),
+# the span model (protobuf) and the distributed helpers.
+_LAZY = {
+    "Summary": "maeltrace.report",
+    "TraceBudget": "maeltrace.otel.spans",
+    "shared_run_id": "maeltrace.distributed",
+    "time_collective": "maeltrace.distributed",
+}
 
 
 def __getattr__(name: str) -> object:
-    # The reports (json, csv, tempfile...) load when first read, not with the package.
-    if name == "Summary":
-        from maeltrace.report import Summary
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
 
-        return Summary
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'maeltrace' has no attribute {name!r}")

@@ -7,10 +7,15 @@ import warnings
 
 __all__ = [
     "DeviceClockWarning",
+    "ExportConfigError",
+    "ExportFailed",
     "ExportWarning",
     "MaeltraceError",
     "MaeltraceWarning",
+    "OutboxBusy",
     "RegionError",
+    "SinkError",
+    "SinkWarning",
     "warn_safely",
 ]
 
@@ -48,6 +53,68 @@ class ExportWarning(MaeltraceWarning):
     (`maeltrace.Timer.export_health`); what was recorded stays in memory, and `Timer.close`
     ends with one line saying what was not written or sent and where it is instead.
     """
+
+
+class ExportConfigError(MaeltraceError, ValueError):
+    """The export configuration is wrong: an endpoint, protocol, header string, timeout,
+    compression or file that cannot be used.
+
+    Raised when the configuration is read or an exporter is built, never during an export; the
+    message names the environment variable (or argument) that holds the bad value.
+    """
+
+
+class ExportFailed(MaeltraceError):
+    """An export did not reach the receiver, after the exporter's own retries.
+
+    Args:
+        message: what went wrong, for people.
+        retryable: whether trying again later may succeed (the receiver was down, overloaded or
+            too slow), as opposed to a refusal that a retry would get again (a bad request, an
+            authentication failure, a too-large batch).
+        attempts: how many attempts the exporter made.
+        too_large: the receiver refused the request for its size (HTTP 413, gRPC
+            RESOURCE_EXHAUSTED): the same spans in smaller requests may pass.
+
+    Attributes:
+        retryable: as given.
+        attempts: as given.
+        too_large: as given.
+    """
+
+    def __init__(
+        self, message: str, *, retryable: bool, attempts: int = 1, too_large: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.attempts = attempts
+        self.too_large = too_large
+
+
+class OutboxBusy(MaeltraceError):
+    """Another process is writing this outbox (or replaying it) right now."""
+
+
+class SinkWarning(MaeltraceWarning):
+    """A sink could not deliver statistics (tracker down, refused, too slow).
+
+    Issued once per failed call; training goes on, and the values are kept in the output
+    folder's ``pending-<sink>.jsonl``.
+    """
+
+
+class SinkError(MaeltraceError):
+    """A sink could not log a summary.
+
+    Args:
+        message: what went wrong.
+        retryable: whether a later try may succeed (the service was down or too slow), as
+            opposed to a refusal that would recur (a bad request, no credentials).
+    """
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def warn_safely(message: str, category: type[Warning] = ExportWarning, stacklevel: int = 2) -> None:

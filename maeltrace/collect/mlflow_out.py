@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from maeltrace.collect.summaries import FIELDS
+from maeltrace.errors import SinkError
 from maeltrace.files import append_line, atomic_write_bytes, read_lines
 
 if TYPE_CHECKING:
@@ -71,20 +72,6 @@ _MAX_NAME = 250  # MLflow's limit on metric and tag names
 _MAX_TAG_VALUE = 5000  # under MLflow's 8000, for comma-joined host lists
 # MLflow names allow letters, digits, _ - . space / (and : outside Windows: left out here).
 _NAME_BAD = re.compile(r"[^\w.\- /]")
-
-
-class SinkError(Exception):
-    """A sink could not log a summary.
-
-    Args:
-        message: what went wrong.
-        retryable: whether a later try may succeed (the service was down or too slow), as
-            opposed to a refusal that would recur (a bad request, no credentials).
-    """
-
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 class Sink(Protocol):

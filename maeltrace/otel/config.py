@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from maeltrace.errors import MaeltraceError
+from maeltrace.errors import ExportConfigError
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -91,15 +91,6 @@ _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 _GRPC_TARGET = re.compile(
     r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}|(?:dns|unix|unix-abstract|ipv4|ipv6|vsock):\S+"
 )
-
-
-class ExportConfigError(MaeltraceError, ValueError):
-    """The export configuration is wrong: an endpoint, protocol, header string, timeout,
-    compression or file that cannot be used.
-
-    Raised when the configuration is read or an exporter is built, never during an export; the
-    message names the environment variable (or argument) that holds the bad value.
-    """
 
 
 # -- configuration -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from maeltrace._version import __version__
-from maeltrace.errors import MaeltraceError
+from maeltrace.errors import ExportFailed
 from maeltrace.otel.batching import split_request
 from maeltrace.otel.config import (
     GRPC,
@@ -59,33 +59,6 @@ _USER_AGENT = f"maeltrace/{__version__}"
 _GZIP_LEVEL = 1
 # An OTLP response is a few bytes (partial success) or an error Status; more is not read.
 _MAX_RESPONSE_BYTES = 64 * 1024
-
-
-class ExportFailed(MaeltraceError):
-    """An export did not reach the receiver, after the exporter's own retries.
-
-    Args:
-        message: what went wrong, for people.
-        retryable: whether trying again later may succeed (the receiver was down, overloaded or
-            too slow), as opposed to a refusal that a retry would get again (a bad request, an
-            authentication failure, a too-large batch).
-        attempts: how many attempts the exporter made.
-        too_large: the receiver refused the request for its size (HTTP 413, gRPC
-            RESOURCE_EXHAUSTED): the same spans in smaller requests may pass.
-
-    Attributes:
-        retryable: as given.
-        attempts: as given.
-        too_large: as given.
-    """
-
-    def __init__(
-        self, message: str, *, retryable: bool, attempts: int = 1, too_large: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.attempts = attempts
-        self.too_large = too_large
 
 
 def count_spans(data: TracesData | ExportTraceServiceRequest) -> int:

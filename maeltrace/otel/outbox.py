@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from maeltrace.errors import ExportWarning, MaeltraceError, warn_safely
+from maeltrace.errors import ExportWarning, OutboxBusy, warn_safely
 
 __all__ = [
     "OUTBOX_SUFFIX",
@@ -54,10 +54,6 @@ _REQUEST = b"MTS1"
 _ACK = b"MTA1"
 _OFFSET = struct.Struct("<Q")
 _MAX_RECORD = 1 << 30  # a length beyond this is a torn or foreign header, not a record
-
-
-class OutboxBusy(MaeltraceError):
-    """Another process is writing this outbox (or replaying it) right now."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from maeltrace.errors import SinkWarning
 from maeltrace.files import append_line
 from maeltrace.keys import TimeType
 
@@ -70,14 +71,6 @@ NAMES = ("maeltrace", "deep500")
 
 Stats = Literal["mean", "all"]
 Names = Literal["maeltrace", "deep500"]
-
-
-class SinkWarning(UserWarning):
-    """A sink could not deliver statistics (tracker down, refused, too slow).
-
-    Issued once per failed call; training goes on, and the values are kept in the output
-    folder's ``pending-<sink>.jsonl``.
-    """
 
 
 def normalize_prefix(prefix: str) -> str:
