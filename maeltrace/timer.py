@@ -123,6 +123,10 @@ def _thread_info() -> tuple[int | None, int | None, str]:
     return (thread.ident, thread.native_id, thread.name)
 
 
+STORE_WAIT_S = 1.0
+"""The most an epoch's end waits for its spans to be on disk (a millisecond or two for
+thousands of spans; a hung disk costs this once, then is not waited for until it recovers)."""
+
 _TIMERS: weakref.WeakSet[Timer] = weakref.WeakSet()
 
 
@@ -676,12 +680,14 @@ class Timer:
             )
 
     def _on_trace_closed(self, ordinal: int) -> None:
-        """An epoch ended: its device times are resolved and its spans leave, not waiting."""
+        """An epoch ended: its device times are resolved and its spans are written to disk
+        before its ``with`` block returns (waiting at most `STORE_WAIT_S`: a finished epoch
+        survives a kill), then sent without waiting."""
         if self.export and not self._closed:
             self._flush_device()
             pipeline = self._export_pipeline()
             if pipeline is not None:
-                pipeline.request()
+                pipeline.request(stored_s=STORE_WAIT_S)
 
     def __enter__(self) -> Timer:
         return self

@@ -124,6 +124,8 @@ class SpanPipeline:
         self._outbox: Outbox | None = None
         self._outbox_tried = False
         self._released = False
+        self._last_store = threading.Event()
+        self._last_store.set()
         self._warned: set[str] = set()
         self.last_error = ""
         # Built, not yet delivered: outbox entries (with an exporter) or JSON lines (without).
@@ -152,26 +154,36 @@ class SpanPipeline:
         """The outbox file, once opened."""
         return self._outbox.path if self._outbox is not None else None
 
-    def request(self, *, wait_s: float | None = None) -> bool:
+    def request(self, *, wait_s: float | None = None, stored_s: float | None = None) -> bool:
         """Asks for the regions closed so far to be exported; never raises.
 
         Args:
             wait_s: how long to wait until they are on disk and sent (None: do not wait).
+            stored_s: without ``wait_s``, how long to wait until they are on disk (the outbox
+                or the traces file), so that a crash right after loses none of them. A store
+                that does not finish in time (a hung disk) is not waited for again until one
+                finishes: it costs the training thread this long once, not at every epoch.
 
         Returns:
-            Whether everything was delivered in time (always True when not waiting).
+            Whether everything was delivered (with ``wait_s``) or stored (with ``stored_s``) in
+            time; True when not waiting.
         """
         if self._closed:
             return True
         deadline = None if wait_s is None else time.monotonic() + wait_s
-        done = threading.Event() if wait_s is not None else None
+        waits = wait_s is not None or (stored_s is not None and self._last_store.is_set())
+        done = threading.Event() if waits else None
         if not self._start("export", self._build_loop):
             return False
         with self._jobs_ready:
             self._jobs.append(("build", done))
             self._jobs_ready.notify()
-        if done is None or deadline is None:
+        if done is not None:
+            self._last_store = done
+        if done is None:
             return True
+        if deadline is None:
+            return done.wait(stored_s)
         if not done.wait(max(0.0, deadline - time.monotonic())):
             return False
         return self._wait_sent(deadline)
