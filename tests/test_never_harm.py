@@ -9,6 +9,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import queue
+import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from maeltrace import Timer, TimeType
 from maeltrace.environment import MAELTRACE_OUTPUT_DIR
 from maeltrace.errors import ExportWarning
 from maeltrace.files import read_lines
-from maeltrace.otel.outbox import Outbox, read_outbox
+from maeltrace.otel.outbox import Outbox, OutboxEntry, read_outbox
 from tests.helpers import mounted_tmpfs
 from tests.services.jaeger import JaegerService, free_port
 
@@ -196,6 +199,31 @@ class TestOutbox:
             assert [e.spans for e in outbox.pending()] == [2]
             outbox.append(b"third", 3)
         assert [e.body for e in read_outbox(path)] == [b"second request", b"third"]
+
+    def test_appends_and_acknowledgements_from_two_threads_keep_every_record(
+        self, tmp_path: Path
+    ) -> None:
+        # The export thread appends while the send thread acknowledges (a race here once wrote
+        # two records at one offset).
+        path = tmp_path / "outbox.otlp.outbox"
+        written: queue.Queue[OutboxEntry | None] = queue.Queue()
+        with Outbox(path) as outbox:
+
+            def acknowledge() -> None:
+                while (entry := written.get()) is not None:
+                    if entry.spans % 2:
+                        outbox.acknowledge(entry)
+
+            thread = threading.Thread(target=acknowledge)
+            thread.start()
+            for i in range(2000):
+                written.put(outbox.append(b"x" * (i % 97), i))
+            written.put(None)
+            thread.join()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pending = [e.spans for e in read_outbox(path)]
+        assert pending == list(range(0, 2000, 2))
 
     def test_two_writers_never_share_a_file(self, tmp_path: Path) -> None:
         with Outbox.open_free(tmp_path, "") as one, Outbox.open_free(tmp_path, "") as two:

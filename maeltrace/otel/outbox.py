@@ -15,10 +15,10 @@ length, its CRC-32, and the number of spans) and the payload:
 - ``MTA1``: an acknowledgement, whose payload is the file offset (``<Q``) of the request record
   that the endpoint accepted.
 
-One process writes a file at a time (an exclusive ``flock``): a second timer of the same
-process or run folder takes the next free name. A record cut short (a crash or a full disk in
-the middle of a write) is recognised by its length or CRC: readers stop there with one warning,
-and a writer cuts it off before appending.
+One process writes a file at a time (an exclusive ``flock``; its threads take turns): a second
+timer of the same process or run folder takes the next free name. A record cut short (a crash or
+a full disk in the middle of a write) is recognised by its length or CRC: readers stop there
+with one warning, and a writer cuts it off before appending.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import errno
 import fcntl
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ class Outbox:
         if os.fstat(fd).st_size != end:
             os.ftruncate(fd, end)
         self._pending = {e.offset: e for e in requests if e.offset not in acked}
+        self._lock = threading.Lock()
 
     @classmethod
     def open_free(cls, folder: Path, suffix: str, tries: int = 64) -> Outbox:
@@ -161,11 +163,13 @@ class Outbox:
     @property
     def pending_spans(self) -> int:
         """Spans in requests not yet acknowledged."""
-        return sum(e.spans for e in self._pending.values())
+        with self._lock:
+            return sum(e.spans for e in self._pending.values())
 
     def pending(self) -> list[OutboxEntry]:
         """The requests not yet acknowledged, oldest first."""
-        return sorted(self._pending.values(), key=lambda e: e.offset)
+        with self._lock:
+            return sorted(self._pending.values(), key=lambda e: e.offset)
 
     def append(self, body: bytes, spans: int) -> OutboxEntry:
         """Writes a request; returns its entry, pending until `acknowledge`.
@@ -173,9 +177,10 @@ class Outbox:
         Raises:
             OSError: it could not be written whole (the file is cut back to what it was).
         """
-        entry = OutboxEntry(self._end, body, spans)
-        self._write(_REQUEST, body, spans)
-        self._pending[entry.offset] = entry
+        with self._lock:
+            entry = OutboxEntry(self._end, body, spans)
+            self._write(_REQUEST, body, spans)
+            self._pending[entry.offset] = entry
         return entry
 
     def acknowledge(self, entry: OutboxEntry) -> None:
@@ -185,10 +190,13 @@ class Outbox:
             OSError: the mark could not be written; the request stays pending in the file (a
                 replay would send it again) but no longer here.
         """
-        self._pending.pop(entry.offset, None)
-        self._write(_ACK, _OFFSET.pack(entry.offset), 0)
+        with self._lock:
+            self._pending.pop(entry.offset, None)
+            self._write(_ACK, _OFFSET.pack(entry.offset), 0)
 
     def _write(self, tag: bytes, payload: bytes, spans: int) -> None:
+        """Writes one record at the end (with ``_lock`` held: the export thread appends while
+        the send thread acknowledges)."""
         record = _HEADER.pack(tag, len(payload), zlib.crc32(payload), spans) + payload
         try:
             written = os.pwrite(self._file.fileno(), record, self._end)
@@ -202,7 +210,8 @@ class Outbox:
 
     def close(self) -> None:
         """Releases the file (and its lock)."""
-        self._file.close()
+        with self._lock:
+            self._file.close()
 
     def __enter__(self) -> Outbox:
         return self
