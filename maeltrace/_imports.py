@@ -1,11 +1,13 @@
-"""Turns a missing optional package into an `ImportError` that names the extra to install."""
+"""Imports done late: a missing optional package as an `ImportError` that names the extra to
+install, and ``"module:attribute"`` references loaded when first used."""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
-__all__ = ["require"]
+__all__ = ["load", "require"]
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -27,3 +29,23 @@ def require(module: str, extra: str) -> ModuleType:
             f"pip install 'maeltrace[{extra}]'",
             name=module,
         ) from exc
+
+
+def load(reference: str) -> Any:
+    """The object that ``reference`` (``"package.module:attribute"``) names, importing its
+    module now.
+
+    This is how a lower layer names an implementation that lives above it without importing
+    it: the device clock registry names each clock's factory, and the `Timer` names the sinks
+    and the cross-rank gather behind the seed's ``log_*_all`` and ``gather_stats``. Heavy
+    frameworks are imported only when their implementation is first used.
+
+    Raises:
+        ValueError: ``reference`` is not of the form ``module:attribute``.
+        ImportError: the module cannot be imported.
+        AttributeError: the module has no such attribute.
+    """
+    module, sep, attribute = reference.partition(":")
+    if not sep or not module or not attribute:
+        raise ValueError(f"{reference!r} is not a 'module:attribute' reference")
+    return getattr(importlib.import_module(module), attribute)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias, cast
+
+from maeltrace._imports import load
 
 if TYPE_CHECKING:
     from maeltrace.devices.base import DeviceClock, DeviceTimes
@@ -63,8 +64,7 @@ class ClockEntry:
 
     def load(self) -> ClockBuilder:
         """Imports the factory's module and returns the factory."""
-        module, _, attribute = self.factory.partition(":")
-        return cast("ClockBuilder", getattr(importlib.import_module(module), attribute))
+        return cast("ClockBuilder", load(self.factory))
 
 
 _ENTRIES: dict[str, ClockEntry] = {}
