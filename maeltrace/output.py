@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from maeltrace.environment import MAELTRACE_OUTPUT_DIR
+from maeltrace.environment import MAELTRACE_OUTPUT_DIR, env_str
 
 __all__ = ["DEFAULT_OUTPUT_DIR", "output_root", "run_output_dir"]
 
@@ -15,7 +15,7 @@ DEFAULT_OUTPUT_DIR = "maeltrace-out"
 
 def output_root() -> Path:
     """The output folder: ``MAELTRACE_OUTPUT_DIR``, else `DEFAULT_OUTPUT_DIR`."""
-    return Path(os.environ.get(MAELTRACE_OUTPUT_DIR) or DEFAULT_OUTPUT_DIR)
+    return Path(env_str(MAELTRACE_OUTPUT_DIR, DEFAULT_OUTPUT_DIR))
 
 
 def run_output_dir(run_id: str, base: str | os.PathLike[str] | None = None) -> Path:

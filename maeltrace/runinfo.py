@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import platform
 import socket
 import sys
@@ -13,7 +12,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from maeltrace._version import __version__
-from maeltrace.environment import MAELTRACE_RUN_ID
+from maeltrace.environment import (
+    HOROVOD_LOCAL_RANK,
+    HOROVOD_RANK,
+    HOROVOD_SIZE,
+    LOCAL_RANK,
+    MAELTRACE_RUN_ID,
+    MPI_LOCALRANKID,
+    OMPI_COMM_WORLD_LOCAL_RANK,
+    OMPI_COMM_WORLD_RANK,
+    OMPI_COMM_WORLD_SIZE,
+    PMI_RANK,
+    PMI_SIZE,
+    RANK,
+    SLURM_JOB_ID,
+    SLURM_LOCALID,
+    SLURM_NTASKS,
+    SLURM_PROCID,
+    SLURM_STEP_ID,
+    TORCHELASTIC_RUN_ID,
+    WORLD_SIZE,
+    env_str,
+)
 
 __all__ = [
     "FRAMEWORKS",
@@ -41,11 +61,11 @@ VERSIONED_MODULES = (*FRAMEWORKS, "keras", "jaxlib", "numpy")
 
 _RANK_VARIABLES = (
     # (rank, local rank, world size) of each launcher, first match wins.
-    ("RANK", "LOCAL_RANK", "WORLD_SIZE"),  # torchrun
-    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE"),  # Open MPI
-    ("PMI_RANK", "MPI_LOCALRANKID", "PMI_SIZE"),  # MPICH, Intel MPI
-    ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"),  # srun
-    ("HOROVOD_RANK", "HOROVOD_LOCAL_RANK", "HOROVOD_SIZE"),
+    (RANK, LOCAL_RANK, WORLD_SIZE),  # torchrun
+    (OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_LOCAL_RANK, OMPI_COMM_WORLD_SIZE),  # Open MPI
+    (PMI_RANK, MPI_LOCALRANKID, PMI_SIZE),  # MPICH, Intel MPI
+    (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS),  # srun
+    (HOROVOD_RANK, HOROVOD_LOCAL_RANK, HOROVOD_SIZE),
 )
 
 
@@ -58,14 +78,13 @@ def run_id_from_environment() -> str | None:
     In order: ``MAELTRACE_RUN_ID``, torchrun's ``TORCHELASTIC_RUN_ID``, Slurm's
     ``SLURM_JOB_ID`` (with ``.SLURM_STEP_ID`` when set).
     """
-    env = os.environ
-    if env.get(MAELTRACE_RUN_ID):
-        return env[MAELTRACE_RUN_ID]
-    if env.get("TORCHELASTIC_RUN_ID"):
-        return env["TORCHELASTIC_RUN_ID"]
-    if env.get("SLURM_JOB_ID"):
-        step = env.get("SLURM_STEP_ID")
-        return f"slurm-{env['SLURM_JOB_ID']}" + (f".{step}" if step else "")
+    named = env_str(MAELTRACE_RUN_ID) or env_str(TORCHELASTIC_RUN_ID)
+    if named:
+        return named
+    job = env_str(SLURM_JOB_ID)
+    if job:
+        step = env_str(SLURM_STEP_ID)
+        return f"slurm-{job}" + (f".{step}" if step else "")
     return None
 
 
@@ -132,14 +151,16 @@ class RankInfo:
 
 def rank_from_environment(environ: Mapping[str, str] | None = None) -> dict[str, int]:
     """Rank, local rank and world size from the launcher's environment, where it sets them."""
-    env = os.environ if environ is None else environ
     for rank, local, size in _RANK_VARIABLES:
-        if env.get(rank, "").isdigit():
-            found = {"rank": int(env[rank])}
-            if env.get(local, "").isdigit():
-                found["local_rank"] = int(env[local])
-            if env.get(size, "").isdigit():
-                found["world_size"] = int(env[size])
+        # Not env_int: a value that is no whole number means this launcher did not set it,
+        # which is no error (another tool may use the name).
+        values = [env_str(name, "", environ=environ) for name in (rank, local, size)]
+        if values[0].isdigit():
+            found = {"rank": int(values[0])}
+            if values[1].isdigit():
+                found["local_rank"] = int(values[1])
+            if values[2].isdigit():
+                found["world_size"] = int(values[2])
             return found
     return {}
 
@@ -171,9 +192,9 @@ def jax_multiprocess() -> Any:
     return None
 
 
-def _lookup(env: Mapping[str, str]) -> tuple[dict[str, int], str]:
+def _lookup(environ: Mapping[str, str] | None) -> tuple[dict[str, int], str]:
     """What is known of rank, local rank and world size, and where it came from."""
-    from_env = rank_from_environment(env)
+    from_env = rank_from_environment(environ)
     local = {"local_rank": from_env["local_rank"]} if "local_rank" in from_env else {}
     dist = torch_distributed()
     if dist is not None:
@@ -193,7 +214,7 @@ def known_rank(environ: Mapping[str, str] | None = None) -> dict[str, int]:
 
     Empty for a single process; a value no source gives is left out rather than guessed.
     """
-    return _lookup(os.environ if environ is None else environ)[0]
+    return _lookup(environ)[0]
 
 
 def rank_info(environ: Mapping[str, str] | None = None) -> RankInfo:
@@ -205,7 +226,7 @@ def rank_info(environ: Mapping[str, str] | None = None) -> RankInfo:
     single process. Imports no framework. The local rank comes from the launcher's
     environment (0 where it sets none).
     """
-    found, source = _lookup(os.environ if environ is None else environ)
+    found, source = _lookup(environ)
     rank = found.get("rank", 0)
     return RankInfo(
         rank,
@@ -226,7 +247,7 @@ def rank_suffix(environ: Mapping[str, str] | None = None) -> str:
     destroys such a group around its loop would otherwise name some files with the suffix
     and some without.
     """
-    found, source = _lookup(os.environ if environ is None else environ)
+    found, source = _lookup(environ)
     if "rank" not in found or (source != "environment" and found["world_size"] <= 1):
         return ""
     return f".rank{found['rank']}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -11,8 +10,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from maeltrace.environment import (
+    OTEL_EXPORTER_OTLP_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_CLIENT_KEY,
+    OTEL_EXPORTER_OTLP_COMPRESSION,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_HEADERS,
+    OTEL_EXPORTER_OTLP_INSECURE,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_EXPORTER_OTLP_TIMEOUT,
+    OTEL_SDK_DISABLED,
+    env_flag,
+    env_str,
+)
 from maeltrace.errors import ExportConfigError
 
+# The OTEL_* names live in maeltrace.environment; re-exported here for old imports.
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "GRPC",
@@ -31,47 +45,6 @@ __all__ = [
     "ExportConfig",
     "ExportConfigError",
 ]
-
-# The logger export.py used before it was split, so that logging configurations naming it keep
-# working for every part of export.
-_log = logging.getLogger("maeltrace.otel.export")
-
-# -- the environment variables (OpenTelemetry specification names) ----------------------------
-# Each generic OTEL_EXPORTER_OTLP_X has a trace-specific OTEL_EXPORTER_OTLP_TRACES_X that wins
-# over it (see `_traces_variable`); OTEL_SDK_DISABLED has none.
-
-OTEL_EXPORTER_OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
-"""Base URL of the OTLP receiver. For HTTP, ``/v1/traces`` is appended to its path; the
-trace-specific ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is used as it is. For gRPC, ``host:port``
-(TLS unless ``OTEL_EXPORTER_OTLP_INSECURE=true``) or ``http(s)://host:port``."""
-
-OTEL_EXPORTER_OTLP_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
-"""``grpc``, ``http/protobuf`` (the default) or ``http/json``."""
-
-OTEL_EXPORTER_OTLP_HEADERS: Final = "OTEL_EXPORTER_OTLP_HEADERS"
-"""Extra request headers (gRPC metadata): ``key=value`` pairs separated by commas, values
-percent-encoded (the W3C baggage format), e.g. ``api-key=s%3Dcret,x-tenant=ml``."""
-
-OTEL_EXPORTER_OTLP_TIMEOUT: Final = "OTEL_EXPORTER_OTLP_TIMEOUT"
-"""How long one export attempt may take, in milliseconds; default 10000."""
-
-OTEL_EXPORTER_OTLP_COMPRESSION: Final = "OTEL_EXPORTER_OTLP_COMPRESSION"
-"""``gzip`` or ``none`` (the default)."""
-
-OTEL_EXPORTER_OTLP_INSECURE: Final = "OTEL_EXPORTER_OTLP_INSECURE"
-"""gRPC only, for an endpoint without a scheme: ``true`` sends without TLS."""
-
-OTEL_EXPORTER_OTLP_CERTIFICATE: Final = "OTEL_EXPORTER_OTLP_CERTIFICATE"
-"""PEM file of the certificate authorities that TLS trusts, instead of the system's."""
-
-OTEL_EXPORTER_OTLP_CLIENT_KEY: Final = "OTEL_EXPORTER_OTLP_CLIENT_KEY"
-"""PEM file of the client's private key, for mutual TLS (with the client certificate)."""
-
-OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: Final = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
-"""PEM file of the client's certificate chain, for mutual TLS (with the client key)."""
-
-OTEL_SDK_DISABLED: Final = "OTEL_SDK_DISABLED"
-"""``true`` (any case) turns export off: `ExportConfig.disabled` is set."""
 
 GRPC: Final = "grpc"
 HTTP_PROTOBUF: Final = "http/protobuf"
@@ -202,8 +175,7 @@ class ExportConfig:
         Raises:
             ExportConfigError: a variable holds an unusable value; the message names it.
         """
-        env = os.environ if environ is None else environ
-
+        env = environ
         protocol_source, raw_protocol = (
             ("protocol argument", protocol)
             if protocol is not None
@@ -229,8 +201,8 @@ class ExportConfig:
         else:
             signal_specific = endpoint_source != OTEL_EXPORTER_OTLP_ENDPOINT
 
-        insecure_source, raw_insecure = _traces_variable(env, OTEL_EXPORTER_OTLP_INSECURE)
-        insecure = _spec_bool(insecure_source, raw_insecure)
+        insecure_source, _ = _traces_variable(env, OTEL_EXPORTER_OTLP_INSECURE)
+        insecure = env_flag(insecure_source, environ=env, opentelemetry=True)
         if chosen_protocol == GRPC:
             target, secure = _grpc_endpoint(raw_endpoint, endpoint_source, insecure)
         else:
@@ -268,7 +240,7 @@ class ExportConfig:
                 "go together (mutual TLS); set both or neither"
             )
 
-        disabled = _spec_bool(OTEL_SDK_DISABLED, env.get(OTEL_SDK_DISABLED))
+        disabled = env_flag(OTEL_SDK_DISABLED, environ=env, opentelemetry=True)
         return cls(
             protocol=chosen_protocol,
             endpoint=target,
@@ -294,26 +266,17 @@ def _choice(raw: str | None, source: str, allowed: Sequence[str], default: str, 
     return value
 
 
-def _traces_variable(env: Mapping[str, str], generic: str) -> tuple[str, str | None]:
+def _traces_variable(env: Mapping[str, str] | None, generic: str) -> tuple[str, str | None]:
     """The trace-specific variable when set and not empty, else the generic one: (name, value).
 
     The specification treats an empty variable as unset.
     """
     specific = generic.replace("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", 1)
     for name in (specific, generic):
-        value = env.get(name)
+        value = env_str(name, environ=env)
         if value is not None and value.strip():
             return name, value
     return generic, None
-
-
-def _spec_bool(name: str, raw: str | None) -> bool:
-    # The specification: only "true" (any case) is true; anything but "false", empty or unset
-    # is also false, with a warning, never an error.
-    value = (raw or "").strip().lower()
-    if value not in ("true", "false", ""):
-        _log.warning("%s=%r is not true or false; taken as false", name, raw)
-    return value == "true"
 
 
 def _check_http_url(url: str, source: str) -> urllib.parse.SplitResult:

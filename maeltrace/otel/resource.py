@@ -9,17 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from maeltrace._version import __version__
+from maeltrace.environment import OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME, env_str
 from maeltrace.otel import semconv
 from maeltrace.runinfo import framework_versions, hostname, known_rank, rank_from_environment
 
-# rank_from_environment lives in maeltrace.runinfo; re-exported for old imports.
+# rank_from_environment lives in maeltrace.runinfo and the OTEL_* names in
+# maeltrace.environment; re-exported for old imports.
 __all__ = ["OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME", "rank_from_environment", "resource"]
-
-OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
-"""The service name of every span (the standard variable); default the script's name."""
-
-OTEL_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
-"""Extra resource attributes, ``key=value`` pairs separated by commas (the standard variable)."""
 
 _RANK_ATTRIBUTES = {
     "rank": semconv.MAELTRACE_RANK,
@@ -58,13 +54,15 @@ def resource(
     Raises:
         ValueError: ``OTEL_RESOURCE_ATTRIBUTES`` is malformed.
     """
-    env = os.environ if environ is None else environ
     attributes: dict[str, object] = dict(
-        _parse_resource_attributes(env.get(OTEL_RESOURCE_ATTRIBUTES, ""))
+        _parse_resource_attributes(env_str(OTEL_RESOURCE_ATTRIBUTES, "", environ=environ))
     )
     script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
     service = (
-        env.get(OTEL_SERVICE_NAME) or attributes.get(semconv.SERVICE_NAME) or script or "python"
+        env_str(OTEL_SERVICE_NAME, environ=environ)
+        or attributes.get(semconv.SERVICE_NAME)
+        or script
+        or "python"
     )
     attributes.update(
         {
@@ -79,7 +77,7 @@ def resource(
             semconv.MAELTRACE_RUN_ID: run_id,
         }
     )
-    for key, value in known_rank(env).items():
+    for key, value in known_rank(environ).items():
         attributes[_RANK_ATTRIBUTES[key]] = value
     for name, version in framework_versions().items():
         attributes[semconv.framework_version_attribute(name)] = version

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from maeltrace._version import __version__
-from maeltrace.environment import MAELTRACE_APPS_DIR, MAELTRACE_EXPORT, env_flag
+from maeltrace.environment import MAELTRACE_APPS_DIR, MAELTRACE_EXPORT, env_flag, env_str
 from maeltrace.files import atomic_write_text
 from maeltrace.output import output_root
 from maeltrace.tools.benchfiles import BENCH_SCHEMA, PROGRESS_PREFIX, AppOutcome
@@ -111,7 +111,7 @@ class BenchResult:
 def default_apps_dir() -> Path:
     """``MAELTRACE_APPS_DIR`` when set; else ``apps/`` of the source tree maeltrace runs from
     (``uv run`` in a clone), else ``apps/`` of the working folder."""
-    named = os.environ.get(MAELTRACE_APPS_DIR)
+    named = env_str(MAELTRACE_APPS_DIR)
     if named:
         return Path(named)
     beside = Path(__file__).resolve().parents[2] / "apps"  # maeltrace/tools/bench.py
@@ -270,7 +270,7 @@ def _run_app(
         command += ["--epochs", str(options.epochs)]
     if options.batches is not None:
         command += ["--batches", str(options.batches)]
-    env = dict(os.environ)
+    env = dict(os.environ)  # the apps' environment: a copy, not a read
     env.setdefault("OTEL_SERVICE_NAME", name)
     env["PYTHONUNBUFFERED"] = "1"
     started = time.monotonic()

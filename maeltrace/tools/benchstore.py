@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from maeltrace._imports import require
+from maeltrace.environment import MLFLOW_TRACKING_URI, env_str
 from maeltrace.files import read_json_object
 from maeltrace.report import Summary
 from maeltrace.sinks import metric_values
@@ -67,7 +67,7 @@ def bench_tracking_uri(tracking_uri: str | None, root: Path) -> tuple[str, Path 
     `bench_store` in ``root`` (not created here: `log_bench` does); second, the artifact folder
     of a new experiment: ``mlartifacts`` beside a SQLite file (MLflow's default, ``./mlruns``,
     would land in the working folder), None for a tracking server, which has its own."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking_uri or env_str(MLFLOW_TRACKING_URI)
     if not uri:
         return bench_store(root)
     database = sqlite_path(uri)
