@@ -175,11 +175,10 @@ class ExportConfig:
         Raises:
             ExportConfigError: a variable holds an unusable value; the message names it.
         """
-        env = environ
         protocol_source, raw_protocol = (
             ("protocol argument", protocol)
             if protocol is not None
-            else _traces_variable(env, OTEL_EXPORTER_OTLP_PROTOCOL)
+            else _traces_variable(environ, OTEL_EXPORTER_OTLP_PROTOCOL)
         )
         chosen_protocol = _choice(
             raw_protocol, protocol_source, _PROTOCOLS, HTTP_PROTOBUF, "OTLP protocol"
@@ -188,7 +187,7 @@ class ExportConfig:
         endpoint_source, raw_endpoint = (
             ("endpoint argument", endpoint)
             if endpoint is not None
-            else _traces_variable(env, OTEL_EXPORTER_OTLP_ENDPOINT)
+            else _traces_variable(environ, OTEL_EXPORTER_OTLP_ENDPOINT)
         )
         if raw_endpoint is None:
             return None
@@ -201,23 +200,25 @@ class ExportConfig:
         else:
             signal_specific = endpoint_source != OTEL_EXPORTER_OTLP_ENDPOINT
 
-        insecure_source, _ = _traces_variable(env, OTEL_EXPORTER_OTLP_INSECURE)
-        insecure = env_flag(insecure_source, environ=env, opentelemetry=True)
+        insecure_source, _ = _traces_variable(environ, OTEL_EXPORTER_OTLP_INSECURE)
+        insecure = env_flag(insecure_source, environ=environ, opentelemetry=True)
         if chosen_protocol == GRPC:
             target, secure = _grpc_endpoint(raw_endpoint, endpoint_source, insecure)
         else:
             target = _http_endpoint(raw_endpoint, endpoint_source, signal_specific)
             secure = target.lower().startswith("https:")
 
-        headers_source, raw_headers = _traces_variable(env, OTEL_EXPORTER_OTLP_HEADERS)
+        headers_source, raw_headers = _traces_variable(environ, OTEL_EXPORTER_OTLP_HEADERS)
         headers = _parse_headers(raw_headers, headers_source) if raw_headers else ()
 
-        timeout_source, raw_timeout = _traces_variable(env, OTEL_EXPORTER_OTLP_TIMEOUT)
+        timeout_source, raw_timeout = _traces_variable(environ, OTEL_EXPORTER_OTLP_TIMEOUT)
         timeout_s = DEFAULT_TIMEOUT_S
         if raw_timeout is not None:
             timeout_s = _parse_timeout_ms(raw_timeout, timeout_source) / 1000.0
 
-        compression_source, raw_compression = _traces_variable(env, OTEL_EXPORTER_OTLP_COMPRESSION)
+        compression_source, raw_compression = _traces_variable(
+            environ, OTEL_EXPORTER_OTLP_COMPRESSION
+        )
         compression = _choice(
             raw_compression, compression_source, _COMPRESSIONS, "none", "compression"
         )
@@ -228,7 +229,7 @@ class ExportConfig:
             OTEL_EXPORTER_OTLP_CLIENT_KEY,
             OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
         ):
-            source, path = _traces_variable(env, variable)
+            source, path = _traces_variable(environ, variable)
             if path is not None and not os.path.isfile(path):
                 raise ExportConfigError(f"{source}={path!r} is not a file")
             files[variable] = path
@@ -240,7 +241,7 @@ class ExportConfig:
                 "go together (mutual TLS); set both or neither"
             )
 
-        disabled = env_flag(OTEL_SDK_DISABLED, environ=env, opentelemetry=True)
+        disabled = env_flag(OTEL_SDK_DISABLED, environ=environ, opentelemetry=True)
         return cls(
             protocol=chosen_protocol,
             endpoint=target,
