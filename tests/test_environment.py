@@ -47,7 +47,8 @@ def _reads(path: Path) -> list[str]:
     ``os.environb``, ``os.getenv`` or ``os.getenvb``, and each import of them from ``os``.
 
     Copying the whole environment for a child process (``dict(os.environ)``,
-    ``os.environ.copy()``) is not a read.
+    ``os.environ.copy()``) is not a read, nor is setting or removing a variable
+    (``os.environ[name] = value``, ``del os.environ[name]``, ``os.environ.pop(name, None)``).
     """
     tree = ast.parse(path.read_text(encoding="utf-8"))
     copies: set[int] = set()
@@ -56,8 +57,10 @@ def _reads(path: Path) -> list[str]:
             func = node.func
             if isinstance(func, ast.Name) and func.id == "dict" and len(node.args) == 1:
                 copies.add(id(node.args[0]))
-            elif isinstance(func, ast.Attribute) and func.attr == "copy" and not node.args:
+            elif isinstance(func, ast.Attribute) and func.attr in ("copy", "pop"):
                 copies.add(id(func.value))
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store | ast.Del):
+            copies.add(id(node.value))
     found = []
     for node in ast.walk(tree):
         if (
@@ -97,7 +100,8 @@ class TestOnlyEnvironmentReadsTheEnvironment:
             "import os\nfrom os import getenv\n"
             "a = os.environ['A']\nb = os.environ.get('B')\nc = os.getenv('C')\n"
             "d = 'D' in os.environ\ne = os.environb.get(b'E')\n"
-            "child = dict(os.environ)\nother = os.environ.copy()\n",
+            "child = dict(os.environ)\nother = os.environ.copy()\n"
+            "os.environ['F'] = '1'\ndel os.environ['F']\nos.environ.pop('G', None)\n",
             encoding="utf-8",
         )
         assert [read.split(":")[0] for read in _reads(module)] == ["2", "3", "4", "5", "6", "7"]
