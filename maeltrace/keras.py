@@ -1,20 +1,14 @@
-"""Keras 3 integration: `TimerCallback` times ``model.fit``, ``evaluate`` and ``predict``.
-
-For the Keras 2 API of tf-keras, use `maeltrace.tf_keras.TimerCallback`.
-"""
+"""Old path of the Keras 3 callback, which lives in `maeltrace.integrations.keras`."""
 
 from __future__ import annotations
 
-import keras
-
-from maeltrace._keras_hooks import FIT, PREDICT, PREDICT_BATCH, TEST, TEST_BATCH, TimerHooks
+from maeltrace.integrations.keras import (
+    FIT,
+    PREDICT,
+    PREDICT_BATCH,
+    TEST,
+    TEST_BATCH,
+    TimerCallback,
+)
 
 __all__ = ["FIT", "PREDICT", "PREDICT_BATCH", "TEST", "TEST_BATCH", "TimerCallback"]
-
-
-class TimerCallback(TimerHooks, keras.callbacks.Callback):  # type: ignore[misc]  # keras is untyped
-    """Keras 3 callback recording fit, epochs, batches and IO gaps into a `maeltrace.Timer`.
-
-    Example: ``model.fit(x, y, callbacks=[TimerCallback(tmr, gpu=True)])``; see `TimerHooks`
-    for what is timed.
-    """

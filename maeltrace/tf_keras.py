@@ -1,13 +1,14 @@
-"""tf-keras (the Keras 2 API) integration: `TimerCallback` as in `maeltrace.keras`."""
+"""Old path of the tf-keras callback, which lives in `maeltrace.integrations.tf_keras`."""
 
 from __future__ import annotations
 
-import tf_keras
-
-from maeltrace._keras_hooks import FIT, PREDICT, PREDICT_BATCH, TEST, TEST_BATCH, TimerHooks
+from maeltrace.integrations.tf_keras import (
+    FIT,
+    PREDICT,
+    PREDICT_BATCH,
+    TEST,
+    TEST_BATCH,
+    TimerCallback,
+)
 
 __all__ = ["FIT", "PREDICT", "PREDICT_BATCH", "TEST", "TEST_BATCH", "TimerCallback"]
-
-
-class TimerCallback(TimerHooks, tf_keras.callbacks.Callback):  # type: ignore[misc]  # untyped base
-    """tf-keras callback recording fit, epochs, batches and IO gaps into a `maeltrace.Timer`."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from maeltrace.deep500.timer import Timer
+from maeltrace.integrations.deep500.timer import Timer
 from maeltrace.keys import Key
 
 __all__ = ["CPUGPUTimer"]
