@@ -210,8 +210,17 @@ class Timer:
             would have; a Python handler set before the timer is called afterwards, one set
             later replaces this. Only where the timer exports; default on unless
             ``MAELTRACE_SIGNALS`` is off.
+        exporter: where spans are sent, as OpenTelemetry's SDK takes span processors: an
+            object implementing `maeltrace.otel.exporters.SpanExporter` (``export(request)``
+            raising `maeltrace.errors.ExportFailed`, and ``shutdown()``), such as
+            `maeltrace.otel.exporters.JsonLinesExporter` or your own. The spans still wait in
+            the run folder's outbox until it takes them, in requests of at most
+            ``max_request_bytes`` (halved when refused for their size). Default: the exporter
+            of ``endpoint`` and ``protocol``, else the traces file; given, those two are not
+            used (``OTEL_SDK_DISABLED`` still turns export off).
 
     Raises:
+        TypeError: ``exporter`` is not a `maeltrace.otel.exporters.SpanExporter`.
         ValueError: ``warmup`` is negative, ``MAELTRACE_DISABLED`` holds no yes/no word, or
             ``device``, ``sync_every`` or ``trace_key`` is not one the timer knows.
         maeltrace.otel.export.ExportConfigError: the OTLP endpoint, protocol, headers, timeout

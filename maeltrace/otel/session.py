@@ -44,14 +44,20 @@ def check_exporter(exporter: object) -> SpanExporter | None:
     """``exporter`` as a `maeltrace.otel.exporters.SpanExporter`, or None.
 
     Raises:
-        TypeError: it has no callable ``export`` and ``shutdown``.
+        TypeError: it is a class, or has no callable ``export`` and ``shutdown``.
     """
     if exporter is None:
         return None
-    if not all(callable(getattr(exporter, m, None)) for m in ("export", "shutdown")):
+    methods = all(callable(getattr(exporter, m, None)) for m in ("export", "shutdown"))
+    if isinstance(exporter, type) or not methods:
+        what = (
+            f"the class {exporter.__name__}"
+            if isinstance(exporter, type)
+            else type(exporter).__name__
+        )
         raise TypeError(
             "exporter must implement maeltrace.otel.exporters.SpanExporter (export(request) "
-            f"and shutdown()), not {type(exporter).__name__}"
+            f"and shutdown()), not {what}"
         )
     return exporter  # type: ignore[return-value]  # checked structurally just above
 
