@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from time import perf_counter_ns
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from maeltrace import _signals
 from maeltrace._imports import load
@@ -38,6 +38,7 @@ from maeltrace.otel.session import (
     check_exporter,
     check_max_request_bytes,
 )
+from maeltrace.recording import NULL_REGION, Region, hotpath_recorder, noop, thread_info
 from maeltrace.records import STATUS_OK, Records, key_samples
 from maeltrace.run_files import RunFiles
 from maeltrace.runinfo import new_run_id, rank_suffix, run_id_from_environment
@@ -52,78 +53,11 @@ if TYPE_CHECKING:
     from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
 
-__all__ = ["Timer"]
+__all__ = ["Region", "Timer"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-
-
-class Region(Protocol):
-    """The context manager `Timer.region` returns: one per key and timer, reusable, and shared
-    by threads (the open region lives in the thread's log, not in this object)."""
-
-    @property
-    def key(self) -> Key:
-        """The region key."""
-
-    @property
-    def gpu(self) -> bool:
-        """Whether the region also measures device time."""
-
-    def block(self, value: T) -> T:
-        """Waits until ``value`` (the region's outputs) is computed on the device; returns it.
-
-        JAX dispatches asynchronously: ``with tmr.region(k, gpu=True) as r: r.block(f(x))``
-        times the work, not its dispatch. Elsewhere it returns ``value`` at once.
-        """
-
-    def __enter__(self) -> Region: ...
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-
-def _hotpath_recorder() -> type[_hotpath.Recorder] | None:
-    """The compiled recorder type, or None where the extension was not built."""
-    try:
-        from maeltrace import _hotpath
-    except ImportError:
-        return None
-    return _hotpath.Recorder
-
-
-class _NullRegion:
-    """What `Timer.region` returns on a disabled timer."""
-
-    __slots__ = ()
-    key = ""
-    gpu = False
-
-    def __enter__(self) -> _NullRegion:
-        return self
-
-    def block(self, value: T) -> T:
-        return value
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NULL_REGION = _NullRegion()
-
-
-def _noop(key: Key, gpu: bool = False) -> None:
-    return None
-
-
-def _thread_info() -> tuple[int | None, int | None, str]:
-    thread = threading.current_thread()
-    return (thread.ident, thread.native_id, thread.name)
 
 
 STORE_WAIT_S = 1.0
@@ -340,14 +274,14 @@ class Timer:
             if nvtx or xprof:
                 self._annotate(annotators(nvtx=nvtx, xprof=xprof))
         else:
-            self.start = _noop  # type: ignore[method-assign]  # bound no-op, chosen at build
-            self.end = _noop  # type: ignore[method-assign]  # bound no-op, chosen at build
+            self.start = noop  # type: ignore[method-assign]  # bound no-op, chosen at build
+            self.end = noop  # type: ignore[method-assign]  # bound no-op, chosen at build
 
     # -- the hot path --------------------------------------------------------------------------
 
     def _bind_hot_path(self) -> None:
         """Builds the recorder and binds its methods: no Python frame between user and store."""
-        compiled = None if env_flag(MAELTRACE_PURE_PYTHON) else _hotpath_recorder()
+        compiled = None if env_flag(MAELTRACE_PURE_PYTHON) else hotpath_recorder()
         recorder_type: type[_hotpath.Recorder] | type[PyRecorder] = compiled or PyRecorder
         self.implementation = "python" if compiled is None else "compiled"
         self._recorder = recorder = recorder_type(
@@ -356,7 +290,7 @@ class Timer:
             register_key=self._key_id,
             region_error=RegionError,
             on_failure=self._record_failure,
-            thread_info=_thread_info,
+            thread_info=thread_info,
             device_open=self._device_open,
             device_close=self._device_close,
             device_block=self._device_block,
@@ -660,7 +594,7 @@ class Timer:
             pass
         if not self.enabled:
             canonical_key(key)
-            return _NULL_REGION
+            return NULL_REGION
         key_id = self._key_id(key)
         region: Region = self._recorder.region(self._keys[key_id], key_id, gpu)
         if self._annotator is not None:
