@@ -1,5 +1,10 @@
 """The `Timer`: records regions of code on the calling thread's log, off any lock."""
 
+# Over 600 lines, on purpose: a third of it is the docstrings of the public class (the API
+# reference the README points at), and the rest is recording, reading and summarising. What the
+# Timer does not do itself lives elsewhere: the recorder in _hotpath.c and _recorder.py, span
+# export in otel/session.py, the run's files in run_files.py, sinks and gather behind load().
+
 from __future__ import annotations
 
 import atexit
