@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from maeltrace.keys import Key
-    from maeltrace.timer import Region
+    from maeltrace.recording import Region
 
 __all__ = ["Annotator", "annotators"]
 

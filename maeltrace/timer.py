@@ -1,24 +1,27 @@
 """The `Timer`: records regions of code on the calling thread's log, off any lock."""
 
+# Over 600 lines, on purpose: a third of it is the docstrings of the public class (the API
+# reference the README points at), and the rest is recording, reading and summarising. What the
+# Timer does not do itself lives elsewhere: the recorder in _hotpath.c and _recorder.py, span
+# export in otel/session.py, the run's files in run_files.py, sinks and gather behind load().
+
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import functools
 import inspect
 import os
-import socket
 import sys
-import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from time import perf_counter_ns
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from maeltrace import _signals
+from maeltrace._imports import load
 from maeltrace._recorder import PyRecorder
 from maeltrace.annotations import Annotator, annotators
 from maeltrace.clock import ClockAnchor
@@ -27,17 +30,22 @@ from maeltrace.devices.base import DeviceClock, DeviceClockFactory, DeviceTimes,
 from maeltrace.environment import (
     MAELTRACE_DISABLED,
     MAELTRACE_EXPORT,
-    MAELTRACE_MAX_REQUEST_BYTES,
     MAELTRACE_PURE_PYTHON,
     MAELTRACE_SIGNALS,
     env_flag,
 )
-from maeltrace.errors import ExportWarning, RegionError, warn_safely
+from maeltrace.errors import RegionError
 from maeltrace.keys import Key, TimeType, canonical_key
 from maeltrace.metadata import run_metadata
-from maeltrace.otel import semconv
-from maeltrace.output import output_root, run_output_dir
-from maeltrace.records import FIELDS, STATUS_OK, Records, key_samples
+from maeltrace.otel.session import (
+    ExportSession,
+    LiveState,
+    check_exporter,
+    check_max_request_bytes,
+)
+from maeltrace.recording import NULL_REGION, Region, hotpath_recorder, noop, thread_info
+from maeltrace.records import STATUS_OK, Records, key_samples
+from maeltrace.run_files import RunFiles
 from maeltrace.runinfo import new_run_id, rank_suffix, run_id_from_environment
 from maeltrace.stats import TimeStats, compute_stats
 
@@ -45,82 +53,16 @@ if TYPE_CHECKING:
     from maeltrace import _hotpath
     from maeltrace.distributed import GatheredStats
     from maeltrace.otel.config import ExportConfig
-    from maeltrace.otel.pipeline import PipelineStats, SpanPipeline
+    from maeltrace.otel.exporters import SpanExporter
+    from maeltrace.otel.pipeline import PipelineStats
     from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
 
-__all__ = ["Timer"]
+__all__ = ["Region", "Timer"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-
-
-class Region(Protocol):
-    """The context manager `Timer.region` returns: one per key and timer, reusable, and shared
-    by threads (the open region lives in the thread's log, not in this object)."""
-
-    @property
-    def key(self) -> Key:
-        """The region key."""
-
-    @property
-    def gpu(self) -> bool:
-        """Whether the region also measures device time."""
-
-    def block(self, value: T) -> T:
-        """Waits until ``value`` (the region's outputs) is computed on the device; returns it.
-
-        JAX dispatches asynchronously: ``with tmr.region(k, gpu=True) as r: r.block(f(x))``
-        times the work, not its dispatch. Elsewhere it returns ``value`` at once.
-        """
-
-    def __enter__(self) -> Region: ...
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-
-def _hotpath_recorder() -> type[_hotpath.Recorder] | None:
-    """The compiled recorder type, or None where the extension was not built."""
-    try:
-        from maeltrace import _hotpath
-    except ImportError:
-        return None
-    return _hotpath.Recorder
-
-
-class _NullRegion:
-    """What `Timer.region` returns on a disabled timer."""
-
-    __slots__ = ()
-    key = ""
-    gpu = False
-
-    def __enter__(self) -> _NullRegion:
-        return self
-
-    def block(self, value: T) -> T:
-        return value
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NULL_REGION = _NullRegion()
-
-
-def _noop(key: Key, gpu: bool = False) -> None:
-    return None
-
-
-def _thread_info() -> tuple[int | None, int | None, str]:
-    thread = threading.current_thread()
-    return (thread.ident, thread.native_id, thread.name)
 
 
 STORE_WAIT_S = 1.0
@@ -207,8 +149,17 @@ class Timer:
             would have; a Python handler set before the timer is called afterwards, one set
             later replaces this. Only where the timer exports; default on unless
             ``MAELTRACE_SIGNALS`` is off.
+        exporter: where spans are sent, as OpenTelemetry's SDK takes span processors: an
+            object implementing `maeltrace.otel.exporters.SpanExporter` (``export(request)``
+            raising `maeltrace.errors.ExportFailed`, and ``shutdown()``), such as
+            `maeltrace.otel.exporters.JsonLinesExporter` or your own. The spans still wait in
+            the run folder's outbox until it takes them, in requests of at most
+            ``max_request_bytes`` (halved when refused for their size). Default: the exporter
+            of ``endpoint`` and ``protocol``, else the traces file; given, those two are not
+            used (``OTEL_SDK_DISABLED`` still turns export off).
 
     Raises:
+        TypeError: ``exporter`` is not a `maeltrace.otel.exporters.SpanExporter`.
         ValueError: ``warmup`` is negative, ``MAELTRACE_DISABLED`` holds no yes/no word, or
             ``device``, ``sync_every`` or ``trace_key`` is not one the timer knows.
         maeltrace.otel.export.ExportConfigError: the OTLP endpoint, protocol, headers, timeout
@@ -245,6 +196,7 @@ class Timer:
         trace_budget: TraceBudget | None = None,
         max_request_bytes: int | None = None,
         handle_signals: bool | None = None,
+        exporter: SpanExporter | None = None,
     ) -> None:
         self.warmup = _check_warmup(warmup)
         self.trace_key = None if trace_key is None else canonical_key(trace_key)
@@ -256,13 +208,9 @@ class Timer:
         self._device = device
         self._sync_every = sync_every
         self._closed = False
-        self._pipeline: SpanPipeline | None = None
-        self._pipeline_failed = False
-        self._file_errors = 0
-        self._warned_files = False
-        self._export_offsets: list[int] = []
-        self._user_parents: dict[int, tuple[bytes, bytes]] = {}
-        self._export_config: ExportConfig | None = None
+        self._exporter = check_exporter(exporter)
+        self._export: ExportSession | None = None
+        export_config: ExportConfig | None = None
         if trace_budget is not None:
             from maeltrace.otel.spans import TraceBudget
 
@@ -271,13 +219,12 @@ class Timer:
                     f"trace_budget must be a maeltrace.otel.spans.TraceBudget, not "
                     f"{type(trace_budget).__name__}"
                 )
-        self._trace_budget = trace_budget
-        self._max_request_bytes = _check_max_request_bytes(max_request_bytes)
-        self._output_dir = Path(output_dir) if output_dir is not None else None
+        max_request_bytes = check_max_request_bytes(max_request_bytes)
         self.export = False
         self._clock: DeviceClock | None = None
         self._device_times = DeviceTimes()
         self.run_id = run_id or run_id_from_environment() or new_run_id()
+        self._files = RunFiles(self.run_id, output_dir)
         self.enabled = (not env_flag(MAELTRACE_DISABLED)) if enabled is None else bool(enabled)
         self.anchor = ClockAnchor.take()
         self._lock = threading.Lock()
@@ -296,10 +243,23 @@ class Timer:
 
                 # Read now, so that a malformed endpoint or header fails here, not later in a
                 # background thread.
-                self._export_config = ExportConfig.from_env(endpoint=endpoint, protocol=protocol)
-                if self._export_config is not None and self._export_config.disabled:
+                export_config = ExportConfig.from_env(endpoint=endpoint, protocol=protocol)
+                if export_config is not None and export_config.disabled:
                     self.export = False
             self._bind_hot_path()
+            self._export = ExportSession(
+                run_id=self.run_id,
+                owner=id(self),
+                anchor=self.anchor,
+                config=export_config,
+                exporter=self._exporter,
+                trace_budget=trace_budget,
+                max_request_bytes=max_request_bytes,
+                folder=self._files.intended_folder,
+                suffix=self._file_suffix,
+                snapshot=self._recorder.snapshot,
+                live_state=self._live_state,
+            )
             self._handle_signals = self.export and (
                 env_flag(MAELTRACE_SIGNALS, default=True)
                 if handle_signals is None
@@ -315,18 +275,18 @@ class Timer:
                 # itself (or, where it cannot find it, asks at every root region).
                 from maeltrace._recorder import otel_span_probe
 
-                self._recorder.set_root_hook(self._on_root_open, *(otel_span_probe() or ()))
+                self._recorder.set_root_hook(self._export.on_root_open, *(otel_span_probe() or ()))
             if nvtx or xprof:
                 self._annotate(annotators(nvtx=nvtx, xprof=xprof))
         else:
-            self.start = _noop  # type: ignore[method-assign]  # bound no-op, chosen at build
-            self.end = _noop  # type: ignore[method-assign]  # bound no-op, chosen at build
+            self.start = noop  # type: ignore[method-assign]  # bound no-op, chosen at build
+            self.end = noop  # type: ignore[method-assign]  # bound no-op, chosen at build
 
     # -- the hot path --------------------------------------------------------------------------
 
     def _bind_hot_path(self) -> None:
         """Builds the recorder and binds its methods: no Python frame between user and store."""
-        compiled = None if env_flag(MAELTRACE_PURE_PYTHON) else _hotpath_recorder()
+        compiled = None if env_flag(MAELTRACE_PURE_PYTHON) else hotpath_recorder()
         recorder_type: type[_hotpath.Recorder] | type[PyRecorder] = compiled or PyRecorder
         self.implementation = "python" if compiled is None else "compiled"
         self._recorder = recorder = recorder_type(
@@ -335,7 +295,7 @@ class Timer:
             register_key=self._key_id,
             region_error=RegionError,
             on_failure=self._record_failure,
-            thread_info=_thread_info,
+            thread_info=thread_info,
             device_open=self._device_open,
             device_close=self._device_close,
             device_block=self._device_block,
@@ -402,10 +362,8 @@ class Timer:
         end. Never raises for the file system or the endpoint (see `ExportWarning`).
         """
         self._flush_device()
-        if self.export and not self._closed:
-            pipeline = self._export_pipeline()
-            if pipeline is not None:
-                pipeline.request(wait_s=timeout_s)
+        if self.export and not self._closed and self._export is not None:
+            self._export.request(wait_s=timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Flushes, exports this process's run span, writes the stats files and the Chrome trace
@@ -420,37 +378,23 @@ class Timer:
         if self._closed or not self.enabled:
             return
         self._flush_device()
-        if not self.export:
+        if not self.export or self._export is None:
             self._closed = True
             return
-        pipeline = self._export_pipeline()
+        self._export.pipeline()
         self._closed = True
         end = perf_counter_ns()
         summary = self.summary()
-        if pipeline is not None:
-            attributes: dict[str, object] = dict(summary.to_attributes())
-            if self._clock is not None:
-                attributes[semconv.MAELTRACE_DEVICE_CLOCK] = self._clock.name
-                attributes[semconv.MAELTRACE_DEVICE_DESCRIPTION] = self._clock.description
-            pipeline.close(
-                final_perf_ns=end,
-                wait_s=timeout_s,
-                run_attributes=attributes,
-                rescue=self._rescue_dir,
-            )
+        clock = self._clock
+        sent = self._export.close(
+            end,
+            timeout_s,
+            summary.to_attributes(),
+            (clock.name, clock.description) if clock is not None else None,
+            self._rescue_dir,
+        )
         written = self.write_outputs(summary)
-        lines = [pipeline.summary_line() if pipeline is not None else None]
-        if written is not None and written != self._output_dir:
-            lines.append(
-                f"maeltrace: the stats files and trace.json could not be written to "
-                f"{self._intended_output_dir()}; they are in {written}"
-            )
-        elif written is None:
-            lines.append(
-                "maeltrace: the stats files and trace.json could not be written anywhere; "
-                "the statistics stay readable from this timer"
-            )
-        for line in lines:
+        for line in (sent, self._files.close_line(written)):
             if line:
                 print(line, file=sys.stderr)
 
@@ -466,36 +410,17 @@ class Timer:
         Args:
             summary: the statistics to write; default `summary` now.
         """
-        from maeltrace.chrome import chrome_trace, write_chrome_trace
-
         suffix = self._file_suffix()
         summary = summary or self.summary()
-        trace = chrome_trace(
+        clock = self._clock
+        return self._files.write(
+            summary,
             self.records(),
             self.anchor,
+            suffix,
             failures=self.failures(),
-            device_clock=self._clock.name if self._clock is not None else None,
-            metadata={"run_id": self.run_id},
+            device_clock=clock.name if clock is not None else None,
         )
-        causes = []
-        for folder in (self._usable_output_dir(), self._rescue_dir()):
-            if folder is None:
-                continue
-            try:
-                summary.save(folder / f"stats{suffix}.json")
-                summary.save(folder / f"stats{suffix}.md")
-                write_chrome_trace(folder / f"trace{suffix}.json", trace)
-            except OSError as exc:
-                self._file_errors += 1
-                causes.append(f"{exc}")
-                continue
-            if causes:
-                self._warn_files(
-                    f"cannot write the stats files ({causes[0]}); wrote them to {folder}"
-                )
-            return folder
-        self._warn_files(f"cannot write the stats files: {'; '.join(causes) or 'no folder'}")
-        return None
 
     @property
     def output_dir(self) -> Path:
@@ -504,38 +429,11 @@ class Timer:
         Raises:
             OSError: the folder cannot be created.
         """
-        if self._output_dir is None:
-            self._output_dir = run_output_dir(self.run_id)
-        else:
-            self._output_dir.mkdir(parents=True, exist_ok=True)
-        return self._output_dir
-
-    def _intended_output_dir(self) -> Path:
-        """`output_dir`'s path, without creating it."""
-        return self._output_dir or output_root() / self.run_id
-
-    def _usable_output_dir(self) -> Path | None:
-        """`output_dir`, or None (with one warning) when it cannot be created."""
-        try:
-            return self.output_dir
-        except (OSError, ValueError) as exc:
-            self._file_errors += 1
-            self._warn_files(
-                f"cannot create the output folder {self._intended_output_dir()}: {exc}"
-            )
-            return None
+        return self._files.folder
 
     def _rescue_dir(self) -> Path | None:
         """Where the files go when the output folder cannot take them."""
-        try:
-            return run_output_dir(self.run_id, Path(tempfile.gettempdir()) / "maeltrace-rescue")
-        except (OSError, ValueError):
-            return None
-
-    def _warn_files(self, message: str) -> None:
-        if not self._warned_files:
-            self._warned_files = True
-            warn_safely(f"maeltrace: {message}", ExportWarning, stacklevel=3)
+        return self._files.rescue_folder()
 
     @property
     def outbox_path(self) -> Path:
@@ -544,10 +442,8 @@ class Timer:
         gets ``outbox.2``, and so on: this is the name once the outbox is open."""
         from maeltrace.otel.outbox import outbox_path
 
-        pipeline = self._pipeline
-        if pipeline is not None and pipeline.outbox_path is not None:
-            return pipeline.outbox_path
-        return outbox_path(self.output_dir, self._file_suffix())
+        opened = self._export.outbox_path() if self._export is not None else None
+        return opened or outbox_path(self.output_dir, self._file_suffix())
 
     @property
     def traces_path(self) -> Path:
@@ -558,136 +454,44 @@ class Timer:
     def export_health(self) -> PipelineStats:
         """What export did so far: spans exported, pending in the outbox, refused, lost, and
         the count of failed writes and exports (a copy)."""
-        from maeltrace.otel.pipeline import PipelineStats
+        if self._export is None:
+            from maeltrace.otel.pipeline import PipelineStats
 
-        stats = PipelineStats()
-        if self._pipeline is not None:
-            stats = dataclasses.replace(self._pipeline.stats)
-        stats.write_errors += self._file_errors
-        return stats
+            return PipelineStats(write_errors=self._files.errors)
+        return self._export.health(self._files.errors)
 
     def _file_suffix(self) -> str:
         # The same sources as the metadata's rank (torch.distributed too), so that ranks of a
         # group started without RANK in the environment do not overwrite each other's files.
         return rank_suffix()
 
-    def _export_pipeline(self) -> SpanPipeline | None:
-        """The pipeline, built at first use; None (with one warning) when it cannot be."""
-        if self._pipeline is None and not self._pipeline_failed:
-            try:
-                self._pipeline = self._new_pipeline()
-            except Exception as exc:  # never into training
-                self._pipeline_failed = True
-                warn_safely(
-                    f"maeltrace: cannot set up span export: {type(exc).__name__}: {exc}; "
-                    "regions are still recorded and the statistics stay readable",
-                    ExportWarning,
-                    stacklevel=3,
-                )
-        return self._pipeline
-
-    def _new_pipeline(self) -> SpanPipeline:
-        from maeltrace.otel.config import HTTP_JSON, ExportConfigError
-        from maeltrace.otel.exporters import make_exporter
-        from maeltrace.otel.outbox import Outbox
-        from maeltrace.otel.pipeline import SpanPipeline
-        from maeltrace.otel.resource import resource
-        from maeltrace.otel.spans import SpanBuilder
-
-        builder = SpanBuilder(
-            run_id=self.run_id,
-            process_id=f"{socket.gethostname()}/{os.getpid()}/{id(self):x}",
-            anchor=self.anchor,
-            resource_attributes=resource(self.run_id),
-            trace_key_id=self._key_ids.get(self.trace_key) if self.trace_key else None,
-            budget=self._trace_budget,
-            user_parents=self._user_parents,
-        )
-        folder = self._intended_output_dir()
-        suffix = self._file_suffix()
-        config = self._export_config
-        exporter = None
-        if config is not None:
-            try:
-                exporter = make_exporter(config)
-            except ExportConfigError as exc:
-                warn_safely(
-                    f"maeltrace: cannot export to {config.endpoint}: {exc}; spans go to the "
-                    "traces file of the run folder instead",
-                    ExportWarning,
-                    stacklevel=4,
-                )
-        if exporter is None:
-            return SpanPipeline(
-                builder,
-                self._read_new,
-                None,
-                traces_path=folder / f"traces{suffix}.otlp.jsonl",
-                max_request_bytes=self._max_request_bytes,
-            )
-        assert config is not None
-
-        def open_outbox(where: Path = folder) -> Outbox:
-            where.mkdir(parents=True, exist_ok=True)
-            return Outbox.open_free(where, suffix)
-
-        # OTLP/JSON bodies are made from the protobuf requests and are up to three times larger.
-        factor = 3 if config.protocol == HTTP_JSON else 1
-        return SpanPipeline(
-            builder,
-            self._read_new,
-            exporter,
-            outbox=open_outbox,
-            endpoint=config.endpoint,
-            max_request_bytes=self._max_request_bytes // factor,
-        )
-
-    def _read_new(self) -> tuple[Records, dict[int, str], str | None]:
-        """The regions closed since the last call (on the export thread)."""
-        logs = self._recorder.snapshot(self._export_offsets)
-        offsets = self._export_offsets
-        for i, (_, data) in enumerate(logs):
-            if i == len(offsets):
-                offsets.append(0)
-            offsets[i] += len(data) // (FIELDS * 8)
+    def _live_state(self) -> LiveState:
+        """What the export reads beside the logs, after them (`ExportSession`)."""
         with self._lock:
             keys = tuple(self._keys)
         clock = self._clock
-        if self._pipeline is not None and self.trace_key is not None:
-            self._pipeline.builder.trace_key_id = self._key_ids.get(self.trace_key)
-        # Records.merge's sort and copies, in compiled code with the GIL released where built:
-        # in Python they cost the training thread about 2 us per region.
-        from maeltrace.otel.encode import merge_records
-
-        records = merge_records(
-            logs,
-            keys,
-            self._device_times.by_seq() if len(self._device_times) else {},
-            clock.host_offset_ns if clock is not None else 0,
+        trace_key_id = self._key_ids.get(self.trace_key) if self.trace_key else None
+        return LiveState(
+            keys=keys,
+            device_times=self._device_times.by_seq() if len(self._device_times) else {},
+            device_offset_ns=clock.host_offset_ns if clock is not None else 0,
+            failures=dict(self._failures),
+            device_clock=clock.name if clock is not None else None,
+            trace_key_id=trace_key_id,
         )
-        return records, dict(self._failures), clock.name if clock is not None else None
 
-    def _on_root_open(self, seq: int) -> None:
-        """Notes the user's active OpenTelemetry span, if any, as the parent of root region
-        ``seq``."""
-        from opentelemetry import trace
-
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            self._user_parents[seq] = (
-                context.trace_id.to_bytes(16, "big"),
-                context.span_id.to_bytes(8, "big"),
-            )
+    def _read_new(self) -> tuple[Records, dict[int, str], str | None]:
+        """The regions closed since the last call (`ExportSession.read_new`)."""
+        assert self._export is not None
+        return self._export.read_new()
 
     def _on_trace_closed(self, ordinal: int) -> None:
         """An epoch ended: its device times are resolved and its spans are written to disk
         before its ``with`` block returns (waiting at most `STORE_WAIT_S`: a finished epoch
         survives a kill), then sent without waiting."""
-        if self.export and not self._closed:
+        if self.export and not self._closed and self._export is not None:
             self._flush_device()
-            pipeline = self._export_pipeline()
-            if pipeline is not None:
-                pipeline.request(stored_s=STORE_WAIT_S)
+            self._export.request(stored_s=STORE_WAIT_S)
 
     def __enter__(self) -> Timer:
         return self
@@ -721,7 +525,8 @@ class Timer:
         """In a forked child: start from an empty store; the parent's copy is untouched, and
         only the parent exports (a data loader worker's regions stay in the worker)."""
         self._lock = threading.Lock()
-        self._pipeline = None
+        if self._export is not None:
+            self._export.forget()
         self.export = False
         self._failures.clear()
         self._device_times.clear()
@@ -794,7 +599,7 @@ class Timer:
             pass
         if not self.enabled:
             canonical_key(key)
-            return _NULL_REGION
+            return NULL_REGION
         key_id = self._key_id(key)
         region: Region = self._recorder.region(self._keys[key_id], key_id, gpu)
         if self._annotator is not None:
@@ -882,7 +687,8 @@ class Timer:
                 self._recorder.clear_records()
                 self._failures.clear()
                 self._device_times.clear()
-                self._export_offsets.clear()
+                if self._export is not None:
+                    self._export.offsets.clear()
             # What was freed goes back to the system, not only to the C heap (glibc keeps it).
             from maeltrace._recorder import release_free_memory
 
@@ -1037,23 +843,15 @@ class Timer:
             ValueError: the suffix names no supported format.
             FileExistsError: the file exists and ``exist_ok`` is false.
         """
-        summary = self.summary(warmup=warmup)
-        try:
-            summary.save(filename, exist_ok=exist_ok)
-        except FileExistsError:
-            raise
-        except OSError as exc:
-            self._file_errors += 1
-            warn_safely(f"maeltrace: cannot write {filename}: {exc}", ExportWarning)
+        self._files.save(self.summary(warmup=warmup), filename, exist_ok=exist_ok)
 
     def gather_stats(self, group: Any = None, *, warmup: int | None = None) -> GatheredStats:
         """Every rank's statistics of every key, and across ranks the slowest rank, the max/min
         ratio of means and pooled statistics, from fixed-size summaries; a collective with
         ``torch.distributed`` initialised. See `maeltrace.distributed.gather_stats`, which states
         the accuracy of the pooled percentiles."""
-        from maeltrace.distributed import gather_stats
-
-        return gather_stats(self, group, warmup=warmup)
+        gather: Callable[..., GatheredStats] = load("maeltrace.distributed:gather_stats")
+        return gather(self, group, warmup=warmup)
 
     def log_mlflow_all(
         self, prefix: str = "", stats: str = "mean", **options: Any
@@ -1104,23 +902,3 @@ def _check_warmup(warmup: int) -> int:
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative int, not {warmup!r}")
     return warmup
-
-
-def _check_max_request_bytes(value: int | None) -> int:
-    from maeltrace.otel.batching import DEFAULT_MAX_REQUEST_BYTES, MIN_MAX_REQUEST_BYTES
-
-    source = "max_request_bytes"
-    if value is None:
-        raw = os.environ.get(MAELTRACE_MAX_REQUEST_BYTES, "").strip()
-        if not raw:
-            return DEFAULT_MAX_REQUEST_BYTES
-        source = MAELTRACE_MAX_REQUEST_BYTES
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"{source}={raw!r} is not a whole number of bytes") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_MAX_REQUEST_BYTES:
-        raise ValueError(
-            f"{source} must be an int of at least {MIN_MAX_REQUEST_BYTES}, not {value!r}"
-        )
-    return value

@@ -1,0 +1,305 @@
+"""One timer's span export: its pipeline, built at first use, fed the regions closed since."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from maeltrace.clock import ClockAnchor
+from maeltrace.environment import MAELTRACE_MAX_REQUEST_BYTES
+from maeltrace.errors import ExportWarning, warn_safely
+from maeltrace.otel import semconv
+from maeltrace.records import FIELDS, Records
+
+if TYPE_CHECKING:
+    from maeltrace.otel.config import ExportConfig
+    from maeltrace.otel.exporters import SpanExporter
+    from maeltrace.otel.outbox import Outbox
+    from maeltrace.otel.pipeline import PipelineStats, SpanPipeline
+    from maeltrace.otel.spans import TraceBudget
+
+__all__ = ["ExportSession", "LiveState", "check_exporter", "check_max_request_bytes"]
+
+Logs = Sequence[tuple[tuple[int | None, int | None, str], bytes]]
+"""The recorder's per-thread logs: (thread ident, native id, name) and the packed regions."""
+
+
+class LiveState(NamedTuple):
+    """What the recorder's owner knows beside its logs, read after them (a key is registered
+    before any of its regions opens, so every region of the logs finds its key)."""
+
+    keys: tuple[Any, ...]
+    device_times: Mapping[int, tuple[int, int, int]]
+    device_offset_ns: int
+    failures: dict[int, str]
+    device_clock: str | None
+    trace_key_id: int | None
+
+
+def check_exporter(exporter: object) -> SpanExporter | None:
+    """``exporter`` as a `maeltrace.otel.exporters.SpanExporter`, or None.
+
+    Raises:
+        TypeError: it is a class, or has no callable ``export`` and ``shutdown``.
+    """
+    if exporter is None:
+        return None
+    methods = all(callable(getattr(exporter, m, None)) for m in ("export", "shutdown"))
+    if isinstance(exporter, type) or not methods:
+        what = (
+            f"the class {exporter.__name__}"
+            if isinstance(exporter, type)
+            else type(exporter).__name__
+        )
+        raise TypeError(
+            "exporter must implement maeltrace.otel.exporters.SpanExporter (export(request) "
+            f"and shutdown()), not {what}"
+        )
+    return exporter  # type: ignore[return-value]  # checked structurally just above
+
+
+def check_max_request_bytes(value: int | None) -> int:
+    """``value``, else ``MAELTRACE_MAX_REQUEST_BYTES``, else the gRPC limit.
+
+    Raises:
+        ValueError: it is not a whole number of at least
+            `maeltrace.otel.batching.MIN_MAX_REQUEST_BYTES`.
+    """
+    from maeltrace.otel.batching import DEFAULT_MAX_REQUEST_BYTES, MIN_MAX_REQUEST_BYTES
+
+    source = "max_request_bytes"
+    if value is None:
+        raw = os.environ.get(MAELTRACE_MAX_REQUEST_BYTES, "").strip()
+        if not raw:
+            return DEFAULT_MAX_REQUEST_BYTES
+        source = MAELTRACE_MAX_REQUEST_BYTES
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{source}={raw!r} is not a whole number of bytes") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_MAX_REQUEST_BYTES:
+        raise ValueError(
+            f"{source} must be an int of at least {MIN_MAX_REQUEST_BYTES}, not {value!r}"
+        )
+    return value
+
+
+class ExportSession:
+    """Builds a recorder's export pipeline at first use and feeds it the regions closed since
+    its last turn; never raises for the file system or the endpoint.
+
+    Args:
+        run_id: the run's id.
+        owner: a number telling this recorder from others of the process (in span ids).
+        anchor: the clock anchor of the recorder.
+        config: the OTLP configuration read from the arguments and environment; None writes
+            spans to the traces file (the embedded default).
+        exporter: sends instead of an exporter built from ``config``; the outbox, batching,
+            splitting and retries of the pipeline stay.
+        trace_budget: spans per trace.
+        max_request_bytes: the most bytes of one request, outbox record or traces line.
+        folder: the run folder's path (not created), asked when the pipeline is built.
+        suffix: the rank's file suffix, asked when the pipeline is built.
+        snapshot: the recorder's logs from the given offsets on (one per thread log).
+        live_state: what the recorder's owner knows beside the logs.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        owner: int,
+        anchor: ClockAnchor,
+        config: ExportConfig | None,
+        exporter: SpanExporter | None,
+        trace_budget: TraceBudget | None,
+        max_request_bytes: int,
+        folder: Callable[[], Path],
+        suffix: Callable[[], str],
+        snapshot: Callable[[list[int]], Logs],
+        live_state: Callable[[], LiveState],
+    ) -> None:
+        self._run_id = run_id
+        self._owner = owner
+        self._anchor = anchor
+        self._config = config
+        self._exporter = exporter
+        self._budget = trace_budget
+        self._max_request_bytes = max_request_bytes
+        self._folder = folder
+        self._suffix = suffix
+        self._snapshot = snapshot
+        self._live_state = live_state
+        self._failed = False
+        self._pipeline: SpanPipeline | None = None
+        self.offsets: list[int] = []
+        """Per thread log, how many regions the pipeline has read."""
+        self.user_parents: dict[int, tuple[bytes, bytes]] = {}
+        """The user's OpenTelemetry span (trace id, span id) of each root region that had one."""
+
+    def pipeline(self) -> SpanPipeline | None:
+        """The pipeline, built at first use; None (with one warning) when it cannot be."""
+        if self._pipeline is None and not self._failed:
+            try:
+                self._pipeline = self._new_pipeline()
+            except Exception as exc:  # never into training
+                self._failed = True
+                warn_safely(
+                    f"maeltrace: cannot set up span export: {type(exc).__name__}: {exc}; "
+                    "regions are still recorded and the statistics stay readable",
+                    ExportWarning,
+                    stacklevel=4,
+                )
+        return self._pipeline
+
+    def _new_pipeline(self) -> SpanPipeline:
+        from maeltrace.otel.config import HTTP_JSON, ExportConfigError
+        from maeltrace.otel.exporters import make_exporter
+        from maeltrace.otel.outbox import Outbox
+        from maeltrace.otel.pipeline import SpanPipeline
+        from maeltrace.otel.resource import resource
+        from maeltrace.otel.spans import SpanBuilder
+
+        builder = SpanBuilder(
+            run_id=self._run_id,
+            process_id=f"{socket.gethostname()}/{os.getpid()}/{self._owner:x}",
+            anchor=self._anchor,
+            resource_attributes=resource(self._run_id),
+            trace_key_id=self._live_state().trace_key_id,
+            budget=self._budget,
+            user_parents=self.user_parents,
+        )
+        folder = self._folder()
+        suffix = self._suffix()
+        config = self._config
+        exporter = self._exporter
+        endpoint = type(exporter).__name__
+        # OTLP/JSON bodies are made from the protobuf requests and are up to three times larger.
+        factor = 1
+        if exporter is None and config is not None:
+            try:
+                exporter = make_exporter(config)
+            except ExportConfigError as exc:
+                warn_safely(
+                    f"maeltrace: cannot export to {config.endpoint}: {exc}; spans go to the "
+                    "traces file of the run folder instead",
+                    ExportWarning,
+                    stacklevel=5,
+                )
+            endpoint = config.endpoint
+            factor = 3 if config.protocol == HTTP_JSON else 1
+        if exporter is None:
+            return SpanPipeline(
+                builder,
+                self.read_new,
+                None,
+                traces_path=folder / f"traces{suffix}.otlp.jsonl",
+                max_request_bytes=self._max_request_bytes,
+            )
+
+        def open_outbox(where: Path = folder) -> Outbox:
+            where.mkdir(parents=True, exist_ok=True)
+            return Outbox.open_free(where, suffix)
+
+        return SpanPipeline(
+            builder,
+            self.read_new,
+            exporter,
+            outbox=open_outbox,
+            endpoint=endpoint,
+            max_request_bytes=self._max_request_bytes // factor,
+        )
+
+    def read_new(self) -> tuple[Records, dict[int, str], str | None]:
+        """The regions closed since the last call (on the export thread), their failures and
+        the device clock's name."""
+        logs = self._snapshot(self.offsets)
+        offsets = self.offsets
+        for i, (_, data) in enumerate(logs):
+            if i == len(offsets):
+                offsets.append(0)
+            offsets[i] += len(data) // (FIELDS * 8)
+        state = self._live_state()
+        if self._pipeline is not None and state.trace_key_id is not None:
+            self._pipeline.builder.trace_key_id = state.trace_key_id
+        # Records.merge's sort and copies, in compiled code with the GIL released where built:
+        # in Python they cost the training thread about 2 us per region.
+        from maeltrace.otel.encode import merge_records
+
+        records = merge_records(logs, state.keys, state.device_times, state.device_offset_ns)
+        return records, state.failures, state.device_clock
+
+    def on_root_open(self, seq: int) -> None:
+        """Notes the user's active OpenTelemetry span, if any, as the parent of root region
+        ``seq``."""
+        from opentelemetry import trace
+
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            self.user_parents[seq] = (
+                context.trace_id.to_bytes(16, "big"),
+                context.span_id.to_bytes(8, "big"),
+            )
+
+    def request(self, *, wait_s: float | None = None, stored_s: float | None = None) -> None:
+        """Asks for the regions closed so far to be exported (`SpanPipeline.request`)."""
+        pipeline = self.pipeline()
+        if pipeline is not None:
+            pipeline.request(wait_s=wait_s, stored_s=stored_s)
+
+    def close(
+        self,
+        final_perf_ns: int,
+        wait_s: float,
+        run_attributes: Mapping[str, object],
+        device: tuple[str, str] | None,
+        rescue: Callable[[], Path | None],
+    ) -> str | None:
+        """Exports what is left and the run span (`SpanPipeline.close`).
+
+        Args:
+            final_perf_ns: the run span's end.
+            wait_s: the most to wait for the endpoint.
+            run_attributes: the run's exact statistics.
+            device: the device clock's name and description, if one was chosen.
+            rescue: gives the folder for spans the run folder could not take.
+
+        Returns:
+            The line saying what was not delivered and where it is, or None.
+        """
+        pipeline = self.pipeline()
+        if pipeline is None:
+            return None
+        attributes = dict(run_attributes)
+        if device is not None:
+            attributes[semconv.MAELTRACE_DEVICE_CLOCK] = device[0]
+            attributes[semconv.MAELTRACE_DEVICE_DESCRIPTION] = device[1]
+        pipeline.close(
+            final_perf_ns=final_perf_ns,
+            wait_s=wait_s,
+            run_attributes=attributes,
+            rescue=rescue,
+        )
+        return pipeline.summary_line()
+
+    def forget(self) -> None:
+        """Drops the pipeline without closing it (in a forked child, whose threads are gone)."""
+        self._pipeline = None
+
+    def outbox_path(self) -> Path | None:
+        """The outbox file, once opened."""
+        return self._pipeline.outbox_path if self._pipeline is not None else None
+
+    def health(self, write_errors: int = 0) -> PipelineStats:
+        """A copy of the pipeline's counts, with ``write_errors`` more failed writes."""
+        from maeltrace.otel.pipeline import PipelineStats
+
+        stats = PipelineStats()
+        if self._pipeline is not None:
+            stats = dataclasses.replace(self._pipeline.stats)
+        stats.write_errors += write_errors
+        return stats
