@@ -15,7 +15,7 @@ from maeltrace.environment import env_flag, env_int, env_str
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = ROOT / "maeltrace"
 
-NOT_YET_PORTED = ("maeltrace/sinks/", "maeltrace/collect/", "maeltrace/timer.py")
+NOT_YET_PORTED = ("maeltrace/sinks/", "maeltrace/collect/")
 """Places that still read the environment themselves: ported by the lead after merge (other
 helpers rewrite them now). Their variables are already named in maeltrace.environment."""
 

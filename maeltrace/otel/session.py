@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from maeltrace.clock import ClockAnchor
-from maeltrace.environment import MAELTRACE_MAX_REQUEST_BYTES
+from maeltrace.environment import MAELTRACE_MAX_REQUEST_BYTES, env_int
 from maeltrace.errors import ExportWarning, warn_safely
 from maeltrace.otel import semconv
 from maeltrace.records import FIELDS, Records
@@ -71,16 +71,11 @@ def check_max_request_bytes(value: int | None) -> int:
     """
     from maeltrace.otel.batching import DEFAULT_MAX_REQUEST_BYTES, MIN_MAX_REQUEST_BYTES
 
-    source = "max_request_bytes"
     if value is None:
-        raw = os.environ.get(MAELTRACE_MAX_REQUEST_BYTES, "").strip()
-        if not raw:
-            return DEFAULT_MAX_REQUEST_BYTES
-        source = MAELTRACE_MAX_REQUEST_BYTES
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"{source}={raw!r} is not a whole number of bytes") from None
+        return env_int(
+            MAELTRACE_MAX_REQUEST_BYTES, DEFAULT_MAX_REQUEST_BYTES, minimum=MIN_MAX_REQUEST_BYTES
+        )
+    source = "max_request_bytes"
     if isinstance(value, bool) or not isinstance(value, int) or value < MIN_MAX_REQUEST_BYTES:
         raise ValueError(
             f"{source} must be an int of at least {MIN_MAX_REQUEST_BYTES}, not {value!r}"
