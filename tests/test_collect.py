@@ -279,7 +279,7 @@ def test_one_process_over_json_logs_every_field(
         expected = expected_stats(tmr, gpu=gpu)
         for name in STATS_FIELDS:
             assert metrics[f"{row}/{name}"] == pytest.approx(expected[name], rel=1e-15), name
-    assert len(metrics) == 2 * len(STATS_FIELDS)
+    assert len(metrics) == 3 * len(STATS_FIELDS)  # batch, batch/gpu and epoch
     assert not any("rank" in name or "skew" in name for name in metrics)
     assert logged.info.status == "FINISHED"
 

@@ -266,18 +266,23 @@ def mlflow_metric_name(name: str) -> str:
 
     Characters other than letters, digits, ``_ - . : /`` and space become ``_``; empty path
     segments are dropped and ``.``/``..`` ones become ``_``, since MLflow refuses names that
-    change under path normalisation; a name over MLflow's 250 characters keeps its last segment
-    and gets a hash of the whole name, so that long names stay apart.
+    change under path normalisation; a name over MLflow's 250 characters keeps its last
+    segments (clock, field, process) and gets a hash of the whole name, so that long names stay
+    apart.
     """
     segments = [s for s in _BAD_CHARACTERS.sub("_", name).split("/") if s]
     clean = "/".join("_" if s in (".", "..") else s for s in segments) or "_"
     if len(clean) <= _MAX_NAME:
         return clean
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    head, _, last = clean.rpartition("/")
-    last = last[-(_MAX_NAME // 2) :]
-    room = max(1, _MAX_NAME - len(last) - len(digest) - 2)
-    return f"{head[:room].rstrip('/ .') or '_'}_{digest}/{last}"
+    # The end names the clock, field and process: keep the last segments that fit in half.
+    parts = clean.split("/")
+    tail: list[str] = [parts.pop()[-(_MAX_NAME // 2) :]]
+    while len(parts) > 1 and len("/".join([parts[-1], *tail])) <= _MAX_NAME // 2:
+        tail.insert(0, parts.pop())
+    head = "/".join(parts)
+    room = max(1, _MAX_NAME - len("/".join(tail)) - len(digest) - 2)
+    return f"{head[:room].rstrip('/ .') or '_'}_{digest}/{'/'.join(tail)}"
 
 
 def mlflow_metric_names(values: Mapping[str, float]) -> dict[str, float]:
