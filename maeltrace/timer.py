@@ -857,13 +857,14 @@ class Timer:
         self, prefix: str = "", stats: str = "mean", **options: Any
     ) -> dict[str, float]:
         """Logs the statistics of every key to MLflow, CPU and GPU rows in one batch, and the
-        stats files and Chrome trace as artifacts; see `maeltrace.sinks.mlflow.log_mlflow`.
+        stats files and Chrome trace as artifacts; see `maeltrace.sinks.mlflow.log_summary`
+        (loaded by name: the timer never imports the sinks).
 
         As in Deep500, each key's mean is named ``prefix + key`` (a ``/`` added after a
         non-empty prefix); ``stats="all"`` logs min, mean, median, max, stdev, p95 and count. It
         uses the active MLflow run or starts one. MLflow being down gives one
-        `maeltrace.sinks.SinkWarning` within seconds, and the metrics are kept in the output
-        folder; training goes on.
+        `maeltrace.SinkWarning` within seconds, and the metrics are kept in the output
+        folder; training goes on. A disabled timer logs nothing.
 
         Returns:
             The metrics, by name.
@@ -872,15 +873,36 @@ class Timer:
             ImportError: mlflow is not installed (``pip install 'maeltrace[mlflow]'``).
             ValueError: ``stats`` is not ``mean`` or ``all``.
         """
-        from maeltrace.sinks.mlflow import log_mlflow
+        if not self.enabled:
+            return {}
+        summary = self.summary()
 
-        return log_mlflow(self, prefix, stats, **options)
+        def files() -> list[Path]:  # the stats files, trace and reports, written now
+            folder = self.write_outputs(summary)
+            if folder is None:  # nothing could be written; write_outputs warned
+                return []
+            suffix = self._file_suffix()
+            names = (f"stats{suffix}.json", f"stats{suffix}.md", f"trace{suffix}.json")
+            found = [folder / name for name in names] + sorted(folder.glob(f"report{suffix}.*"))
+            return [path for path in found if path.is_file() and not path.name.startswith(".")]
+
+        # load() is typed Any: the sinks' log_summary returns dict[str, float].
+        return load("maeltrace.sinks.mlflow:log_summary")(  # type: ignore[no-any-return]
+            summary,
+            folder=self.output_dir,
+            files=files,
+            prefix=prefix,
+            stats=stats,
+            **options,
+        )
 
     def log_wb_all(self, prefix: str = "", stats: str = "mean", **options: Any) -> dict[str, float]:
         """Logs the statistics of every key to Weights & Biases in one ``wandb.log`` call (one
-        step), and the files as an artifact; see `maeltrace.sinks.wandb.log_wandb`.
+        step), and the files as an artifact; see `maeltrace.sinks.wandb.log_summary` (loaded by
+        name).
 
-        Names as `log_mlflow_all`. Uses ``wandb.run`` or starts one.
+        Names as `log_mlflow_all`. Uses ``wandb.run`` or starts one. A disabled timer logs
+        nothing.
 
         Returns:
             The metrics, by name.
@@ -889,9 +911,28 @@ class Timer:
             ImportError: wandb is not installed (``pip install 'maeltrace[wandb]'``).
             ValueError: ``stats`` is not ``mean`` or ``all``.
         """
-        from maeltrace.sinks.wandb import log_wandb
+        if not self.enabled:
+            return {}
+        summary = self.summary()
 
-        return log_wandb(self, prefix, stats, **options)
+        def files() -> list[Path]:  # the stats files, trace and reports, written now
+            folder = self.write_outputs(summary)
+            if folder is None:  # nothing could be written; write_outputs warned
+                return []
+            suffix = self._file_suffix()
+            names = (f"stats{suffix}.json", f"stats{suffix}.md", f"trace{suffix}.json")
+            found = [folder / name for name in names] + sorted(folder.glob(f"report{suffix}.*"))
+            return [path for path in found if path.is_file() and not path.name.startswith(".")]
+
+        # load() is typed Any: the sinks' log_summary returns dict[str, float].
+        return load("maeltrace.sinks.wandb:log_summary")(  # type: ignore[no-any-return]
+            summary,
+            folder=self.output_dir,
+            files=files,
+            prefix=prefix,
+            stats=stats,
+            **options,
+        )
 
     def __repr__(self) -> str:
         state = "enabled" if self.enabled else "disabled"

@@ -36,7 +36,7 @@ from maeltrace.collect.mlflow_out import (
     PendingFile,
     Publisher,
     SinkError,
-    metric_name,
+    clock_metric_name,
     summary_metrics,
 )
 from maeltrace.collect.service import CollectConfig, CollectServer
@@ -47,6 +47,7 @@ from maeltrace.collect.summaries import (
 )
 from maeltrace.otel.otlp_json import traces_to_json_line
 from maeltrace.otel.spans import attributes
+from maeltrace.sinks.base import STATS_FIELDS
 from maeltrace.stats import compute_stats
 from tests.services.mlflow_server import MlflowServer
 
@@ -244,15 +245,15 @@ def test_two_ranks_are_summarised_and_logged_to_mlflow(
     assert tags["host.name"] == socket.gethostname()
     assert tags["maeltrace.world_size"] == "2"
     metrics = logged.data.metrics
-    assert metrics["batch/cpu/mean"] == pytest.approx(pooled["mean"], rel=1e-15)
-    assert metrics["batch/cpu/count"] == 12
-    assert metrics["batch/cpu/rank0/mean"] == pytest.approx(fast.get_time_stats("batch").mean)
-    assert metrics["batch/cpu/rank1/mean"] == pytest.approx(slow.get_time_stats("batch").mean)
-    assert metrics["batch/cpu/slowest_rank"] == 1
-    assert metrics["batch/cpu/skew"] == pytest.approx(batch["skew"], rel=1e-15)
-    assert metrics["epoch/cpu/slowest_rank"] == 1
+    assert metrics["batch/mean"] == pytest.approx(pooled["mean"], rel=1e-15)
+    assert metrics["batch/count"] == 12
+    assert metrics["batch/rank0/mean"] == pytest.approx(fast.get_time_stats("batch").mean)
+    assert metrics["batch/rank1/mean"] == pytest.approx(slow.get_time_stats("batch").mean)
+    assert metrics["batch/slowest_rank"] == 1
+    assert metrics["batch/skew"] == pytest.approx(batch["skew"], rel=1e-15)
+    assert metrics["epoch/slowest_rank"] == 1
     # Median and percentiles are not pooled, so not logged for a run of several ranks.
-    assert "batch/cpu/median" not in metrics
+    assert "batch/median" not in metrics
 
 
 def test_one_process_over_json_logs_every_field(
@@ -273,9 +274,12 @@ def test_one_process_over_json_logs_every_field(
     assert process["stats"]["batch"]["gpu"] == pytest.approx(expected_stats(tmr, gpu=True))
     (logged,) = mlflow_runs(mlflow_server, cfg.mlflow_experiment or "", run_id)
     metrics = logged.data.metrics
-    for clock, gpu in (("cpu", False), ("gpu", True)):
-        for name, value in expected_stats(tmr, gpu=gpu).items():
-            assert metrics[f"batch/{clock}/{name}"] == pytest.approx(value, rel=1e-15), name
+    # The names of Timer.log_mlflow_all(stats="all"): STATS_FIELDS under batch and batch/gpu.
+    for row, gpu in (("batch", False), ("batch/gpu", True)):
+        expected = expected_stats(tmr, gpu=gpu)
+        for name in STATS_FIELDS:
+            assert metrics[f"{row}/{name}"] == pytest.approx(expected[name], rel=1e-15), name
+    assert len(metrics) == 3 * len(STATS_FIELDS)  # batch, batch/gpu and epoch
     assert not any("rank" in name or "skew" in name for name in metrics)
     assert logged.info.status == "FINISHED"
 
@@ -346,7 +350,7 @@ def test_mlflow_down_then_up_keeps_the_summary_and_sends_it_later(
     assert mlflow_server.port is not None
     gate = Gate(mlflow_server.port)
     cfg = config(tmp_path, mlflow_tracking_uri=gate.url, retry_interval_s=0.2)
-    pending = cfg.state_dir / "mlflow-pending.jsonl"
+    pending = cfg.state_dir / "pending-mlflow.jsonl"
     first, second = (f"down-{n}-{uuid.uuid4().hex[:6]}" for n in (1, 2))
     try:
         with CollectServer(cfg) as server:
@@ -379,7 +383,7 @@ def test_mlflow_down_then_up_keeps_the_summary_and_sends_it_later(
     finally:
         gate.close()
     (logged,) = mlflow_runs(mlflow_server, cfg.mlflow_experiment or "", first)
-    assert logged.data.metrics["batch/cpu/mean"] == pytest.approx(
+    assert logged.data.metrics["batch/mean"] == pytest.approx(
         tmr.get_time_stats("batch").mean, rel=1e-15
     )
     assert len(mlflow_runs(mlflow_server, cfg.mlflow_experiment or "", second)) == 1
@@ -434,8 +438,8 @@ def test_wandb_gets_one_row_of_the_summary(tmp_path: Path, monkeypatch: pytest.M
     assert run.run_id == "wandb-run"
     (row,) = run.history
     expected = compute_stats([1_000_000, 2_000_000, 4_000_000]).to_dict()
-    for name, value in expected.items():
-        assert row[f"batch/cpu/{name}"] == pytest.approx(value, rel=1e-15)
+    for name in STATS_FIELDS:
+        assert row[f"batch/{name}"] == pytest.approx(expected[name], rel=1e-15)
     assert run.config["maeltrace.run_id"] == "wandb-run"
 
 
@@ -582,20 +586,22 @@ def test_metric_names_are_valid_mlflow_names() -> None:
     from mlflow.utils.validation import _validate_metric_name
 
     for key in ("batch", "a/b", "..", "/lead", "x//y", "weird:key?*", "k" * 400, "ü ñ", " "):
-        name = metric_name(key, "cpu.first_call", "rank3", "mean")
+        name = clock_metric_name(key, "gpu.first_call", "rank3", "mean")
         _validate_metric_name(name)  # type: ignore[no-untyped-call]
-        assert len(name) <= 250 and name.endswith("/cpu.first_call/rank3/mean")
-    assert metric_name("k" * 400, "cpu", "mean") != metric_name("k" * 399, "cpu", "mean")
+        assert len(name) <= 250 and name.endswith("/gpu/first_call/rank3/mean")
+    assert clock_metric_name("k" * 400, "cpu", "mean") != clock_metric_name(
+        "k" * 399, "cpu", "mean"
+    )
     summaries = RunSummaries()
     summaries.add(run_span_request("m", rank=0, world_size=4))
     summary = summaries.get("m")
     assert summary is not None
     metrics = summary_metrics(summary)
     assert set(metrics) == {
-        *(f"batch/cpu/{f}" for f in ("count", "total", "mean", "min", "max", "stdev")),
-        "batch/cpu/rank0/mean",
-        "batch/cpu/slowest_rank",
-        "batch/cpu/skew",
+        *(f"batch/{f}" for f in ("count", "total", "mean", "min", "max", "stdev")),
+        "batch/rank0/mean",
+        "batch/slowest_rank",
+        "batch/skew",
     }
     assert set(FIELDS) >= {"median", "p99"}
 

@@ -17,11 +17,9 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from maeltrace import Timer
-from maeltrace.collect.mlflow_out import PendingFile
 from maeltrace.files import append_line, append_lines, read_lines
 from maeltrace.otel.otlp_json import append_json_line, read_json_lines
-from maeltrace.sinks import keep_pending, pending_path
+from maeltrace.sinks.base import PendingFile, pending_entry, pending_path
 from tests.helpers import mounted_tmpfs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,16 +333,15 @@ class TestConcurrency:
             assert [obj["n"] for obj in written if obj["w"] == writer] == list(range(2000))
         assert path.read_bytes().count(b"\n") == 4001  # no blank line: one repair only
 
-    def test_keep_pending_appends_one_line_per_entry(self, tmp_path: Path) -> None:
-        tmr = Timer(device="cpu")
-        tmr.output_dir.mkdir(parents=True, exist_ok=True)
+    def test_a_pending_file_appends_one_line_per_entry(self, tmp_path: Path) -> None:
+        kept = PendingFile(pending_path(tmp_path, "mlflow"))
         for call in range(3):
-            kept = keep_pending(tmr, "mlflow", {"train/batch": 0.5 + call}, "down", step=call)
-        assert kept == pending_path(tmr, "mlflow") and kept.name == "pending-mlflow.jsonl"
-        entries = [json.loads(line) for _, line in read_lines(kept)]
+            kept.add(pending_entry("mlflow", "r1", "down", metrics={"train/batch": 0.5 + call}))
+        assert kept.path.name == "pending-mlflow.jsonl"
+        entries = [json.loads(line) for _, line in read_lines(kept.path)]
         assert [e["metrics"]["train/batch"] for e in entries] == [0.5, 1.5, 2.5]
-        assert {e["run_id"] for e in entries} == {tmr.run_id}
-        assert [e["step"] for e in entries] == [0, 1, 2]
+        assert {e["run_id"] for e in entries} == {"r1"} and kept.entries() == entries
+        assert pending_path(tmp_path, "wandb", ".rank1").name == "pending-wandb.rank1.jsonl"
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -1,45 +1,49 @@
-"""Where run summaries go: MLflow (and W&B), with bounded retries and a pending file.
+"""The summary service's sinks: run summaries (dicts) to MLflow and W&B, named as the Timer names.
 
 A run summary (`maeltrace.collect.summaries.RunSummary.to_dict`) becomes one MLflow run per
 maeltrace run id, found by its ``maeltrace.run_id`` tag in the experiment (else created), and
-updated each time a process of the run reports. Metric names:
+updated each time a process of the run reports. The summaries stay dicts (they hold what only
+the service knows: processes, pooled statistics, the slowest rank); `clock_metric_name` adapts
+their clock labels (``cpu``, ``gpu``, ``cpu.first_call``, ``gpu.first_call``) to the one name
+scheme of `maeltrace.sinks.base.metric_name`, so that the names are those of
+``Timer.log_mlflow_all(stats="all")``:
 
-- one process: ``<key>/<clock>/<field>`` for every `maeltrace.TimeStats` field of the process;
-- several ranks (or a world size above 1): ``<key>/<clock>/<field>`` for the pooled fields
-  (count, total, mean, min, max, stdev), ``<key>/<clock>/<process>/mean`` per process
-  (``rank0``, ``rank1``, ...), ``<key>/<clock>/slowest_rank`` and ``<key>/<clock>/skew``.
+- one process: ``<key>[/gpu][/first_call]/<field>`` for every field of
+  `maeltrace.sinks.base.STATS_FIELDS`;
+- several ranks (or a world size above 1): ``<row>/<field>`` for the pooled fields (count,
+  total, mean, min, max, stdev), ``<row>/<process>/mean`` per process (``rank0``, ``rank1``,
+  ...), ``<row>/slowest_rank`` and ``<row>/skew``, ``<row>`` being ``<key>[/gpu][/first_call]``.
 
-Clocks are ``cpu``, ``gpu``, ``cpu.first_call`` and ``gpu.first_call``. Each update is logged at
-step = number of processes reported, so the latest value of a metric is always the most complete
-one. Key characters MLflow does not allow in names become ``_``.
+Each update is logged at step = number of processes reported, so the latest value of a metric is
+always the most complete one. Names go through `maeltrace.sinks.base.mlflow_metric_name`.
 
-Failures: a `Publisher` tries a sink a few times with exponential backoff (MLflow's own HTTP
-client is bounded meanwhile through ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and
-``MLFLOW_HTTP_REQUEST_TIMEOUT``, which by default retry for minutes), then appends the summary to
-a `PendingFile` (JSON lines). The pending summaries are sent again after the next success, when
-the service starts, and on a timer (`Publisher.resend`).
-
-``mlflow`` and ``wandb`` are imported when a sink first logs, not with this module.
+Failures: a `maeltrace.sinks.base.Publisher` retries, bounds MLflow's HTTP client
+(`maeltrace.sinks.base.bounded_http`) and keeps what stays undelivered in a
+`maeltrace.sinks.base.PendingFile`. ``mlflow`` and ``wandb`` are imported when a sink first
+logs, not with this module.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import logging
 import math
 import os
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
-from maeltrace.collect.summaries import FIELDS
 from maeltrace.errors import SinkError
-from maeltrace.files import append_line, atomic_write_bytes, read_lines
+from maeltrace.sinks.base import (
+    STATS_FIELDS,
+    PendingFile,
+    Publisher,
+    Sink,
+    bounded_http,
+    metric_name,
+    mlflow_metric_name,
+)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -52,12 +56,10 @@ __all__ = [
     "Sink",
     "SinkError",
     "WandbSink",
-    "metric_name",
+    "clock_metric_name",
     "summary_metrics",
     "summary_tags",
 ]
-
-_log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT: Final = "maeltrace"
 """The MLflow experiment (and W&B project) when ``MLFLOW_EXPERIMENT_NAME`` is not set."""
@@ -68,50 +70,21 @@ POOLED_FIELDS: Final = ("count", "total", "mean", "min", "max", "stdev")
 MAX_METRICS_PER_BATCH: Final = 1000
 """MLflow's limit of metrics per ``log-batch`` request."""
 
-_MAX_NAME = 250  # MLflow's limit on metric and tag names
+_MAX_NAME = 250  # MLflow's limit on run names
 _MAX_TAG_VALUE = 5000  # under MLflow's 8000, for comma-joined host lists
-# MLflow names allow letters, digits, _ - . space / (and : outside Windows: left out here).
-_NAME_BAD = re.compile(r"[^\w.\- /]")
-
-
-class Sink(Protocol):
-    """Somewhere a run summary is logged."""
-
-    name: str
-
-    def log(self, summary: Mapping[str, Any]) -> str:
-        """Logs one run's summary; returns the id it has there.
-
-        Raises:
-            SinkError: it could not be logged.
-        """
-        ...
 
 
 # -- names and values --------------------------------------------------------------------------
 
 
-def _segment(text: str) -> str:
-    """One part of a metric name: MLflow's characters only, no empty, ``.`` or ``..`` part
-    (which MLflow refuses as they would resolve to another path)."""
-    cleaned = _NAME_BAD.sub("_", text)
-    parts = [p if p.strip(" .") else "_" for p in cleaned.split("/")]
-    return "/".join(parts)
-
-
-def metric_name(key: str, clock: str, *rest: str) -> str:
-    """``<key>/<clock>/<rest...>`` as an MLflow metric name.
-
-    Characters MLflow does not allow become ``_``; a name over MLflow's 250 characters keeps
-    its end and a hash of the whole key.
-    """
-    tail = "/".join(_segment(p) for p in (clock, *rest))
-    head = _segment(key)
-    if len(head) + 1 + len(tail) > _MAX_NAME:
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-        room = max(1, _MAX_NAME - len(tail) - len(digest) - 3)
-        head = f"{head[:room].rstrip('/ .') or '_'}_{digest}"
-    return f"{head}/{tail}"
+def clock_metric_name(key: str, clock: str, *rest: str) -> str:
+    """The MLflow name of one metric of a summary's ``key`` on ``clock`` (``cpu``, ``gpu``,
+    ``cpu.first_call``, ``gpu.first_call``): `maeltrace.sinks.base.metric_name` with the row's
+    device and compiled flags, cleaned by `maeltrace.sinks.base.mlflow_metric_name`."""
+    clock_name, _, first_call = clock.partition(".")
+    return mlflow_metric_name(
+        metric_name(key, *rest, device=clock_name != "cpu", compiled=bool(first_call))
+    )
 
 
 def _process_segment(label: str) -> str:
@@ -131,26 +104,30 @@ def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
         summary: `RunSummary.to_dict` output, with statistics.
 
     Returns:
-        metric name -> value, finite floats only.
+        metric name -> value, finite floats only; of two metrics with one name, the first.
     """
     out: dict[str, float] = {}
+
+    def put(name: str, value: float) -> None:
+        out.setdefault(name, value)
+
     if _single_process(summary):
         for process in summary.get("processes", {}).values():
             for key, clocks in process["stats"].items():
                 for clock, stats in clocks.items():
-                    for field_name in FIELDS:
-                        out[metric_name(key, clock, field_name)] = float(stats[field_name])
-        return out
+                    for field_name in STATS_FIELDS:
+                        put(clock_metric_name(key, clock, field_name), float(stats[field_name]))
+        return {name: value for name, value in out.items() if math.isfinite(value)}
     for key, clocks in summary.get("cross_rank", {}).items():
         for clock, entry in clocks.items():
             for field_name in POOLED_FIELDS:
-                out[metric_name(key, clock, field_name)] = float(entry["pooled"][field_name])
+                put(clock_metric_name(key, clock, field_name), float(entry["pooled"][field_name]))
             for label, mean in entry["mean_by_process"].items():
-                out[metric_name(key, clock, _process_segment(label), "mean")] = float(mean)
+                put(clock_metric_name(key, clock, _process_segment(label), "mean"), float(mean))
             if entry.get("slowest_rank") is not None:
-                out[metric_name(key, clock, "slowest_rank")] = float(entry["slowest_rank"])
+                put(clock_metric_name(key, clock, "slowest_rank"), float(entry["slowest_rank"]))
             if entry.get("skew") is not None:
-                out[metric_name(key, clock, "skew")] = float(entry["skew"])
+                put(clock_metric_name(key, clock, "skew"), float(entry["skew"]))
     return {name: value for name, value in out.items() if math.isfinite(value)}
 
 
@@ -179,213 +156,7 @@ def summary_tags(summary: Mapping[str, Any]) -> dict[str, str]:
     return tags
 
 
-# -- the pending file --------------------------------------------------------------------------
-
-
-class PendingFile:
-    """Summaries that a sink could not take yet: one JSON line each, appended.
-
-    Only the latest summary of each run matters (a run's summary only grows), so `load` keeps
-    that one and `replace` rewrites the file with what is still pending. Lines are appended and
-    read by `maeltrace.files.append_line` and `maeltrace.files.read_lines`, so a full disk
-    leaves no torn line and a torn line from a crash costs only itself. Used from one thread.
-
-    Args:
-        path: the file; its folder is made on the first write.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-
-    def add(self, summary: Mapping[str, Any]) -> None:
-        """Appends a summary.
-
-        Raises:
-            OSError: the file cannot be written (disk full, say); it is left as it was.
-            ValueError: the summary holds a value JSON cannot encode (NaN, say).
-        """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        append_line(self.path, _summary_line(summary), mode=0o600)
-
-    def load(self) -> dict[str, dict[str, Any]]:
-        """The pending summaries, latest per run id, in order of first appearance; lines that
-        are not run summaries (a torn last line after a crash) are skipped with one warning."""
-        found: dict[str, dict[str, Any]] = {}
-        try:
-            for _, obj in read_lines(self.path, parse=_summary_from_line):
-                found[obj["run_id"]] = obj
-        except FileNotFoundError:
-            return {}
-        return found
-
-    def replace(self, summaries: Mapping[str, Mapping[str, Any]]) -> None:
-        """Rewrites the file with exactly these summaries (atomically); removes it when none.
-
-        Raises:
-            OSError: the file cannot be written; it is left as it was.
-        """
-        if not summaries:
-            self.path.unlink(missing_ok=True)
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(
-            self.path, b"".join(_summary_line(s) + b"\n" for s in summaries.values())
-        )
-
-    def __len__(self) -> int:
-        return len(self.load())
-
-
-def _summary_line(summary: Mapping[str, Any]) -> bytes:
-    return json.dumps(summary, allow_nan=False, separators=(",", ":")).encode("utf-8")
-
-
-def _summary_from_line(line: bytes) -> dict[str, Any]:
-    obj = json.loads(line)
-    if not isinstance(obj, dict) or not isinstance(obj.get("run_id"), str):
-        raise ValueError("not a run summary")
-    return obj
-
-
-# -- publishing with retries -------------------------------------------------------------------
-
-
-class Publisher:
-    """Logs summaries to one sink: a few tries with backoff, then the pending file.
-
-    Used from one thread (the service's worker).
-
-    Args:
-        sink: where summaries go.
-        pending: where they wait when the sink is down; None to drop them instead.
-        attempts: tries per summary (at least 1).
-        backoff_s: wait before the second try; doubled before each further one.
-        sleep: waits (tests pass a fake).
-    """
-
-    def __init__(
-        self,
-        sink: Sink,
-        pending: PendingFile | None,
-        *,
-        attempts: int = 3,
-        backoff_s: float = 1.0,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if attempts < 1:
-            raise ValueError(f"attempts must be at least 1, not {attempts}")
-        self.sink = sink
-        self.pending = pending
-        self.attempts = attempts
-        self.backoff_s = backoff_s
-        self._sleep = sleep
-        self.states: dict[str, str] = {}
-        """Per run id: ``logged``, ``pending`` or ``failed: <why>`` (refused, not pending)."""
-        self.ids: dict[str, str] = {}
-        """Per run id, the id the sink gave it (the MLflow run id)."""
-
-    def _try(self, summary: Mapping[str, Any], attempts: int) -> None:
-        """Logs with up to ``attempts`` tries; raises the last `SinkError`."""
-        for attempt in range(attempts):
-            try:
-                self.ids[str(summary["run_id"])] = self.sink.log(summary)
-                return
-            except SinkError as err:
-                if not err.retryable or attempt == attempts - 1:
-                    raise
-                _log.info("%s: try %d failed (%s); retrying", self.sink.name, attempt + 1, err)
-                self._sleep(self.backoff_s * 2**attempt)
-
-    def publish(self, summary: Mapping[str, Any]) -> str:
-        """Logs a summary, retrying; keeps it pending if the sink stays down, and after a
-        success sends what was pending.
-
-        Returns:
-            The run's state afterwards: ``logged``, ``pending`` or ``failed: <why>``.
-        """
-        run_id = str(summary["run_id"])
-        try:
-            self._try(summary, self.attempts)
-        except SinkError as err:
-            if err.retryable and self.pending is not None:
-                _log.warning(
-                    "%s is down (%s); %s's summary is pending", self.sink.name, err, run_id
-                )
-                self.pending.add(summary)
-                self.states[run_id] = "pending"
-            else:
-                _log.error("%s refused the summary of %s: %s", self.sink.name, run_id, err)
-                self.states[run_id] = f"failed: {err}"
-            return self.states[run_id]
-        self.states[run_id] = "logged"
-        self.resend(skip=run_id)
-        return "logged"
-
-    def resend(self, skip: str | None = None) -> int:
-        """Sends the pending summaries again, one try each, stopping at the first that fails
-        as the sink is down; what is left stays pending.
-
-        Args:
-            skip: a run id whose newer summary was just logged: its pending one is dropped.
-
-        Returns:
-            How many were sent.
-        """
-        if self.pending is None:
-            return 0
-        waiting = self.pending.load()
-        if not waiting:
-            return 0
-        left = dict(waiting)
-        left.pop(skip or "", None)
-        sent = 0
-        for run_id, summary in waiting.items():
-            if run_id not in left:
-                continue
-            try:
-                self._try(summary, 1)
-            except SinkError as err:
-                if err.retryable:
-                    break  # still down: keep this one and the rest for the next round
-                _log.error("%s refused the pending summary of %s: %s", self.sink.name, run_id, err)
-                self.states[run_id] = f"failed: {err}"
-            else:
-                self.states[run_id] = "logged"
-                sent += 1
-            left.pop(run_id)
-        if left != waiting:
-            self.pending.replace(left)
-        if sent:
-            _log.info("%s: sent %d pending summaries", self.sink.name, sent)
-        return sent
-
-    def has_pending(self) -> bool:
-        """Whether summaries wait in the pending file."""
-        return self.pending is not None and self.pending.path.exists()
-
-
 # -- MLflow ------------------------------------------------------------------------------------
-
-_HTTP_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _bounded_http(timeout_s: float) -> Iterator[None]:
-    """Bounds MLflow's HTTP client for the duration: no retries of its own (the `Publisher`
-    retries) and a request timeout. Values the user set in the environment stay."""
-    values = {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s))),
-    }
-    with _HTTP_LOCK:
-        ours = [name for name in values if name not in os.environ]
-        for name in ours:
-            os.environ[name] = values[name]
-        try:
-            yield
-        finally:
-            for name in ours:
-                os.environ.pop(name, None)
 
 
 def _experiment_name(experiment: str | None) -> str:
@@ -430,7 +201,7 @@ class MlflowSink:
 
         run_id = str(summary["run_id"])
         try:
-            with _bounded_http(self.request_timeout_s):
+            with bounded_http(self.request_timeout_s):
                 return self._log(summary)
         except MlflowException as err:
             # The run may be gone, or a timed-out create may have made it after all: the next

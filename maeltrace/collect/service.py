@@ -49,10 +49,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from maeltrace.collect.mlflow_out import MlflowSink, PendingFile, Publisher, WandbSink
+from maeltrace.collect.mlflow_out import MlflowSink, WandbSink
 from maeltrace.collect.summaries import RunSummaries
 from maeltrace.otel.otlp_json import traces_from_json_line
 from maeltrace.output import output_root
+from maeltrace.sinks.base import PendingFile, Publisher, pending_path
 
 if TYPE_CHECKING:
     import uvicorn
@@ -125,8 +126,9 @@ class CollectConfig:
         mlflow_experiment: the MLflow experiment; default ``MLFLOW_EXPERIMENT_NAME``, else
             ``maeltrace``.
         wandb: also log to W&B (online or offline, as ``WANDB_MODE`` says).
-        state_dir: where summaries wait that a sink could not take (``mlflow-pending.jsonl``,
-            ``wandb-pending.jsonl``), and W&B's files unless ``WANDB_DIR`` is set; default
+        state_dir: where summaries wait that a sink could not take (``pending-mlflow.jsonl``,
+            ``pending-wandb.jsonl``: `maeltrace.sinks.base.pending_path`), and W&B's files
+            unless ``WANDB_DIR`` is set; default
             ``$MAELTRACE_OUTPUT_DIR/collect`` (``./maeltrace-out/collect``).
         attempts: tries per summary and sink before it goes to the pending file.
         backoff_s: wait before the second try, doubled before each later one.
@@ -188,21 +190,38 @@ def _publishers(config: CollectConfig) -> list[Publisher]:
             experiment=config.mlflow_experiment,
             request_timeout_s=config.request_timeout_s,
         )
-        pending = PendingFile(config.state_dir / "mlflow-pending.jsonl")
         publishers.append(
-            Publisher(sink, pending, attempts=config.attempts, backoff_s=config.backoff_s)
+            Publisher(
+                sink,
+                _pending_file(config.state_dir, MlflowSink.name),
+                attempts=config.attempts,
+                backoff_s=config.backoff_s,
+            )
         )
     if config.wandb:
         directory = None if os.environ.get("WANDB_DIR") else str(config.state_dir)
         publishers.append(
             Publisher(
                 WandbSink(directory=directory),
-                PendingFile(config.state_dir / "wandb-pending.jsonl"),
+                _pending_file(config.state_dir, WandbSink.name),
                 attempts=config.attempts,
                 backoff_s=config.backoff_s,
             )
         )
     return publishers
+
+
+def _pending_file(state_dir: Path, sink: str) -> PendingFile:
+    """The sink's pending file; one left under its older name
+    (``<sink>-pending.jsonl``) takes the new name, so that its summaries are still sent."""
+    path = pending_path(state_dir, sink)
+    old = state_dir / f"{sink}-pending.jsonl"
+    if old.exists() and not path.exists():
+        try:
+            old.rename(path)
+        except OSError as err:
+            _log.warning("%s could not be renamed to %s: %s", old, path, err)
+    return PendingFile(path)
 
 
 class Collector:
@@ -267,7 +286,7 @@ class Collector:
         for publisher in self.publishers:
             if publisher.pending is None:
                 continue
-            for summary in publisher.pending.load().values():
+            for summary in publisher.pending_summaries().values():
                 try:
                     self.summaries.restore(summary)
                 except ValueError as err:

@@ -1,32 +1,36 @@
-"""Logs a timer's statistics, stats files and Chrome trace to an MLflow run."""
+"""Logs a summary's statistics, and the run's stats files and Chrome trace, to an MLflow run."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-import re
 import socket
 import threading
 import time
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from maeltrace._imports import require
-from maeltrace.sinks import (
-    SinkWarning,
+from maeltrace.sinks.base import (
+    BOUNDED_HTTP,
+    PendingFile,
+    bounded_http,
     check_arguments,
-    keep_pending,
     metric_values,
-    output_files,
+    mlflow_metric_name,
+    mlflow_metric_names,
+    pending_entry,
+    pending_path,
+    rank_suffix_of,
     warn_failure,
 )
 
 if TYPE_CHECKING:
+    from maeltrace.report import Summary
     from maeltrace.timer import Timer
 
 __all__ = [
@@ -35,6 +39,7 @@ __all__ = [
     "EXPERIMENT",
     "bounded_http",
     "log_mlflow",
+    "log_summary",
     "mlflow_metric_name",
     "mlflow_metric_names",
 ]
@@ -45,78 +50,63 @@ ARTIFACT_PATH = "maeltrace"
 """The run's artifact folder that the stats files, Chrome trace and report go into."""
 
 EXPERIMENT = "maeltrace"
-"""The experiment of runs in the SQLite store this sink falls back to (see `log_mlflow`)."""
-
-
-BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
-"""MLflow's HTTP settings while `log_mlflow` talks to a server, where the user set none: one
-retry, instead of the default seven with exponential backoff (minutes against a closed port).
-``MLFLOW_HTTP_REQUEST_TIMEOUT`` is set to ``timeout_s`` the same way (`bounded_http`)."""
-
-# MLflow draws a progress bar on stderr for every artifact transfer unless told not to.
-_NO_PROGRESS_BAR = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+"""The experiment of runs in the SQLite store this sink falls back to (see `log_summary`)."""
 
 _LOCAL_SCHEMES = ("sqlite", "file")
-_BAD_CHARACTERS = re.compile(r"[^/\w.\- :]")
 
 
-def mlflow_metric_name(name: str) -> str:
-    """``name`` as MLflow accepts it: characters other than letters, digits, ``_ - . : /``
-    and space become ``_``, and empty, ``.`` and ``..`` path segments are dropped or replaced,
-    since MLflow refuses names that change under path normalisation."""
-    segments = [s for s in _BAD_CHARACTERS.sub("_", name).split("/") if s]
-    return "/".join("_" if s in (".", "..") else s for s in segments) or "_"
-
-
-def log_mlflow(
-    timer: Timer,
+def log_summary(
+    summary: Summary,
+    *,
+    folder: Path,
+    files: Callable[[], list[Path]],
     prefix: str = "",
     stats: str = "mean",
-    *,
     artifacts: bool = True,
     timeout_s: float = 5.0,
     names: str = "maeltrace",
     run_id: str | None = None,
 ) -> dict[str, float]:
-    """Logs the timer's statistics as metrics of an MLflow run, in one batch.
+    """Logs a summary's statistics as metrics of an MLflow run, in one batch.
 
-    Deep500's ``log_mlflow_all``, with CPU and GPU rows in one call. Metric names are those of
-    `maeltrace.sinks` (``<prefix><key>``, ``<prefix><key>/gpu``, ``.../<field>`` with
+    Deep500's ``log_mlflow_all``, with CPU and GPU rows in one call
+    (`maeltrace.Timer.log_mlflow_all` calls it). Metric names are those of
+    `maeltrace.sinks.base` (``<prefix><key>``, ``<prefix><key>/gpu``, ``.../<field>`` with
     ``stats="all"``), made acceptable to MLflow by `mlflow_metric_name`; each is logged at
     step 0 with the current time, as ``mlflow.log_metrics`` does.
 
     The run: ``run_id`` if given (such as the run of Lightning's ``MLFlowLogger``), else the
     active run of the calling thread (``mlflow.active_run()``), else the run named by
-    ``MLFLOW_RUN_ID``, all left running; else a new run, named by the timer's run id,
+    ``MLFLOW_RUN_ID``, all left running; else a new run, named by the summary's run id,
     tagged ``maeltrace.run_id`` and ``maeltrace.host``, in the current experiment, and ended
     (``FINISHED``) here. The store: the tracking URI configured (``mlflow.set_tracking_uri``,
     ``MLFLOW_TRACKING_URI``), else MLflow's default, a SQLite file ``./mlflow.db`` since MLflow
     3.7; where MLflow would fall back to its file store instead (an old ``./mlruns`` with
     experiments in it; that store is refused from MLflow 3.18), the run goes to the SQLite store
-    ``<timer.output_dir>/mlflow.db``, experiment `EXPERIMENT`, artifacts in
-    ``<timer.output_dir>/mlartifacts``.
+    ``<folder>/mlflow.db``, experiment `EXPERIMENT`, artifacts in ``<folder>/mlartifacts``.
 
-    With ``artifacts``, the timer writes its stats files and Chrome trace
-    (`maeltrace.Timer.write_outputs`) and they go to the run's `ARTIFACT_PATH` folder, with its
-    report files (``report*``) where there are any.
+    With ``artifacts``, ``files()`` is called (the Timer writes its stats files and Chrome
+    trace there) and the paths it returns go to the run's `ARTIFACT_PATH` folder.
 
     Bounded: the MLflow calls run on a worker thread, and against a server this call waits
     for them at most ``timeout_s`` seconds; meanwhile MLflow's HTTP client retries once and
-    waits ``timeout_s`` per request (`BOUNDED_HTTP`; settings the user made are kept, and the
+    waits ``timeout_s`` per request (`bounded_http`; settings the user made are kept, and the
     change is seen by other threads' MLflow calls during the call). Local stores (SQLite,
     files) are waited for. A call that fails or gets no answer in time issues one
-    `maeltrace.sinks.SinkWarning` and appends the metrics to the output folder's
-    ``pending-mlflow.jsonl`` (see `maeltrace.sinks.keep_pending`); training goes on. Metrics of
-    a call that timed out may still arrive later, so that file can repeat them. Artifacts still
-    uploading when the metrics are in keep uploading in the background.
+    `maeltrace.SinkWarning` and appends the metrics to ``<folder>/pending-mlflow<rank>.jsonl``
+    (`maeltrace.sinks.base.PendingFile`); training goes on. Metrics of a call that timed out may
+    still arrive later, so that file can repeat them. Artifacts still uploading when the metrics
+    are in keep uploading in the background.
 
     Args:
-        timer: the timer; a disabled timer logs nothing.
+        summary: what to log; its metadata gives the run id and the rank of the file names.
+        folder: the run's output folder.
+        files: returns the artifact paths; called only with ``artifacts``.
         prefix: put before every name; a ``/`` is added after a non-empty prefix lacking one.
         stats: ``"mean"`` or ``"all"`` (min, mean, median, max, stdev, p95, count).
         artifacts: also upload the stats files, Chrome trace and report.
         timeout_s: the longest wait for a tracking server, in seconds.
-        names: ``"maeltrace"`` or ``"deep500"`` (Deep500's names; see `maeltrace.sinks`).
+        names: ``"maeltrace"`` or ``"deep500"`` (Deep500's names; see `maeltrace.sinks.base`).
         run_id: the MLflow run to log to, in the store of the current tracking URI.
 
     Returns:
@@ -134,18 +124,17 @@ def log_mlflow(
         isinstance(timeout_s, int | float) and 0 < timeout_s < math.inf
     ):
         raise ValueError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
-    if not timer.enabled:
-        return {}
+    name = str(summary.metadata.get("run_id", ""))
     try:
-        values = mlflow_metric_names(metric_values(timer.summary(), prefix, stats, names=names))
-        files = _files(timer) if artifacts else []
+        values = mlflow_metric_names(metric_values(summary, prefix, stats, names=names))
+        paths = _files(files) if artifacts else []
         delivery = _Delivery(
             mlflow=mlflow,
-            target=_target(mlflow, timer, run_id),
+            target=_target(mlflow, folder, run_id),
             metrics=values,
-            files=files,
-            run_name=timer.run_id,
-            tags={"maeltrace.run_id": timer.run_id, "maeltrace.host": socket.gethostname()},
+            files=paths,
+            run_name=name,
+            tags={"maeltrace.run_id": name, "maeltrace.host": socket.gethostname()},
             timeout_s=float(timeout_s),
         )
     except Exception as exc:  # a sink never stops training
@@ -153,32 +142,25 @@ def log_mlflow(
         return {}
     error = delivery.run()
     if error is not None:
-        _keep(timer, values, error, delivery)
+        pending = PendingFile(pending_path(folder, SINK, rank_suffix_of(summary.metadata)))
+        _keep(pending, name, values, error, delivery)
     return values
 
 
-def _files(timer: Timer) -> list[Path]:
+def log_mlflow(
+    timer: Timer, prefix: str = "", stats: str = "mean", **options: Any
+) -> dict[str, float]:
+    """`maeltrace.Timer.log_mlflow_all` as a function (the older entry point); the options are
+    those of `log_summary`."""
+    return timer.log_mlflow_all(prefix, stats, **options)
+
+
+def _files(files: Callable[[], list[Path]]) -> list[Path]:
     try:
-        return output_files(timer)
+        return files()
     except Exception as exc:  # the metrics still go
         warn_failure(SINK, "the stats files and trace were not written", exc, None)
         return []
-
-
-def mlflow_metric_names(values: Mapping[str, float]) -> dict[str, float]:
-    """``values`` under `mlflow_metric_name`'s names; a name that another already took is left
-    out with a `SinkWarning`."""
-    logged: dict[str, float] = {}
-    for name, value in values.items():
-        clean = mlflow_metric_name(name)
-        if clean in logged:
-            warnings.warn(
-                SinkWarning(f"{name!r} is {clean!r} in MLflow, as another metric; not logged"),
-                stacklevel=3,
-            )
-            continue
-        logged[clean] = value
-    return logged
 
 
 @dataclass(frozen=True)
@@ -196,7 +178,7 @@ class _Target:
         return self.uri.partition(":")[0].lower() in _LOCAL_SCHEMES
 
 
-def _target(mlflow: ModuleType, timer: Timer, run_id: str | None) -> _Target:
+def _target(mlflow: ModuleType, folder: Path, run_id: str | None) -> _Target:
     uri: str = mlflow.get_tracking_uri()
     if run_id is not None:
         return _Target(uri, run_id)
@@ -207,46 +189,9 @@ def _target(mlflow: ModuleType, timer: Timer, run_id: str | None) -> _Target:
     if named:
         return _Target(uri, named)
     if not mlflow.is_tracking_uri_set() and uri.startswith("file:"):
-        folder = timer.output_dir.resolve()
+        folder = folder.resolve()
         return _Target(f"sqlite:///{folder / 'mlflow.db'}", None, folder / "mlartifacts")
     return _Target(uri, None)
-
-
-# MLflow's HTTP settings are environment variables read at each request; the calls that bound
-# them share one lock and restore the user's environment when the last one ends.
-_ENV_LOCK = threading.Lock()
-_env_users = 0
-_env_set: list[str] = []
-
-
-@contextlib.contextmanager
-def bounded_http(timeout_s: float) -> Iterator[None]:
-    """Bounds MLflow's HTTP client for the duration: `BOUNDED_HTTP`'s one retry and a request
-    timeout of ``timeout_s``, and no progress bar on stderr for artifact transfers
-    (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``), each where the user set none; calls may
-    nest and overlap, and the first one's settings hold until the last one ends."""
-    global _env_users
-    with _ENV_LOCK:
-        if _env_users == 0:
-            wanted = {
-                **BOUNDED_HTTP,
-                "MLFLOW_HTTP_REQUEST_TIMEOUT": str(math.ceil(timeout_s)),
-                **_NO_PROGRESS_BAR,
-            }
-            for name, value in wanted.items():
-                if name not in os.environ:
-                    os.environ[name] = value
-                    _env_set.append(name)
-        _env_users += 1
-    try:
-        yield
-    finally:
-        with _ENV_LOCK:
-            _env_users -= 1
-            if _env_users == 0:
-                for name in _env_set:
-                    os.environ.pop(name, None)
-                _env_set.clear()
 
 
 @dataclass
@@ -345,16 +290,20 @@ class _Delivery:
                     client.set_terminated(self.run_id, status)
 
 
-def _keep(timer: Timer, values: Mapping[str, float], error: str, delivery: _Delivery) -> None:
+def _keep(
+    pending: PendingFile, run_id: str, values: Mapping[str, float], error: str, delivery: _Delivery
+) -> None:
+    entry = pending_entry(
+        SINK,
+        run_id,
+        error,
+        metrics=dict(values),
+        tracking_uri=delivery.target.uri,
+        mlflow_run_id=delivery.run_id,
+    )
     try:
-        kept: Path | None = keep_pending(
-            timer,
-            SINK,
-            values,
-            error,
-            tracking_uri=delivery.target.uri,
-            mlflow_run_id=delivery.run_id,
-        )
+        pending.add(entry)
+        kept: Path | None = pending.path
     except OSError as exc:
         kept = None
         error += f" (and the pending file could not be written: {exc})"

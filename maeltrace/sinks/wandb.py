@@ -1,4 +1,4 @@
-"""Logs a timer's statistics, stats files and Chrome trace to a Weights & Biases run."""
+"""Logs a summary's statistics, and the run's stats files and trace, to a Weights & Biases run."""
 
 from __future__ import annotations
 
@@ -6,17 +6,26 @@ import contextlib
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from maeltrace._imports import require
-from maeltrace.sinks import check_arguments, keep_pending, metric_values, output_files, warn_failure
+from maeltrace.sinks.base import (
+    PendingFile,
+    check_arguments,
+    metric_values,
+    pending_entry,
+    pending_path,
+    rank_suffix_of,
+    warn_failure,
+)
 
 if TYPE_CHECKING:
+    from maeltrace.report import Summary
     from maeltrace.timer import Timer
 
-__all__ = ["ARTIFACT_TYPE", "DEFAULT_PROJECT", "log_wandb"]
+__all__ = ["ARTIFACT_TYPE", "DEFAULT_PROJECT", "log_summary", "log_wandb"]
 
 SINK = "wandb"
 
@@ -35,42 +44,45 @@ def artifact_name(run_id: str) -> str:
     return _BAD_ARTIFACT_CHARACTERS.sub("_", f"maeltrace-{run_id}")
 
 
-def log_wandb(
-    timer: Timer,
+def log_summary(
+    summary: Summary,
+    *,
+    folder: Path,
+    files: Callable[[], list[Path]],
     prefix: str = "",
     stats: str = "mean",
-    *,
     artifacts: bool = True,
     names: str = "maeltrace",
 ) -> dict[str, float]:
-    """Logs the timer's statistics to a W&B run: one ``wandb.log`` call (one step), CPU and GPU
+    """Logs a summary's statistics to a W&B run: one ``wandb.log`` call (one step), CPU and GPU
     rows together, and the same values into the run's summary.
 
-    Deep500's ``log_wb_all``, with CPU and GPU rows in one step. Metric names are those of
-    `maeltrace.sinks` (``<prefix><key>``, ``<prefix><key>/gpu``, ``.../<field>`` with
-    ``stats="all"``).
+    Deep500's ``log_wb_all``, with CPU and GPU rows in one step (`maeltrace.Timer.log_wb_all`
+    calls it). Metric names are those of `maeltrace.sinks.base` (``<prefix><key>``,
+    ``<prefix><key>/gpu``, ``.../<field>`` with ``stats="all"``).
 
     The run: ``wandb.run`` when there is one, left running; else a new run
-    (``wandb.init``) named by the timer's run id, in ``WANDB_PROJECT`` or `DEFAULT_PROJECT`,
+    (``wandb.init``) named by the summary's run id, in ``WANDB_PROJECT`` or `DEFAULT_PROJECT`,
     with the run id and host in its config under ``maeltrace``, and finished here. The mode is
     W&B's own choice (``WANDB_MODE``: ``offline`` needs no account or network).
 
-    With ``artifacts``, the timer writes its stats files and Chrome trace
-    (`maeltrace.Timer.write_outputs`) and they are logged as a new version of the artifact
-    `artifact_name` of type `ARTIFACT_TYPE`, with its report files (``report*``) where there are
-    any.
+    With ``artifacts``, ``files()`` is called (the Timer writes its stats files and Chrome
+    trace there) and the paths it returns are logged as a new version of the artifact
+    `artifact_name` of type `ARTIFACT_TYPE`.
 
-    A failure issues one `maeltrace.sinks.SinkWarning` and appends the metrics to the output
-    folder's ``pending-wandb.jsonl`` (see `maeltrace.sinks.keep_pending`); training goes on.
-    W&B sends in the background, so a slow or unreachable server does not block the logging
+    A failure issues one `maeltrace.SinkWarning` and appends the metrics to
+    ``<folder>/pending-wandb<rank>.jsonl`` (`maeltrace.sinks.base.PendingFile`); training goes
+    on. W&B sends in the background, so a slow or unreachable server does not block the logging
     calls; starting a run online can wait for it (W&B's ``init_timeout``).
 
     Args:
-        timer: the timer; a disabled timer logs nothing.
+        summary: what to log; its metadata gives the run id and the rank of the file names.
+        folder: the run's output folder.
+        files: returns the artifact paths; called only with ``artifacts``.
         prefix: put before every name; a ``/`` is added after a non-empty prefix lacking one.
         stats: ``"mean"`` or ``"all"`` (min, mean, median, max, stdev, p95, count).
         artifacts: also log the stats files, Chrome trace and report as an artifact.
-        names: ``"maeltrace"`` or ``"deep500"`` (Deep500's names; see `maeltrace.sinks`).
+        names: ``"maeltrace"`` or ``"deep500"`` (Deep500's names; see `maeltrace.sinks.base`).
 
     Returns:
         The metrics, by name (also when they could not be delivered).
@@ -82,17 +94,16 @@ def log_wandb(
     """
     wandb = require("wandb", "wandb")
     check_arguments(prefix, stats, names)
-    if not timer.enabled:
-        return {}
+    run_id = str(summary.metadata.get("run_id", ""))
     try:
-        values = metric_values(timer.summary(), prefix, stats, names=names)
+        values = metric_values(summary, prefix, stats, names=names)
     except Exception as exc:  # a sink never stops training
         warn_failure(SINK, "nothing was logged", exc, None)
         return {}
-    files: list[Path] = []
+    paths: list[Path] = []
     if artifacts:
         try:
-            files = output_files(timer)
+            paths = files()
         except Exception as exc:  # the metrics still go
             warn_failure(SINK, "the stats files and trace were not written", exc, None)
     run: Any = None
@@ -102,16 +113,16 @@ def log_wandb(
         if run is None:
             run = wandb.init(
                 project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-                name=timer.run_id,
-                config={"maeltrace": {"run_id": timer.run_id, "host": socket.gethostname()}},
+                name=run_id,
+                config={"maeltrace": {"run_id": run_id, "host": socket.gethostname()}},
             )
             started = True
         run.log(values)
         run.summary.update(values)
         metrics_done = True
-        if files:
-            artifact = wandb.Artifact(artifact_name(timer.run_id), type=ARTIFACT_TYPE)
-            for path in files:
+        if paths:
+            artifact = wandb.Artifact(artifact_name(run_id), type=ARTIFACT_TYPE)
+            for path in paths:
                 artifact.add_file(str(path), name=path.name)
             run.log_artifact(artifact)
         if started:
@@ -123,16 +134,29 @@ def log_wandb(
         if metrics_done:
             warn_failure(SINK, "the artifact was not logged", exc, None)
         else:
-            _keep(timer, values, exc, run)
+            pending = PendingFile(pending_path(folder, SINK, rank_suffix_of(summary.metadata)))
+            _keep(pending, run_id, values, exc, run)
     return values
 
 
-def _keep(timer: Timer, values: Mapping[str, float], exc: Exception, run: Any) -> None:
+def log_wandb(
+    timer: Timer, prefix: str = "", stats: str = "mean", **options: Any
+) -> dict[str, float]:
+    """`maeltrace.Timer.log_wb_all` as a function (the older entry point); the options are
+    those of `log_summary`."""
+    return timer.log_wb_all(prefix, stats, **options)
+
+
+def _keep(
+    pending: PendingFile, run_id: str, values: Mapping[str, float], exc: Exception, run: Any
+) -> None:
     error = f"{type(exc).__name__}: {exc}"
+    entry = pending_entry(
+        SINK, run_id, error, metrics=dict(values), wandb_run_id=getattr(run, "id", None)
+    )
     try:
-        kept: Path | None = keep_pending(
-            timer, SINK, values, error, wandb_run_id=getattr(run, "id", None)
-        )
+        pending.add(entry)
+        kept: Path | None = pending.path
     except OSError as write_exc:
         kept = None
         error += f" (and the pending file could not be written: {write_exc})"
