@@ -873,28 +873,7 @@ class Timer:
             ImportError: mlflow is not installed (``pip install 'maeltrace[mlflow]'``).
             ValueError: ``stats`` is not ``mean`` or ``all``.
         """
-        if not self.enabled:
-            return {}
-        summary = self.summary()
-
-        def files() -> list[Path]:  # the stats files, trace and reports, written now
-            folder = self.write_outputs(summary)
-            if folder is None:  # nothing could be written; write_outputs warned
-                return []
-            suffix = self._file_suffix()
-            names = (f"stats{suffix}.json", f"stats{suffix}.md", f"trace{suffix}.json")
-            found = [folder / name for name in names] + sorted(folder.glob(f"report{suffix}.*"))
-            return [path for path in found if path.is_file() and not path.name.startswith(".")]
-
-        # load() is typed Any: the sinks' log_summary returns dict[str, float].
-        return load("maeltrace.sinks.mlflow:log_summary")(  # type: ignore[no-any-return]
-            summary,
-            folder=self.output_dir,
-            files=files,
-            prefix=prefix,
-            stats=stats,
-            **options,
-        )
+        return self._log_summary("maeltrace.sinks.mlflow:log_summary", prefix, stats, options)
 
     def log_wb_all(self, prefix: str = "", stats: str = "mean", **options: Any) -> dict[str, float]:
         """Logs the statistics of every key to Weights & Biases in one ``wandb.log`` call (one
@@ -911,9 +890,14 @@ class Timer:
             ImportError: wandb is not installed (``pip install 'maeltrace[wandb]'``).
             ValueError: ``stats`` is not ``mean`` or ``all``.
         """
-        if not self.enabled:
-            return {}
-        summary = self.summary()
+        return self._log_summary("maeltrace.sinks.wandb:log_summary", prefix, stats, options)
+
+    def _log_summary(
+        self, sink: str, prefix: str, stats: str, options: dict[str, Any]
+    ) -> dict[str, float]:
+        """Hands the summary to ``sink``'s ``log_summary`` (a lazy reference), with the run's
+        files as its artifacts; a disabled timer hands None, which only checks the arguments."""
+        summary = self.summary() if self.enabled else None
 
         def files() -> list[Path]:  # the stats files, trace and reports, written now
             folder = self.write_outputs(summary)
@@ -924,15 +908,11 @@ class Timer:
             found = [folder / name for name in names] + sorted(folder.glob(f"report{suffix}.*"))
             return [path for path in found if path.is_file() and not path.name.startswith(".")]
 
-        # load() is typed Any: the sinks' log_summary returns dict[str, float].
-        return load("maeltrace.sinks.wandb:log_summary")(  # type: ignore[no-any-return]
-            summary,
-            folder=self.output_dir,
-            files=files,
-            prefix=prefix,
-            stats=stats,
-            **options,
-        )
+        log: Callable[..., dict[str, float]] = load(sink)
+        # The folder's path only: the sink creates it when it writes there, inside its own
+        # fault handling, so a disk that refuses it never raises here.
+        folder = self._files.intended_folder()
+        return log(summary, folder=folder, files=files, prefix=prefix, stats=stats, **options)
 
     def __repr__(self) -> str:
         state = "enabled" if self.enabled else "disabled"

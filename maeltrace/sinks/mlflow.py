@@ -56,7 +56,7 @@ _LOCAL_SCHEMES = ("sqlite", "file")
 
 
 def log_summary(
-    summary: Summary,
+    summary: Summary | None,
     *,
     folder: Path,
     files: Callable[[], list[Path]],
@@ -100,6 +100,7 @@ def log_summary(
 
     Args:
         summary: what to log; its metadata gives the run id and the rank of the file names.
+            None (a disabled timer) checks the arguments and logs nothing.
         folder: the run's output folder.
         files: returns the artifact paths; called only with ``artifacts``.
         prefix: put before every name; a ``/`` is added after a non-empty prefix lacking one.
@@ -124,6 +125,8 @@ def log_summary(
         isinstance(timeout_s, int | float) and 0 < timeout_s < math.inf
     ):
         raise ValueError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
+    if summary is None:
+        return {}
     name = str(summary.metadata.get("run_id", ""))
     try:
         values = mlflow_metric_names(metric_values(summary, prefix, stats, names=names))
@@ -190,6 +193,7 @@ def _target(mlflow: ModuleType, folder: Path, run_id: str | None) -> _Target:
         return _Target(uri, named)
     if not mlflow.is_tracking_uri_set() and uri.startswith("file:"):
         folder = folder.resolve()
+        folder.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
         return _Target(f"sqlite:///{folder / 'mlflow.db'}", None, folder / "mlartifacts")
     return _Target(uri, None)
 

@@ -45,7 +45,7 @@ def artifact_name(run_id: str) -> str:
 
 
 def log_summary(
-    summary: Summary,
+    summary: Summary | None,
     *,
     folder: Path,
     files: Callable[[], list[Path]],
@@ -77,6 +77,7 @@ def log_summary(
 
     Args:
         summary: what to log; its metadata gives the run id and the rank of the file names.
+            None (a disabled timer) checks the arguments and logs nothing.
         folder: the run's output folder.
         files: returns the artifact paths; called only with ``artifacts``.
         prefix: put before every name; a ``/`` is added after a non-empty prefix lacking one.
@@ -94,6 +95,8 @@ def log_summary(
     """
     wandb = require("wandb", "wandb")
     check_arguments(prefix, stats, names)
+    if summary is None:
+        return {}
     run_id = str(summary.metadata.get("run_id", ""))
     try:
         values = metric_values(summary, prefix, stats, names=names)
