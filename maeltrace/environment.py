@@ -58,6 +58,7 @@ __all__ = [
     "WORLD_SIZE",
     "env_flag",
     "env_int",
+    "env_is_set",
     "env_str",
 ]
 
@@ -294,6 +295,12 @@ def env_str(
     """
     value = _environ(environ).get(name)
     return value if value else default
+
+
+def env_is_set(name: str, *, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``name`` is in the environment at all, even empty: for a setting that maeltrace
+    provides (to MLflow's client) only where the user made none."""
+    return name in _environ(environ)
 
 
 def env_flag(

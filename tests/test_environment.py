@@ -15,10 +15,6 @@ from maeltrace.environment import env_flag, env_int, env_str
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = ROOT / "maeltrace"
 
-NOT_YET_PORTED = ("maeltrace/sinks/", "maeltrace/collect/")
-"""Places that still read the environment themselves: ported by the lead after merge (other
-helpers rewrite them now). Their variables are already named in maeltrace.environment."""
-
 _READERS = frozenset({"environ", "environb", "getenv", "getenvb"})
 
 
@@ -83,16 +79,12 @@ class TestOnlyEnvironmentReadsTheEnvironment:
         offenders = {}
         for path in sorted(PACKAGE_DIR.rglob("*.py")):
             relative = path.relative_to(ROOT).as_posix()
-            if relative == "maeltrace/environment.py" or relative.startswith(NOT_YET_PORTED):
+            if relative == "maeltrace/environment.py":
                 continue
             reads = _reads(path)
             if reads:
                 offenders[relative] = reads
         assert offenders == {}, "read the environment through maeltrace.environment"
-
-    def test_the_allow_list_names_places_that_exist(self) -> None:
-        for place in NOT_YET_PORTED:
-            assert (ROOT / place).exists(), f"{place} is gone: drop it from NOT_YET_PORTED"
 
     def test_the_checker_sees_every_kind_of_read(self, tmp_path: Path) -> None:
         module = tmp_path / "m.py"

@@ -39,6 +39,7 @@ def logged_only(row: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(autouse=True)
 def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """W&B offline, silent, without a key, writing under the test's folder."""
+    wandb.teardown()  # a W&B setup left by an earlier test module would keep its own WANDB_DIR
     for name in ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_ID", "WANDB_NAME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from maeltrace.environment import MLFLOW_EXPERIMENT_NAME, WANDB_PROJECT, env_str
 from maeltrace.errors import SinkError
 from maeltrace.sinks.base import (
     STATS_FIELDS,
@@ -160,7 +160,7 @@ def summary_tags(summary: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _experiment_name(experiment: str | None) -> str:
-    return experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    return experiment or env_str(MLFLOW_EXPERIMENT_NAME, DEFAULT_EXPERIMENT)
 
 
 class MlflowSink:
@@ -331,7 +331,7 @@ class WandbSink:
     name = "wandb"
 
     def __init__(self, *, project: str | None = None, directory: str | None = None) -> None:
-        self.project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_EXPERIMENT
+        self.project = project or env_str(WANDB_PROJECT, DEFAULT_EXPERIMENT)
         self.directory = directory
 
     def log(self, summary: Mapping[str, Any]) -> str:

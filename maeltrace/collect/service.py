@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import hmac
 import logging
-import os
 import socket
 import sys
 import threading
@@ -51,6 +50,7 @@ from starlette.routing import Route
 
 from maeltrace.collect.mlflow_out import MlflowSink, WandbSink
 from maeltrace.collect.summaries import RunSummaries
+from maeltrace.environment import MAELTRACE_COLLECT_TOKEN, MLFLOW_TRACKING_URI, WANDB_DIR, env_str
 from maeltrace.otel.otlp_json import traces_from_json_line
 from maeltrace.output import output_root
 from maeltrace.sinks.base import PendingFile, Publisher, pending_path
@@ -81,11 +81,6 @@ DEFAULT_PORT: Final = 4320
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 """Request bodies above this (before or after gunzip) are refused with 413."""
 
-MAELTRACE_COLLECT_TOKEN: Final = "MAELTRACE_COLLECT_TOKEN"
-"""The bearer token clients must send, when set (safer than ``--token``, which ``ps`` shows)."""
-
-MLFLOW_TRACKING_URI: Final = "MLFLOW_TRACKING_URI"
-
 PROTOBUF: Final = "application/x-protobuf"
 JSON: Final = "application/json"
 
@@ -99,11 +94,11 @@ except ImportError:  # pragma: no cover - then errors are plain text
 
 
 def _default_token() -> str | None:
-    return os.environ.get(MAELTRACE_COLLECT_TOKEN) or None
+    return env_str(MAELTRACE_COLLECT_TOKEN)
 
 
 def _default_tracking_uri() -> str | None:
-    return os.environ.get(MLFLOW_TRACKING_URI) or None
+    return env_str(MLFLOW_TRACKING_URI)
 
 
 def _default_state_dir() -> Path:
@@ -199,7 +194,7 @@ def _publishers(config: CollectConfig) -> list[Publisher]:
             )
         )
     if config.wandb:
-        directory = None if os.environ.get("WANDB_DIR") else str(config.state_dir)
+        directory = None if env_str(WANDB_DIR) else str(config.state_dir)
         publishers.append(
             Publisher(
                 WandbSink(directory=directory),

@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from maeltrace.environment import env_is_set
 from maeltrace.errors import SinkError, SinkWarning
 from maeltrace.files import append_line, atomic_write_bytes, read_lines
 from maeltrace.keys import Key, TimeType
@@ -575,7 +576,7 @@ def bounded_http(timeout_s: float) -> Iterator[None]:
                 **_NO_PROGRESS_BAR,
             }
             for name, value in wanted.items():
-                if name not in os.environ:
+                if not env_is_set(name):
                     os.environ[name] = value
                     _env_set.append(name)
         _env_users += 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import socket
 import threading
 import time
@@ -15,6 +14,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from maeltrace._imports import require
+from maeltrace.environment import MLFLOW_RUN_ID, env_str
 from maeltrace.sinks.base import (
     BOUNDED_HTTP,
     PendingFile,
@@ -188,7 +188,7 @@ def _target(mlflow: ModuleType, folder: Path, run_id: str | None) -> _Target:
     active = mlflow.active_run()
     if active is not None:
         return _Target(uri, active.info.run_id)
-    named = os.environ.get("MLFLOW_RUN_ID")  # mlflow.start_run would consume it
+    named = env_str(MLFLOW_RUN_ID)  # mlflow.start_run would consume it
     if named:
         return _Target(uri, named)
     if not mlflow.is_tracking_uri_set() and uri.startswith("file:"):

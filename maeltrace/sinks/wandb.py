@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import socket
 from collections.abc import Callable, Mapping
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from maeltrace._imports import require
+from maeltrace.environment import WANDB_PROJECT, env_str
 from maeltrace.sinks.base import (
     PendingFile,
     check_arguments,
@@ -115,7 +115,7 @@ def log_summary(
         run = wandb.run
         if run is None:
             run = wandb.init(
-                project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                project=env_str(WANDB_PROJECT, DEFAULT_PROJECT),
                 name=run_id,
                 config={"maeltrace": {"run_id": run_id, "host": socket.gethostname()}},
             )
