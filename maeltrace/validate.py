@@ -182,6 +182,12 @@ class Checker:
             self.fail(where, f"a string of {len(value)} characters (at most {max_length})")
         return value
 
+    def boolean(self, value: Any, where: str) -> bool:
+        """``value``, which must be true or false (not a number or a string)."""
+        if not isinstance(value, bool):
+            self.fail(where, f"true or false expected, not {_kind(value)}")
+        return value
+
     def integer(
         self, value: Any, where: str, *, minimum: int | None = 0, maximum: int | None = None
     ) -> int:
