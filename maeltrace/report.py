@@ -208,6 +208,12 @@ class Summary:
             _row_from_dict(check, region, at("regions", index))
             for index, region in enumerate(regions)
         ]
+        seen: set[tuple[Key, str, bool]] = set()
+        for index, row in enumerate(rows):
+            # Every reader (compare, the report's tables and plots) takes a row per key and clock.
+            if (row.key, row.clock, row.compiled) in seen:
+                check.fail(at("regions", index), f"a second row of {row.label!r} ({row.clock})")
+            seen.add((row.key, row.clock, row.compiled))
         qualify = any(row.device for row in rows)
         warmup = check.integer(check.field(obj, "warmup", ""), "warmup", maximum=MAX_COUNT)
         metadata = obj.get("metadata")
