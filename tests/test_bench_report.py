@@ -407,7 +407,9 @@ def test_a_bench_listing_an_app_twice_is_refused(small_bench: Path, tmp_path: Pa
     bench = json.loads((folder / "bench.json").read_text(encoding="utf-8"))
     bench["apps"].append(bench["apps"][0])
     (folder / "bench.json").write_text(json.dumps(bench), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bench\.json: apps\[\d\]\.name: app 'ap1-python-loop' is listed twice"):
+    with pytest.raises(
+        ValueError, match=r"bench\.json: apps\[\d\]\.name: app 'ap1-python-loop' is listed twice"
+    ):
         write_report(folder)
     assert not (folder / "report.html").exists()
 

@@ -371,7 +371,10 @@ class TestFileSources:
         [
             ({"schema": "other"}, "not a maeltrace bench"),
             ({"schema": "maeltrace.bench/1", "apps": {}}, "apps: an array expected"),
-            ({"schema": "maeltrace.bench/1", "apps": [{"name": "a"}]}, r"apps\[0\]\.folder: missing"),
+            (
+                {"schema": "maeltrace.bench/1", "apps": [{"name": "a"}]},
+                r"apps\[0\]\.folder: missing",
+            ),
             (
                 {"schema": "maeltrace.bench/1", "apps": [{"name": "a", "folder": "a"}]},
                 r"apps\[0\]\.status: missing",
