@@ -438,7 +438,9 @@ def _metadata(check: Checker, value: Any) -> dict[str, Any]:
             check.integer(check.field(rank, name, "metadata.rank"), at("metadata.rank", name))
         for name in ("node", "source"):
             where = at("metadata.rank", name)
-            check.string(check.field(rank, name, "metadata.rank"), where, max_length=MAX_NAME)
+            check.string(
+                check.field(rank, name, "metadata.rank"), where, max_length=MAX_NAME, empty=True
+            )
     clock = meta.get("device_clock")
     if clock is not None:
         clock = check.object(clock, "metadata.device_clock")
