@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -394,8 +393,14 @@ MEMORY_LIMIT = 3 * 2**30
 TIME_LIMIT_S = 90
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+# The child limits its own address space before it runs maeltrace: a preexec_fn would run
+# this process's fork hooks (threads of other tests' timers) in the child.
+LIMITED = (
+    "import resource, runpy, sys\n"
+    f"resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT}))\n"
+    "sys.argv = ['maeltrace', *sys.argv[1:]]\n"
+    "runpy.run_module('maeltrace', run_name='__main__')\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -417,11 +422,10 @@ def test_hostile_files_end_in_bounded_time_and_memory(
         argv = [str(folder)] if command == "report" else [str(run_folder), str(folder)]
         env = {**os.environ, "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1"}
         done = subprocess.run(
-            [sys.executable, "-m", "maeltrace", command, *argv],
+            [sys.executable, "-c", LIMITED, command, *argv],
             capture_output=True,
             text=True,
             timeout=TIME_LIMIT_S,
-            preexec_fn=_limit_memory,
             env=env,
             check=False,
         )
