@@ -10,6 +10,7 @@ __all__ = [
     "ExportConfigError",
     "ExportFailed",
     "ExportWarning",
+    "FormatError",
     "MaeltraceError",
     "MaeltraceWarning",
     "OutboxBusy",
@@ -89,6 +90,35 @@ class ExportFailed(MaeltraceError):
         self.retryable = retryable
         self.attempts = attempts
         self.too_large = too_large
+
+
+class FormatError(MaeltraceError, ValueError):
+    """A file or request that maeltrace reads is malformed, too large or nested too deeply.
+
+    Its message is one line: the file (or request), the place in it, and what is wrong, as in
+    ``stats.json: regions[2].samples_ns[7]: a duration must be finite and not negative, not
+    -3``. Commands that read such files (``report``, ``compare``, ``replay``) print it and exit
+    with status 2; it is a ValueError, so callers that caught ValueError still do.
+
+    Args:
+        source: the file or request, as the user would name it.
+        where: the place in it (``regions[2].count``); empty for the whole.
+        problem: what is wrong there.
+    """
+
+    def __init__(self, source: str, where: str, problem: str) -> None:
+        self.source = source
+        self.where = where
+        self.problem = problem
+        place = f"{source}: {where}" if where else source
+        super().__init__(f"{place}: {_one_line(problem)}")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, cut to ``limit`` characters: a hostile value cannot flood a
+    terminal or forge more lines of output."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 class OutboxBusy(MaeltraceError):

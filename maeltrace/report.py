@@ -8,20 +8,50 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from maeltrace.files import atomic_write_text
-from maeltrace.keys import Key, canonical_key, key_label
+from maeltrace.keys import Key, TimeType, canonical_key, key_label
 from maeltrace.otel import semconv
 from maeltrace.records import Records
 from maeltrace.stats import TimeStats, compute_stats
+from maeltrace.validate import Checker, at, read_json
 
-__all__ = ["FORMATS", "Row", "Summary", "format_seconds"]
+__all__ = ["FORMATS", "Row", "Summary", "format_seconds", "markdown_cell"]
 
 SCHEMA = "maeltrace.stats/1"
+
+MAX_STATS_BYTES = 256 * 2**20
+"""The largest ``stats.json`` read: ten million samples with room to spare."""
+
+MAX_REGIONS = 100_000
+"""Most rows a ``stats.json`` may hold."""
+
+MAX_SAMPLES = 20_000_000
+"""Most samples one row may hold."""
+
+MAX_NAME = 1024
+"""Longest key, clock, host or version string read."""
+
+MAX_COUNT = 10**12
+"""Largest count (of regions, warm-up samples, failures) read."""
+
+MAX_DURATION_NS = 10**17
+"""Longest duration read, in ns: about three years. Bounds every time the report plots or
+formats, so none can overflow a float or a date."""
+
+MAX_SECONDS = MAX_DURATION_NS / 1e9
+"""`MAX_DURATION_NS` in seconds, the bound of the statistics."""
+
+EARLIEST_UNIX_NS = 946_684_800 * 10**9
+"""2000-01-01 UTC: no run of maeltrace started earlier."""
+
+LATEST_UNIX_NS = 7_258_118_400 * 10**9
+"""2200-01-01 UTC: a later start time is a broken file, not a run."""
 
 FORMATS = (".txt", ".md", ".csv", ".json")
 """File suffixes `Summary.save` understands."""
@@ -154,41 +184,56 @@ class Summary:
         return cls(rows=tuple(rows), warmup=warmup, metadata=metadata or {})
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> Summary:
-        """The summary that `to_dict` gave (what ``stats.json`` holds).
+    def from_dict(cls, obj: Any, *, source: str = "summary") -> Summary:
+        """The summary that `to_dict` gave (what ``stats.json`` holds), every field checked:
+        types, counts and warm-up whole and not negative, samples whole nanoseconds below
+        `MAX_DURATION_NS`, statistics finite and not negative, timestamps between the years
+        2000 and 2200, lists bounded.
 
         Files written before ``samples_ns`` was kept load with empty samples.
 
+        Args:
+            obj: the parsed JSON value.
+            source: how error messages name the file (``runs/x/stats.json``).
+
         Raises:
-            ValueError: ``obj`` is not a ``maeltrace.stats/1`` summary.
+            FormatError: ``obj`` is not a valid ``maeltrace.stats/1`` summary; the message
+                names ``source`` and the place (a ValueError, as before).
         """
+        check = Checker(source)
         if not isinstance(obj, Mapping) or obj.get("schema") != SCHEMA:
-            raise ValueError(f"not a maeltrace summary (schema {SCHEMA!r} expected)")
-        try:
-            regions = obj["regions"]
-            rows = [_row_from_dict(region) for region in regions]
-            qualify = any(row.device for row in rows)
-            return cls(
-                rows=tuple(dataclasses.replace(row, qualify=qualify) for row in rows),
-                warmup=int(obj["warmup"]),
-                metadata=dict(obj.get("metadata") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"malformed maeltrace summary: {exc!r}") from exc
+            check.fail("", f"not a maeltrace summary (schema {SCHEMA!r} expected)")
+        regions = check.list(check.field(obj, "regions", ""), "regions", max_items=MAX_REGIONS)
+        rows = [
+            _row_from_dict(check, region, at("regions", index))
+            for index, region in enumerate(regions)
+        ]
+        seen: set[tuple[Key, str, bool]] = set()
+        for index, row in enumerate(rows):
+            # Every reader (compare, the report's tables and plots) takes a row per key and clock.
+            if (row.key, row.clock, row.compiled) in seen:
+                check.fail(at("regions", index), f"a second row of {row.label!r} ({row.clock})")
+            seen.add((row.key, row.clock, row.compiled))
+        qualify = any(row.device for row in rows)
+        warmup = check.integer(check.field(obj, "warmup", ""), "warmup", maximum=MAX_COUNT)
+        metadata = obj.get("metadata")
+        return cls(
+            rows=tuple(dataclasses.replace(row, qualify=qualify) for row in rows),
+            warmup=warmup,
+            metadata=_metadata(check, metadata) if metadata is not None else {},
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Summary:
-        """Reads a ``stats.json`` file written by `save`.
+        """Reads a ``stats.json`` file written by `save`, checked as `from_dict` checks it.
 
         Raises:
-            OSError: the file cannot be read.
-            ValueError: it is not JSON, or not a maeltrace summary; the message names the file.
+            FormatError: the file is missing, unreadable, larger than `MAX_STATS_BYTES`, not
+                JSON, or not a valid maeltrace summary; the message names the file and the
+                place (a ValueError, as before).
         """
-        target = Path(path)
-        try:
-            return cls.from_dict(json.loads(target.read_text(encoding="utf-8")))
-        except ValueError as exc:
-            raise ValueError(f"{target}: {exc}") from exc
+        source = str(path)
+        return cls.from_dict(read_json(path, max_bytes=MAX_STATS_BYTES), source=source)
 
     @property
     def device_clock(self) -> dict[str, str] | None:
@@ -321,20 +366,106 @@ class Summary:
         return atomic_write_text(target, text, exist_ok=exist_ok)
 
 
-def _row_from_dict(region: Mapping[str, Any]) -> Row:
-    samples = tuple(int(ns) for ns in region.get("samples_ns") or ())
-    if any(ns < 0 for ns in samples):
-        raise ValueError("negative duration in samples_ns")
+def _row_from_dict(check: Checker, value: Any, where: str) -> Row:
+    region = check.object(value, where)
+    samples = region.get("samples_ns")
+    samples_where = at(where, "samples_ns")
+    if samples is None:
+        samples = []
+    checked = tuple(
+        check.integer(ns, at(samples_where, index), maximum=MAX_DURATION_NS)
+        for index, ns in enumerate(check.list(samples, samples_where, max_items=MAX_SAMPLES))
+    )
+    key_where = at(where, "key")
+    key_text = check.string(check.field(region, "key", where), key_where, max_length=MAX_NAME)
+    if key_text == TimeType.ALL.value:
+        check.fail(key_where, f"{key_text!r} cannot be a region key")
     steady = region.get("steady")
     return Row(
-        key=canonical_key(region["key"]),
-        clock=str(region["clock"]),
-        stats=TimeStats(**region["stats"]),
-        steady=TimeStats(**steady) if steady is not None else None,
-        failed=int(region["failed"]),
-        compiled=bool(region["compiled"]),
-        samples_ns=samples,
+        key=canonical_key(key_text),
+        clock=check.string(
+            check.field(region, "clock", where), at(where, "clock"), max_length=MAX_NAME
+        ),
+        stats=_stats(check, check.field(region, "stats", where), at(where, "stats")),
+        steady=_stats(check, steady, at(where, "steady")) if steady is not None else None,
+        failed=check.integer(
+            check.field(region, "failed", where), at(where, "failed"), maximum=MAX_COUNT
+        ),
+        compiled=check.boolean(check.field(region, "compiled", where), at(where, "compiled")),
+        samples_ns=checked,
     )
+
+
+def _stats(check: Checker, value: Any, where: str) -> TimeStats:
+    """A `TimeStats` from its `TimeStats.to_dict` form: every field there, times finite and
+    not negative seconds below `MAX_SECONDS` (the total below `MAX_COUNT` times that)."""
+    stats = check.object(value, where)
+    times = {
+        name: check.number(
+            check.field(stats, name, where),
+            at(where, name),
+            maximum=MAX_SECONDS * MAX_COUNT if name == "total" else MAX_SECONDS,
+        )
+        for name in TimeStats.__slots__
+        if name != "count"
+    }
+    count = check.integer(check.field(stats, "count", where), at(where, "count"), maximum=MAX_COUNT)
+    return TimeStats(count=count, **times)
+
+
+def _metadata(check: Checker, value: Any) -> dict[str, Any]:
+    """The run metadata, with the fields the reports read checked: the start time in range,
+    names and versions strings, the rank and the device clock as `run_metadata` writes them."""
+    meta = check.object(value, "metadata")
+    for name in ("host", "run_id"):
+        if meta.get(name) is not None:
+            check.string(meta[name], at("metadata", name), max_length=MAX_NAME, empty=True)
+    if meta.get("start_time_unix_nano") is not None:
+        check.integer(
+            meta["start_time_unix_nano"],
+            "metadata.start_time_unix_nano",
+            minimum=EARLIEST_UNIX_NS,
+            maximum=LATEST_UNIX_NS,
+        )
+    versions = meta.get("versions")
+    if versions is not None:
+        for name, version in check.object(versions, "metadata.versions").items():
+            check.string(version, at("metadata.versions", name), max_length=MAX_NAME, empty=True)
+    rank = meta.get("rank")
+    if rank is not None:
+        rank = check.object(rank, "metadata.rank")
+        for name in ("rank", "world_size"):
+            check.integer(check.field(rank, name, "metadata.rank"), at("metadata.rank", name))
+        for name in ("node", "source"):
+            where = at("metadata.rank", name)
+            check.string(
+                check.field(rank, name, "metadata.rank"), where, max_length=MAX_NAME, empty=True
+            )
+    clock = meta.get("device_clock")
+    if clock is not None:
+        clock = check.object(clock, "metadata.device_clock")
+        for name in ("name", "description"):
+            where = at("metadata.device_clock", name)
+            check.string(check.field(clock, name, "metadata.device_clock"), where, empty=True)
+    return dict(meta)
+
+
+_CELL_SPECIAL = re.compile(r"([\\|<>&])")
+_TEXT_SPECIAL = re.compile(r"([\\`*_\[\]<>|#&])")
+
+
+def markdown_cell(text: str, *, all_punctuation: bool = False) -> str:
+    """``text`` safe in a Markdown table cell: on one line (a line break would end the row),
+    with a backslash before ``|`` (which would split the cell), backslash, and the characters
+    HTML gives meaning to, ``<``, ``>`` and ``&``, where the Markdown is rendered. With
+    ``all_punctuation``, also before the characters that make links, emphasis, code and
+    headings, for text of a rendered page (``report.md``); `stats.md` keeps those, so key
+    names such as ``data_load`` read as they are in plain text.
+
+    The one escaping of file text in Markdown: ``stats.md`` and ``report.md`` both use it.
+    """
+    pattern = _TEXT_SPECIAL if all_punctuation else _CELL_SPECIAL
+    return pattern.sub(r"\\\1", " ".join(text.splitlines()))
 
 
 def table_cells(rows: Sequence[tuple[str, TimeStats | None]]) -> list[list[str]]:
@@ -352,7 +483,7 @@ def table_cells(rows: Sequence[tuple[str, TimeStats | None]]) -> list[list[str]]
 
 
 def _table(rows: Sequence[tuple[str, TimeStats | None]]) -> str:
-    cells = [list(COLUMNS), *table_cells(rows)]
+    cells = [list(COLUMNS), *([markdown_cell(c) for c in r] for r in table_cells(rows))]
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
 
     def line(values: Sequence[str]) -> str:

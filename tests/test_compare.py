@@ -370,11 +370,14 @@ class TestFileSources:
         ("bench", "message"),
         [
             ({"schema": "other"}, "not a maeltrace bench"),
-            ({"schema": "maeltrace.bench/1", "apps": {}}, "not a list"),
-            ({"schema": "maeltrace.bench/1", "apps": [{"name": "a"}]}, "lacks"),
+            ({"schema": "maeltrace.bench/1", "apps": {}}, "apps: an array expected"),
+            (
+                {"schema": "maeltrace.bench/1", "apps": [{"name": "a"}]},
+                r"apps\[0\]\.folder: missing",
+            ),
             (
                 {"schema": "maeltrace.bench/1", "apps": [{"name": "a", "folder": "a"}]},
-                "no 'status'",
+                r"apps\[0\]\.status: missing",
             ),
             (
                 {
@@ -388,7 +391,7 @@ class TestFileSources:
                     "schema": "maeltrace.bench/1",
                     "apps": [{"name": "a", "folder": "missing", "status": "ok"}],
                 },
-                "cannot read",
+                r"missing/stats\.json: missing",
             ),
         ],
     )

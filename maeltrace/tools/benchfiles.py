@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maeltrace.files import read_json_object
+from maeltrace.report import EARLIEST_UNIX_NS, LATEST_UNIX_NS, MAX_SECONDS
+from maeltrace.validate import Checker, at, read_json
 
 __all__ = [
     "APP_SCHEMA",
@@ -15,8 +16,21 @@ __all__ = [
     "STATUSES",
     "AppOutcome",
     "Bench",
+    "read_app_info",
     "read_bench",
 ]
+
+MAX_BENCH_BYTES = 16 * 2**20
+"""The largest ``bench.json`` read."""
+
+MAX_APP_BYTES = 16 * 2**20
+"""The largest ``app.json`` read."""
+
+MAX_APPS = 10_000
+"""Most apps a ``bench.json`` may list."""
+
+MAX_WALL_S = MAX_SECONDS
+"""Longest wall time read (about three years)."""
 
 BENCH_SCHEMA = "maeltrace.bench/1"
 """The ``schema`` of ``bench.json``."""
@@ -63,44 +77,37 @@ class AppOutcome:
         }
 
     @classmethod
-    def from_dict(cls, entry: object, where: str) -> AppOutcome:
-        """The outcome that `to_dict` gave; ``where`` names the entry in error messages.
+    def from_dict(cls, entry: object, where: str, *, source: str = "bench.json") -> AppOutcome:
+        """The outcome that `to_dict` gave; ``where`` names the entry (``apps[2]``) and
+        ``source`` the file in error messages.
 
         Raises:
-            ValueError: a field is missing or of the wrong type; the message names it.
+            FormatError: a field is missing, of the wrong type or out of range; the message
+                names the file and the field (a ValueError).
         """
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where} must be an object")
-        for field_name in ("name", "folder"):
-            value = entry.get(field_name)
-            if not isinstance(value, str) or not value:
-                lacks = " (the entry lacks it)" if field_name not in entry else ""
-                raise ValueError(f"{where}.{field_name} must be a non-empty string{lacks}")
-        status = entry.get("status")
-        if status not in STATUSES:
-            lacks = " (it has no 'status')" if "status" not in entry else ""
-            raise ValueError(
-                f"{where}.status must be one of {', '.join(STATUSES)}, not {status!r}{lacks}"
-            )
-        returncode = entry.get("returncode")
-        if returncode is not None and (
-            isinstance(returncode, bool) or not isinstance(returncode, int)
-        ):
-            raise ValueError(f"{where}.returncode must be an int or null")
-        wall_s = entry.get("wall_s")
-        if isinstance(wall_s, bool) or not isinstance(wall_s, int | float | None):
-            raise ValueError(f"{where}.wall_s must be a number or null")
-        log = entry.get("log")
-        if log is not None and not isinstance(log, str):
-            raise ValueError(f"{where}.log must be a string or null")
-        return cls(
-            entry["name"],
-            entry["folder"],
-            status,
-            returncode,
-            None if wall_s is None else float(wall_s),
-            log or None,
+        check = Checker(source)
+        obj = check.object(entry, where)
+        name = check.string(check.field(obj, "name", where), at(where, "name"), max_length=256)
+        folder = check.string(
+            check.field(obj, "folder", where), at(where, "folder"), max_length=1024
         )
+        status = check.field(obj, "status", where)
+        if status not in STATUSES:
+            check.fail(
+                at(where, "status"), f"one of {', '.join(STATUSES)} expected, not {status!r}"
+            )
+        returncode = obj.get("returncode")
+        if returncode is not None:
+            returncode = check.integer(
+                returncode, at(where, "returncode"), minimum=-(2**31), maximum=2**32
+            )
+        wall_s = obj.get("wall_s")
+        if wall_s is not None:
+            wall_s = check.number(wall_s, at(where, "wall_s"), maximum=MAX_WALL_S)
+        log = obj.get("log")
+        if log is not None:
+            log = check.string(log, at(where, "log"), max_length=1024, empty=True)
+        return cls(name, folder, status, returncode, wall_s, log or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,28 +126,77 @@ class Bench:
 
 
 def read_bench(folder: Path) -> Bench:
-    """Reads and checks a bench folder's ``bench.json``.
+    """Reads and checks a bench folder's ``bench.json``: its schema, each app entry, the apps'
+    folders and logs paths inside the bench folder, and the fields the report shows.
 
     Raises:
-        ValueError: it is missing, not JSON, not schema `BENCH_SCHEMA`, or an app entry is
-            malformed or listed twice; the message names the file and the entry.
+        FormatError: it is missing, too large, not JSON, not schema `BENCH_SCHEMA`, or an app
+            entry or field is malformed, listed twice or points out of the folder; the message
+            names the file and the place (a ValueError).
     """
     path = folder / "bench.json"
-    manifest = read_json_object(path)
+    source = str(path)
+    check = Checker(source)
+    manifest = dict(check.object(read_json(path, max_bytes=MAX_BENCH_BYTES), ""))
     schema = manifest.get("schema")
     if schema != BENCH_SCHEMA:
-        raise ValueError(
-            f"{path}: schema {BENCH_SCHEMA!r} expected, not {schema!r}: not a maeltrace bench"
-        )
-    entries = manifest.get("apps")
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: 'apps' is not a list")
-    apps = tuple(
-        AppOutcome.from_dict(entry, f"{path}: apps[{index}]") for index, entry in enumerate(entries)
-    )
+        check.fail("schema", f"{BENCH_SCHEMA!r} expected, not {schema!r}: not a maeltrace bench")
+    entries = check.list(check.field(manifest, "apps", ""), "apps", max_items=MAX_APPS)
+    apps = []
     seen: set[str] = set()
-    for app in apps:
+    for index, entry in enumerate(entries):
+        where = at("apps", index)
+        app = AppOutcome.from_dict(entry, where, source=source)
+        # A path from the file must not lead the report to write or read outside the folder.
+        check.relative_path(app.folder, at(where, "folder"), folder)
+        if app.log is not None:
+            check.relative_path(app.log, at(where, "log"), folder)
         if app.name in seen:
-            raise ValueError(f"{path}: app {app.name!r} is listed twice")
+            check.fail(at(where, "name"), f"app {app.name!r} is listed twice")
         seen.add(app.name)
-    return Bench(folder, manifest, apps)
+        apps.append(app)
+    _check_manifest_fields(check, manifest)
+    return Bench(folder, manifest, tuple(apps))
+
+
+def _check_manifest_fields(check: Checker, manifest: dict[str, Any]) -> None:
+    """The fields of ``bench.json`` the report shows, where present: a start time between the
+    years 2000 and 2200, a wall time in range, strings and a list of strings."""
+    if manifest.get("started_unix_s") is not None:
+        check.number(
+            manifest["started_unix_s"],
+            "started_unix_s",
+            minimum=EARLIEST_UNIX_NS / 1e9,
+            maximum=LATEST_UNIX_NS / 1e9,
+        )
+    if manifest.get("wall_s") is not None:
+        check.number(manifest["wall_s"], "wall_s", maximum=MAX_WALL_S)
+    for name in ("bench_id", "host", "maeltrace_version", "python", "otlp_endpoint"):
+        if manifest.get(name) is not None:
+            check.string(manifest[name], name, max_length=1024, empty=True)
+    argv = manifest.get("argv")
+    if argv is not None:
+        for index, arg in enumerate(check.list(argv, "argv", max_items=10_000)):
+            check.string(arg, at("argv", index), max_length=65_536, empty=True)
+    if manifest.get("options") is not None:
+        check.object(manifest["options"], "options")
+
+
+def read_app_info(path: Path) -> dict[str, Any]:
+    """Reads and checks an app's ``app.json`` (written by ``apps/_harness.py``): a JSON object
+    whose ``name`` is a string, ``wall_s`` a duration in range and ``config`` an object, where
+    present.
+
+    Raises:
+        FormatError: it is missing, too large, not JSON or one of those fields is malformed;
+            the message names the file and the place (a ValueError).
+    """
+    check = Checker(str(path))
+    info = dict(check.object(read_json(path, max_bytes=MAX_APP_BYTES), ""))
+    if info.get("name") is not None:
+        check.string(info["name"], "name", max_length=256)
+    if info.get("wall_s") is not None:
+        check.number(info["wall_s"], "wall_s", maximum=MAX_WALL_S)
+    if info.get("config") is not None:
+        check.object(info["config"], "config")
+    return info

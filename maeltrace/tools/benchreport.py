@@ -22,11 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from maeltrace.files import atomic_write_text, read_json_object
+from maeltrace.errors import FormatError
+from maeltrace.files import atomic_write_text
 from maeltrace.keys import TimeType, key_label
-from maeltrace.report import COLUMNS, Row, Summary, finite_number, format_seconds, table_cells
+from maeltrace.report import (
+    COLUMNS,
+    Row,
+    Summary,
+    finite_number,
+    format_seconds,
+    markdown_cell,
+    table_cells,
+)
 from maeltrace.stats import TimeStats
-from maeltrace.tools.benchfiles import APP_SCHEMA, AppOutcome, read_bench
+from maeltrace.tools.benchfiles import APP_SCHEMA, AppOutcome, read_app_info, read_bench
+from maeltrace.validate import read_json
 
 if TYPE_CHECKING:
     from maeltrace.tools.plots import FlameChart, Png
@@ -255,7 +265,7 @@ def _load_app(app: _App, *, bench: bool) -> None:
         return
     info_path = app.folder / "app.json"
     if info_path.is_file():
-        app.info = read_json_object(info_path)
+        app.info = read_app_info(info_path)
         if bench and app.info.get("schema") != APP_SCHEMA:
             raise ValueError(f"{info_path}: schema {APP_SCHEMA!r} expected")
         if bench and not isinstance(app.info.get("config", {}), dict):
@@ -280,13 +290,15 @@ def _layout(path: Path, summary: Summary) -> FlameChart | None:
     """
     from maeltrace.tools import plots  # matplotlib: only once there is a trace to lay out
 
-    trace = read_json_object(path)
+    source = str(path)
+    trace = read_json(path, max_bytes=plots.MAX_TRACE_BYTES, source=source)
     if not summary.rows:  # no region, nothing to chart; the file must still be a trace
-        if not isinstance(trace.get("traceEvents"), list):
-            raise ValueError(f"{path}: not a Chrome trace: no traceEvents list")
+        plots.check_trace(trace, source)
         return None
     try:
-        return plots.flame_layout(trace)
+        return plots.flame_layout(trace, source=source)
+    except FormatError:  # names the file and the place already
+        raise
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
 
@@ -520,11 +532,8 @@ def _files(app: _App, root: Path) -> list[tuple[str, str]]:
 # -- Markdown --------------------------------------------------------------------------------
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#])")
-
-
 def _md(text: str) -> str:
-    return _MD_SPECIAL.sub(r"\\\1", text).replace("\n", " ")
+    return markdown_cell(text, all_punctuation=True)
 
 
 def _fence(lines: Iterable[str]) -> str:

@@ -10,11 +10,10 @@ from pathlib import Path
 
 from maeltrace._imports import require
 from maeltrace.environment import MLFLOW_TRACKING_URI, env_str
-from maeltrace.files import read_json_object
 from maeltrace.report import Summary
 from maeltrace.sinks import metric_values
 from maeltrace.sinks.mlflow import ARTIFACT_PATH, bounded_http, mlflow_metric_names
-from maeltrace.tools.benchfiles import read_bench
+from maeltrace.tools.benchfiles import read_app_info, read_bench
 
 __all__ = [
     "BENCH_APP_TAG",
@@ -140,7 +139,7 @@ def log_bench(
             client.log_batch(parent_id, params=[Param(k, v) for k, v in options.items()])
             for name in apps:
                 app_folder = folder / name
-                info = read_json_object(app_folder / "app.json")
+                info = read_app_info(app_folder / "app.json")
                 summary = Summary.load(app_folder / "stats.json")
                 child = client.create_run(
                     experiment_id,

@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any
 from maeltrace._imports import require
 from maeltrace.arguments import non_negative_int, positive_int
 from maeltrace.errors import MaeltraceError
-from maeltrace.files import atomic_write_text, read_json_object
+from maeltrace.files import atomic_write_text
 from maeltrace.keys import canonical_key, key_label
 from maeltrace.output import output_root
-from maeltrace.report import Row, Summary
+from maeltrace.report import MAX_STATS_BYTES, Row, Summary
 from maeltrace.sinks.mlflow import ARTIFACT_PATH, bounded_http
-from maeltrace.tools.benchfiles import read_bench
+from maeltrace.tools.benchfiles import read_app_info, read_bench
 from maeltrace.tools.benchstore import (
     BENCH_APP_TAG,
     BENCH_TIMEOUT_S,
@@ -51,6 +51,7 @@ from maeltrace.tools.benchstore import (
     bench_tracking_uri,
     sqlite_path,
 )
+from maeltrace.validate import read_json
 
 if TYPE_CHECKING:
     import numpy as np
@@ -694,7 +695,7 @@ def _app_name(folder: Path) -> str:
     app_json = folder / "app.json"
     if app_json.is_file():
         try:
-            name = read_json_object(app_json).get("name")
+            name = read_app_info(app_json).get("name")
         except ValueError as exc:  # the message names the file
             raise CompareError(str(exc)) from exc
         if not (isinstance(name, str) and name):
@@ -789,10 +790,12 @@ def _download(client: MlflowClient, run_id: str) -> Summary:
     # Called within bounded_http, which keeps MLflow's progress bar off stderr.
     with tempfile.TemporaryDirectory(prefix="maeltrace-compare-") as folder:
         local = Path(client.download_artifacts(run_id, STATS_ARTIFACT, folder))
+        source = f"MLflow run {run_id}, {STATS_ARTIFACT}"
         try:
-            return Summary.from_dict(json.loads(local.read_text(encoding="utf-8")))
-        except ValueError as exc:
-            raise CompareError(f"MLflow run {run_id}, {STATS_ARTIFACT}: {exc}") from exc
+            obj = read_json(local, max_bytes=MAX_STATS_BYTES, source=source)
+            return Summary.from_dict(obj, source=source)
+        except ValueError as exc:  # a FormatError, naming the run and the place
+            raise CompareError(str(exc)) from exc
 
 
 def _one_line(exc: BaseException) -> str:

@@ -31,12 +31,27 @@ except ImportError as exc:  # pragma: no cover - the report extra is installed i
 
 from maeltrace.files import atomic_write_bytes
 from maeltrace.keys import TimeType
-from maeltrace.report import Row, finite_number
+from maeltrace.report import LATEST_UNIX_NS, MAX_DURATION_NS, MAX_NAME, Row
+from maeltrace.validate import Checker, at, check_acyclic
+
+MAX_TRACE_BYTES = 512 * 2**20
+"""The largest ``trace.json`` read (the trace budget keeps real ones far smaller)."""
+
+MAX_TRACE_EVENTS = 20_000_000
+"""Most events a ``trace.json`` may hold."""
+
+MAX_TS_US = LATEST_UNIX_NS / 1000
+"""Latest event start read, in µs: the year 2200 as a Unix time, so no start overflows."""
+
+MAX_DUR_US = MAX_DURATION_NS / 1000
+"""Longest event read, in µs (`MAX_DURATION_NS`)."""
 
 __all__ = [
+    "MAX_TRACE_BYTES",
     "FlameBar",
     "FlameChart",
     "Png",
+    "check_trace",
     "distribution_plot",
     "draw_flame",
     "flame_chart",
@@ -175,51 +190,65 @@ class FlameChart:
         return sum(bar.gpu for bar in self.bars)
 
 
-def _events(trace: Mapping[str, Any]) -> list[_Event]:
+def check_trace(trace: Any, source: str) -> list[Any]:
+    """The ``traceEvents`` of a Chrome trace: ``trace`` must be an object holding a list of
+    at most `MAX_TRACE_EVENTS` events.
+
+    Raises:
+        FormatError: it is not; the message names ``source``.
+    """
+    check = Checker(source)
+    if not isinstance(trace, Mapping) or not isinstance(trace.get("traceEvents"), list):
+        check.fail("", "not a Chrome trace: no traceEvents list")
+    return check.list(trace["traceEvents"], "traceEvents", max_items=MAX_TRACE_EVENTS)
+
+
+def _events(trace: Any, source: str = "trace") -> list[_Event]:
     """The complete events of ``cat`` cpu and gpu, validated, in start order (the longer first
     where two start together, so a parent precedes the child that starts with it): the order
     every caller needs, so it is sorted here once.
 
+    Checked: each event an object; those drawn with a key string, ``ts`` and ``dur`` finite,
+    not negative and in range (so no time overflows a plot), ``seq``, ``parent_seq`` and
+    ``trace`` whole numbers. `flame_layout` checks the ``parent_seq`` links it follows for
+    cycles.
+
     Raises:
-        ValueError: the trace has no ``traceEvents`` list, or an event is malformed.
+        FormatError: the trace has no ``traceEvents`` list, or an event is malformed; the
+            message names ``source`` and the event.
     """
-    if not isinstance(trace, Mapping) or not isinstance(trace.get("traceEvents"), list):
-        raise ValueError("not a Chrome trace: no traceEvents list")
+    check = Checker(source)
     out = []
-    for index, event in enumerate(trace["traceEvents"]):
-        if not isinstance(event, Mapping):
-            raise ValueError(f"traceEvents[{index}] is not an object")
+    for index, event in enumerate(check_trace(trace, source)):
+        where = at("traceEvents", index)
+        event = check.object(event, where)
         if event.get("ph") != "X" or event.get("cat") not in ("cpu", "gpu"):
             continue
         args = event.get("args")
         args = args if isinstance(args, Mapping) else {}
-        ts, dur = finite_number(event.get("ts")), finite_number(event.get("dur"))
-        if ts is None or dur is None or dur < 0:
-            raise ValueError(f"traceEvents[{index}]: ts and dur must be numbers, dur >= 0")
+        ts = check.number(check.field(event, "ts", where), at(where, "ts"), maximum=MAX_TS_US)
+        dur = check.number(check.field(event, "dur", where), at(where, "dur"), maximum=MAX_DUR_US)
         key = args.get("key", event.get("name"))
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"traceEvents[{index}]: no key")
+        key = check.string(key, at(where, "args.key"), max_length=MAX_NAME)
         out.append(
             _Event(
                 key=key,
                 gpu=event["cat"] == "gpu",
                 start_us=ts,
                 dur_us=dur,
-                seq=_optional_int(args.get("seq"), index, "seq"),
-                parent=_optional_int(args.get("parent_seq"), index, "parent_seq"),
-                trace=_optional_int(args.get("trace"), index, "trace"),
+                seq=_optional_int(check, args.get("seq"), at(where, "args.seq")),
+                parent=_optional_int(check, args.get("parent_seq"), at(where, "args.parent_seq")),
+                trace=_optional_int(check, args.get("trace"), at(where, "args.trace")),
             )
         )
     out.sort(key=lambda e: (e.start_us, -e.dur_us))
     return out
 
 
-def _optional_int(value: object, index: int, name: str) -> int | None:
+def _optional_int(check: Checker, value: object, where: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"traceEvents[{index}]: args.{name} must be an int")
-    return value
+    return check.integer(value, where, minimum=None, maximum=2**63)
 
 
 def _epochs(cpu: Sequence[_Event]) -> tuple[str, list[_Event]]:
@@ -316,7 +345,7 @@ def _rows(members: Sequence[_Event], depths: Sequence[int]) -> tuple[list[int], 
     return rows, next_row
 
 
-def flame_layout(trace: Mapping[str, Any]) -> FlameChart:
+def flame_layout(trace: Mapping[str, Any], *, source: str = "trace") -> FlameChart:
     """Lays out one epoch of a Chrome trace (``trace.json``) as a flame chart, without drawing.
 
     The epoch is the one of median duration among those after the first (`pick_epoch`); a
@@ -328,14 +357,21 @@ def flame_layout(trace: Mapping[str, Any]) -> FlameChart:
     rows, laid out alike. Regions of other threads, which have no parent in the epoch, are
     left out.
 
+    Args:
+        trace: the parsed trace.
+        source: how error messages name it (``runs/x/trace.json``).
+
     Raises:
-        ValueError: the trace is malformed or holds no CPU region.
+        FormatError: the trace is malformed (`_events`); the message names ``source``.
+        ValueError: it holds no CPU region.
     """
-    events = _events(trace)
+    events = _events(trace, source)
     cpu = [e for e in events if not e.gpu]
     if not cpu:
         raise ValueError("the trace holds no CPU region to draw")
     parent_of = {e.seq: e.parent for e in cpu if e.seq is not None}
+    # A region its own ancestor would keep the depth walk going up forever.
+    check_acyclic(parent_of, source, "traceEvents: args.parent_seq")
     name, epochs = _epochs(cpu)
     if epochs:
         chosen = pick_epoch([e.dur_us for e in epochs])
