@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from maeltrace.clock import ClockAnchor
+from maeltrace.redact import redact_argv
 from maeltrace.runinfo import hostname, new_run_id, rank_info, run_id_from_environment, versions
 
 # new_run_id and run_id_from_environment live in maeltrace.runinfo; re-exported for old imports.
@@ -24,7 +25,7 @@ def run_metadata(anchor: ClockAnchor, run_id: str) -> dict[str, Any]:
         "host": hostname(),
         "pid": os.getpid(),
         "platform": platform.platform(),
-        "argv": list(sys.argv),
+        "argv": redact_argv(sys.argv),
         "versions": versions(),
         "start_time": started.isoformat(),
         "start_time_unix_nano": anchor.wall_time_unix_nano,

@@ -6,6 +6,7 @@ import math
 import os
 import re
 import urllib.parse
+from base64 import b64encode
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -25,6 +26,7 @@ from maeltrace.environment import (
     env_str,
 )
 from maeltrace.errors import ExportConfigError
+from maeltrace.redact import redact_url
 
 # The OTEL_* names live in maeltrace.environment; re-exported here for old imports.
 __all__ = [
@@ -108,6 +110,9 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.protocol not in _PROTOCOLS:
             raise ExportConfigError(f"protocol {self.protocol!r} is not one of {_PROTOCOLS}")
+        endpoint, headers = _credentials_to_header(self.endpoint, self.headers)
+        object.__setattr__(self, "endpoint", endpoint)
+        object.__setattr__(self, "headers", headers)
         if self.protocol == GRPC:
             _check_grpc_target(self.endpoint, "endpoint")
         else:
@@ -191,7 +196,11 @@ class ExportConfig:
         )
         if raw_endpoint is None:
             return None
-        raw_endpoint = raw_endpoint.strip()
+        headers_source, raw_headers = _traces_variable(environ, OTEL_EXPORTER_OTLP_HEADERS)
+        headers = _parse_headers(raw_headers, headers_source) if raw_headers else ()
+        # Credentials in the URL become a header before anything else reads the URL, so they
+        # are sent (for gRPC too) and never printed or stored with the endpoint.
+        raw_endpoint, headers = _credentials_to_header(raw_endpoint.strip(), headers)
         # The generic variable is a base that the signal's path is added to; the trace-specific
         # one is a full URL; the argument is either, told apart by its path.
         if endpoint is not None:
@@ -207,9 +216,6 @@ class ExportConfig:
         else:
             target = _http_endpoint(raw_endpoint, endpoint_source, signal_specific)
             secure = target.lower().startswith("https:")
-
-        headers_source, raw_headers = _traces_variable(environ, OTEL_EXPORTER_OTLP_HEADERS)
-        headers = _parse_headers(raw_headers, headers_source) if raw_headers else ()
 
         timeout_source, raw_timeout = _traces_variable(environ, OTEL_EXPORTER_OTLP_TIMEOUT)
         timeout_s = DEFAULT_TIMEOUT_S
@@ -280,8 +286,37 @@ def _traces_variable(env: Mapping[str, str] | None, generic: str) -> tuple[str, 
     return generic, None
 
 
+def _credentials_to_header(
+    endpoint: str, headers: Sequence[tuple[str, str]]
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``endpoint`` without its userinfo (``user:password@``), and ``headers`` with it as
+    HTTP Basic credentials (``authorization``), which is what a URL's userinfo means to an
+    OTLP/HTTP receiver behind basic authentication: neither urllib nor gRPC sends it, so it
+    was silently dropped, and kept in the URL it was printed and stored everywhere the
+    endpoint is.
+
+    Raises:
+        ExportConfigError: an ``authorization`` header is given as well (two credentials).
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if not sep or "@" not in netloc:
+        return endpoint, tuple(headers)
+    userinfo, _, host = netloc.rpartition("@")
+    if any(name.lower() == "authorization" for name, _ in headers):
+        raise ExportConfigError(
+            f"the endpoint {redact_url(endpoint)} carries credentials and an authorization "
+            "header is set too; give one of them"
+        )
+    user, _, password = userinfo.partition(":")
+    token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    basic = "Basic " + b64encode(token.encode("utf-8")).decode("ascii")
+    cleaned = f"{scheme}://{host}{rest[len(netloc) :]}"
+    return cleaned, (*headers, ("authorization", basic))
+
+
 def _check_http_url(url: str, source: str) -> urllib.parse.SplitResult:
-    problem = f"{source}={url!r} is not an http(s) URL (like http://collector:4318)"
+    problem = f"{source}={redact_url(url)!r} is not an http(s) URL (like http://collector:4318)"
     if not url or any(c.isspace() for c in url):
         raise ExportConfigError(problem)
     try:
@@ -308,7 +343,7 @@ def _http_endpoint(raw: str, source: str, signal_specific: bool) -> str:
 def _check_grpc_target(target: str, source: str) -> None:
     if not _GRPC_TARGET.fullmatch(target):
         raise ExportConfigError(
-            f"{source}={target!r} is not a gRPC target (host:port) or http(s) URL"
+            f"{source}={redact_url(target)!r} is not a gRPC target (host:port) or http(s) URL"
         )
 
 
@@ -321,11 +356,11 @@ def _grpc_endpoint(raw: str, source: str, insecure: bool) -> tuple[str, bool]:
     if parts.path not in ("", "/"):
         # gRPC's method path is fixed; a path here means an HTTP endpoint was meant.
         raise ExportConfigError(
-            f"{source}={raw!r} has a path, which gRPC cannot use; give scheme://host:port "
-            "(or did you mean OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf?)"
+            f"{source}={redact_url(raw)!r} has a path, which gRPC cannot use; give "
+            "scheme://host:port (or did you mean OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf?)"
         )
     secure = parts.scheme.lower() == "https"
-    netloc = parts.netloc.rsplit("@", 1)[-1]  # user info has no meaning for gRPC
+    netloc = parts.netloc.rsplit("@", 1)[-1]  # the userinfo became a header (see from_env)
     if parts.port is None:
         netloc = f"{netloc}:{443 if secure else 80}"
     _check_grpc_target(netloc, source)
