@@ -79,6 +79,8 @@ BASE = (
     "maeltrace.output",
     "maeltrace.runinfo",
     "maeltrace.metadata",
+    "maeltrace.redact",
+    "maeltrace.validate",
 )
 """The base modules (DESIGN.md, "Layers"): the standard library and each other only."""
 
