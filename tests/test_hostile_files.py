@@ -431,3 +431,26 @@ def test_hostile_files_end_in_bounded_time_and_memory(
         )
         assert_clean(Ran(done.returncode, done.stderr), folder, invalid=True)
         assert name in done.stderr
+
+
+def test_a_bench_json_with_credentials_gives_a_report_without_them(bench_folder: Path) -> None:
+    """A bench.json written before URLs were redacted: its endpoint's and tracking URI's
+    passwords never reach report.md or report.html."""
+    with copy_of(bench_folder) as folder:
+
+        def add_secrets(doc: dict[str, Any]) -> None:
+            doc["otlp_endpoint"] = "http://otel:hunter2@collector:4318/v1/traces"
+            doc["mlflow"] = {
+                "tracking_uri": "http://ml:hunter2@mlflow:5000",
+                "experiment": "maeltrace-bench",
+                "parent_run_id": "abc",
+                "runs": {},
+                "ui": "mlflow ui --backend-store-uri http://ml:hunter2@mlflow:5000",
+            }
+
+        edit_json(folder / "bench.json", add_secrets)
+        assert run("report", str(folder)).status == 0
+        for name in ("report.md", "report.html"):
+            text = (folder / name).read_text(encoding="utf-8")
+            assert "hunter2" not in text, name
+            assert "collector:4318/v1/traces" in text, name

@@ -37,6 +37,7 @@ from maeltrace._version import __version__
 from maeltrace.environment import MAELTRACE_APPS_DIR, MAELTRACE_EXPORT, env_flag, env_str
 from maeltrace.files import atomic_write_text
 from maeltrace.output import output_root
+from maeltrace.redact import redact_text, redact_url
 from maeltrace.tools.benchfiles import BENCH_SCHEMA, PROGRESS_PREFIX, AppOutcome
 
 __all__ = [
@@ -217,7 +218,11 @@ def run_bench(options: BenchOptions, *, stream: IO[str] | None = None) -> BenchR
     if options.mlflow:
         result.mlflow = _log_mlflow(folder, result, options, root, out)
         if result.mlflow is not None:
-            manifest["mlflow"] = result.mlflow
+            # bench.json is read by people and tools: the tracking URI's credentials stay out.
+            manifest["mlflow"] = {
+                name: redact_text(value) if isinstance(value, str) else value
+                for name, value in result.mlflow.items()
+            }
             _write_manifest(folder, manifest)
     if options.report:
         result.report = _write_report(folder, out)
@@ -370,7 +375,7 @@ def _log_mlflow(
     except Exception as exc:  # the results are in files; a tracker that is down changes nothing
         print(f"maeltrace bench: MLflow logging failed: {type(exc).__name__}: {exc}", file=out)
         return None
-    print(f"logged to MLflow at {logged['tracking_uri']}", file=out)
+    print(f"logged to MLflow at {redact_url(str(logged['tracking_uri']))}", file=out)
     return logged
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from maeltrace.errors import FormatError
 from maeltrace.files import atomic_write_text
 from maeltrace.keys import TimeType, key_label
+from maeltrace.redact import redact_text, redact_url
 from maeltrace.report import (
     COLUMNS,
     Row,
@@ -208,6 +209,7 @@ def _bench_report(root: Path) -> _Report:
     ]
     endpoint = bench.get("otlp_endpoint")
     if isinstance(endpoint, str) and endpoint:
+        endpoint = redact_url(endpoint)  # a bench.json of an older version may hold a password
         where.append(
             (
                 "Jaeger",
@@ -218,13 +220,14 @@ def _bench_report(root: Path) -> _Report:
         )
     mlflow = bench.get("mlflow")
     if isinstance(mlflow, dict):
+        uri = redact_url(str(mlflow.get("tracking_uri", "?")))
         text = (
             f"experiment {mlflow.get('experiment', '?')!s}, parent run "
-            f"{mlflow.get('parent_run_id', '?')!s} at {mlflow.get('tracking_uri', '?')!s}"
+            f"{mlflow.get('parent_run_id', '?')!s} at {uri}"
         )
         ui = mlflow.get("ui")
         if isinstance(ui, str) and ui:
-            text += f"; open the UI with: {ui}"
+            text += f"; open the UI with: {redact_text(ui)}"
         where.append(("MLflow", text, None))
     return _Report(
         title="maeltrace bench report",
