@@ -19,6 +19,7 @@ __all__ = [
     "MAELTRACE_MAX_REQUEST_BYTES",
     "MAELTRACE_OUTPUT_DIR",
     "MAELTRACE_PURE_PYTHON",
+    "MAELTRACE_RECORD_ARGV",
     "MAELTRACE_RUN_ID",
     "MAELTRACE_SIGNALS",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
@@ -94,6 +95,11 @@ MAELTRACE_PURE_PYTHON: Final = "MAELTRACE_PURE_PYTHON"
 """``1`` makes timers built afterwards use the pure-Python recorder and span encoder even where
 the compiled ones (``maeltrace._hotpath``, ``maeltrace._spanenc``) are installed; they record and
 encode the same things, more slowly. Default off. Read when a timer or encoder is built."""
+
+MAELTRACE_RECORD_ARGV: Final = "MAELTRACE_RECORD_ARGV"
+"""``0`` leaves the command line out of the run's metadata (``metadata.argv`` in stats.json,
+an MLflow artifact). Default on, with the values of secret-looking flags (token, key, password,
+secret...) masked. Read when a summary is made."""
 
 MAELTRACE_RUN_ID: Final = "MAELTRACE_RUN_ID"
 """The run id, shared by every process of one run. When unset, the launcher's id is used

@@ -202,3 +202,16 @@ def test_bad_endpoints_are_named_without_their_password() -> None:
     with pytest.raises(ExportConfigError) as caught:
         ExportConfig.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, endpoint="http://u:pw@h:1/x")
     assert "pw" not in str(caught.value) and "http://h:1/x" in str(caught.value)
+
+
+def test_the_command_line_can_be_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from maeltrace.clock import ClockAnchor
+    from maeltrace.metadata import run_metadata
+
+    monkeypatch.setattr(sys, "argv", ["train.py", "--hf-token", "abc"])
+    assert run_metadata(ClockAnchor.take(), "r")["argv"] == ["train.py", "--hf-token", MASK]
+    monkeypatch.setenv("MAELTRACE_RECORD_ARGV", "0")
+    assert "argv" not in run_metadata(ClockAnchor.take(), "r")
+    monkeypatch.setenv("MAELTRACE_RECORD_ARGV", "maybe")
+    with pytest.raises(ValueError, match="MAELTRACE_RECORD_ARGV"):
+        run_metadata(ClockAnchor.take(), "r")
