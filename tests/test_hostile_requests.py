@@ -117,7 +117,7 @@ def test_an_open_bind_without_a_token_is_refused_before_listening(tmp_path: Path
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "without a token" in lines[0] and "--allow-no-token" in lines[0]
     assert "Traceback" not in err
-    with pytest.raises(OSError), socket.create_connection((HOST, port), timeout=2):
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((HOST, port), timeout=2):
         pass  # nothing listened
 
 
