@@ -11,7 +11,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, BinaryIO, TypeVar, overload
 
 if sys.platform != "win32":
     import fcntl
@@ -224,6 +224,7 @@ def read_lines(
     *,
     parse: None = None,
     on_skip: Callable[[int, bytes, str], object] | None = None,
+    max_line_bytes: int | None = None,
 ) -> Iterator[tuple[int, bytes]]: ...
 
 
@@ -233,6 +234,7 @@ def read_lines(
     *,
     parse: Callable[[bytes], _T],
     on_skip: Callable[[int, bytes, str], object] | None = None,
+    max_line_bytes: int | None = None,
 ) -> Iterator[tuple[int, _T]]: ...
 
 
@@ -241,6 +243,7 @@ def read_lines(
     *,
     parse: Callable[[bytes], Any] | None = None,
     on_skip: Callable[[int, bytes, str], object] | None = None,
+    max_line_bytes: int | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Reads the complete lines of a JSON-lines (or any lines) file, one at a time.
 
@@ -260,6 +263,9 @@ def read_lines(
             None yields the lines' bytes.
         on_skip: called with (line number, the line's bytes, why) for each skipped line, for
             a caller that keeps or counts them (`maeltrace replay` copies them aside).
+        max_line_bytes: the longest line read; a longer one is skipped like an unreadable
+            one without being held in memory whole (``on_skip`` gets its first
+            ``max_line_bytes`` bytes). None reads lines of any length.
 
     Yields:
         (line number counted from 1, the parsed value or the line's bytes without its newline).
@@ -270,7 +276,13 @@ def read_lines(
     skipped = _Skipped()
     try:
         with open(path, "rb") as file:
-            for number, raw in enumerate(file, start=1):
+            for number, raw in enumerate(_lines_of(file, max_line_bytes), start=1):
+                if isinstance(raw, tuple):
+                    head, why = raw
+                    skipped.add(number, why)
+                    if on_skip is not None:
+                        on_skip(number, head, why)
+                    continue
                 if not raw.endswith(b"\n"):
                     skipped.add(number, _TORN)
                     if on_skip is not None:
@@ -293,6 +305,25 @@ def read_lines(
                 yield number, value
     finally:
         skipped.warn(path)
+
+
+def _lines_of(file: BinaryIO, max_bytes: int | None) -> Iterator[bytes | tuple[bytes, str]]:
+    """The file's lines with their newlines; a line over ``max_bytes`` comes as (its first
+    ``max_bytes`` bytes, why), read past in bounded pieces rather than held whole."""
+    if max_bytes is None:
+        yield from file
+        return
+    while True:
+        raw = file.readline(max_bytes + 1)
+        if not raw:
+            return
+        if len(raw) <= max_bytes or (raw.endswith(b"\n") and len(raw) == max_bytes + 1):
+            yield raw
+            continue
+        rest = raw
+        while rest and not rest.endswith(b"\n"):
+            rest = file.readline(1 << 20)
+        yield raw[:max_bytes], f"a line over {max_bytes} bytes"
 
 
 def _reason(err: BaseException) -> str:

@@ -56,10 +56,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def loads(data: str | bytes, source: str, *, max_depth: int = MAX_DEPTH) -> Any:
+def loads(
+    data: str | bytes, source: str, *, max_depth: int = MAX_DEPTH, allow_nan: bool = False
+) -> Any:
     """``data`` parsed as strict JSON: no NaN or Infinity, no integer longer than
     `MAX_INT_DIGITS`, no float outside a float's range, nothing nested deeper than
     ``max_depth``.
+
+    ``allow_nan`` takes the ``NaN``, ``Infinity`` and ``-Infinity`` tokens that Python's
+    ``json.dumps`` writes by default (for files maeltrace wrote that way, whose values may
+    be undefined); numbers out of a float's range are refused still.
 
     Raises:
         FormatError: it is not such JSON; the message names ``source``.
@@ -67,7 +73,7 @@ def loads(data: str | bytes, source: str, *, max_depth: int = MAX_DEPTH) -> Any:
     try:
         value = json.loads(
             data,
-            parse_constant=_refuse_constant,
+            parse_constant=float if allow_nan else _refuse_constant,
             parse_int=_bounded_int,
             parse_float=_finite_float,
         )

@@ -410,7 +410,10 @@ def test_bearer_token_is_required_when_configured(
             assert caught.value.headers["WWW-Authenticate"] == "Bearer"
         with pytest.raises(urllib.error.HTTPError, match="401"):
             get_json(f"{server.url}/runs")
-        assert get_json(f"{server.url}/health") == {"status": "ok"}
+        # Every route needs the token, /health included (probes send the header).
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            get_json(f"{server.url}/health")
+        assert get_json(f"{server.url}/health", token) == {"status": "ok"}
         # A timer sends the token through the standard OTLP headers variable.
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"authorization=Bearer%20{token}")
         monkeypatch.setenv("MAELTRACE_RUN_ID", "with-token")

@@ -12,11 +12,16 @@ Endpoints (a Starlette app, served by uvicorn):
 - ``GET /health``: 200 while the service runs.
 - ``GET /runs``: brief summaries of every run; ``GET /runs/{run_id}``: one run's full summary
   (per process and across ranks, see `maeltrace.collect.summaries`) with its sinks' states; 404
-  for an unknown run. Both need the token when one is configured.
+  for an unknown run.
+
+When a token is configured every route needs it, ``/health`` included (health probes send the
+``Authorization`` header). A gzip body is refused past `MAX_GZIP_MEMBERS` members (400) and
+past `MAX_GZIP_RATIO` times its size or the body cap (413).
 
 Each process's run span updates its run's summary; a background worker then logs the summary to
 MLflow (and W&B), off the request path, with the retries and pending file of
-`maeltrace.collect.mlflow_out`. The service binds 127.0.0.1 unless told otherwise.
+`maeltrace.collect.mlflow_out`. The service binds 127.0.0.1 unless told otherwise; the command
+refuses another address without a token unless ``--allow-no-token`` is given.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_PORT",
     "MAELTRACE_COLLECT_TOKEN",
+    "MAX_GZIP_MEMBERS",
+    "MAX_GZIP_RATIO",
     "CollectConfig",
     "CollectServer",
     "Collector",
@@ -80,6 +87,15 @@ DEFAULT_PORT: Final = 4320
 
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 """Request bodies above this (before or after gunzip) are refused with 413."""
+
+MAX_GZIP_MEMBERS: Final = 64
+"""Gzip members accepted in one body: exporters write one; each costs a new inflater."""
+
+MAX_GZIP_RATIO: Final = 1000
+"""How many times its size a gzip body may inflate to: OTLP spans compress 5 to 20 times; a
+bomb, millions of times."""
+
+_GZIP_PIECE: Final = 64 * 1024
 
 PROTOBUF: Final = "application/x-protobuf"
 JSON: Final = "application/json"
@@ -411,22 +427,46 @@ async def _read_body(request: Request, cap: int) -> bytes:
 
 
 def _gunzip(body: bytes, cap: int) -> bytes:
-    """Inflates a gzip body (one or more members), refusing output over ``cap`` with 413."""
+    """Inflates a gzip body, refusing more than `MAX_GZIP_MEMBERS` members (400), and output
+    over ``cap`` or over `MAX_GZIP_RATIO` times the body (413).
+
+    Linear in the body: the input goes in pieces of `_GZIP_PIECE` bytes, so what a member
+    leaves unread (``unused_data``, a copy) is at most one piece, not the rest of the body.
+    """
+    limit = min(cap, MAX_GZIP_RATIO * len(body))
     out = bytearray()
-    data = body
+    view = memoryview(body)
+    position = 0
+    leftover = b""  # what the previous member left unread
+    members = 0
     while True:
+        members += 1
+        if members > MAX_GZIP_MEMBERS:
+            raise _Refusal(400, f"the gzip body has more than {MAX_GZIP_MEMBERS} members")
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            # At most one byte over the cap: enough to know it is over, never a bomb's worth.
-            out += inflater.decompress(data, cap + 1 - len(out))
-        except zlib.error as err:
-            raise _Refusal(400, f"the gzip body does not inflate: {err}") from None
-        if len(out) > cap:
-            raise _Refusal(413, f"the body inflates to over the limit of {cap} bytes")
-        if not inflater.eof:
-            raise _Refusal(400, "the gzip body is truncated")
-        data = inflater.unused_data
-        if not data:
+        while not inflater.eof:
+            if leftover:
+                piece: bytes | memoryview = leftover
+                leftover = b""
+            elif position < len(body):
+                piece = view[position : position + _GZIP_PIECE]
+                position += len(piece)
+            else:
+                raise _Refusal(400, "the gzip body is truncated")
+            try:
+                # At most one byte over the limit: enough to know it is over, never a bomb's
+                # worth. Input left unconsumed then does not matter: the body is refused.
+                out += inflater.decompress(piece, limit + 1 - len(out))
+            except zlib.error as err:
+                raise _Refusal(400, f"the gzip body does not inflate: {err}") from None
+            if len(out) > cap:
+                raise _Refusal(413, f"the body inflates to over the limit of {cap} bytes")
+            if len(out) > limit:
+                raise _Refusal(
+                    413, f"the gzip body inflates to over {MAX_GZIP_RATIO} times its size"
+                )
+        leftover = inflater.unused_data
+        if not leftover and position >= len(body):
             return bytes(out)
 
 
@@ -499,6 +539,10 @@ def make_app(config: CollectConfig, collector: Collector | None = None) -> Starl
         return Response(ExportTraceServiceResponse().SerializeToString(), media_type=PROTOBUF)
 
     async def health(request: Request) -> Response:
+        # Behind the token too: an open route tells a scanner what listens here. Probes send
+        # the header (Kubernetes: httpGet.httpHeaders).
+        if not authorised(request):
+            return _error(401, "a valid bearer token is required", JSON)
         return JSONResponse({"status": "ok"})
 
     async def runs(request: Request) -> Response:
@@ -676,6 +720,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the command line is visible to other users)",
     )
     parser.add_argument(
+        "--allow-no-token",
+        action="store_true",
+        help="listen beyond loopback without a token (anyone who reaches the port can send "
+        "spans and read summaries); refused otherwise",
+    )
+    parser.add_argument(
         "--max-body-bytes",
         type=_positive,
         default=DEFAULT_MAX_BODY_BYTES,
@@ -730,16 +780,25 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"maeltrace collect: {err}", file=sys.stderr)
         return 2
+    open_to_all = not _is_loopback(config.host) and config.token is None
+    if open_to_all and not getattr(args, "allow_no_token", False):
+        # Refused before anything binds: an open service on a network takes anyone's spans.
+        print(
+            f"maeltrace collect: error: refusing to listen on {config.host} without a token: "
+            f"set {MAELTRACE_COLLECT_TOKEN} (or --token), or pass --allow-no-token",
+            file=sys.stderr,
+        )
+        return 2
     logger = logging.getLogger("maeltrace.collect")
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("maeltrace collect: %(levelname)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    if not _is_loopback(config.host) and config.token is None:
+    if open_to_all:
         print(
             f"maeltrace collect: warning: listening on {config.host} without a token; "
-            f"anyone who reaches it can send spans (set {MAELTRACE_COLLECT_TOKEN})",
+            "anyone who reaches it can send spans and read summaries (--allow-no-token)",
             file=sys.stderr,
         )
     logger.info(

@@ -27,9 +27,21 @@ from opentelemetry.proto.trace.v1.trace_pb2 import (
     TracesData,
 )
 
+from maeltrace.errors import FormatError
 from maeltrace.files import append_line, read_lines
+from maeltrace.validate import loads
+
+MAX_LINE_BYTES = 64 * 1024 * 1024
+"""The longest line read: 16 times the default request size (older versions wrote lines of a
+whole export, which `maeltrace replay` splits); a longer one is skipped unread."""
+
+MAX_DEPTH = 64
+"""The deepest nesting read: a span's attribute value is 8 levels down, and array and key-list
+values nest further; protobuf's own parser stops at 100, by recursion."""
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_LINE_BYTES",
     "append_json_line",
     "read_json_lines",
     "traces_from_json_line",
@@ -73,21 +85,29 @@ def traces_from_json_line(line: str) -> TracesData:
         line: one line, with or without its ending newline.
 
     Raises:
-        ValueError: the line is not JSON, not an object, or does not follow the ``TracesData``
-            mapping; the message says what is wrong.
+        ValueError: the line is not strict JSON (`maeltrace.validate.loads`), is longer than
+            `MAX_LINE_BYTES` or nested deeper than `MAX_DEPTH`, is not an object, or does not
+            follow the ``TracesData`` mapping; the message says what is wrong, on one line.
     """
+    if len(line) > MAX_LINE_BYTES:
+        raise ValueError(f"a line of {len(line)} characters (at most {MAX_LINE_BYTES})")
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not valid JSON: {err}") from None
+        obj = loads(line, "line", max_depth=MAX_DEPTH)
+    except FormatError as err:
+        place = f"{err.where}: " if err.where else ""
+        raise ValueError(f"not valid JSON: {place}{err.problem}") from None
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object (a TracesData), got {type(obj).__name__}")
     _ids_hex_to_base64(obj)
     data = TracesData()
     try:
         json_format.ParseDict(obj, data, ignore_unknown_fields=True)
-    except json_format.ParseError as err:
-        raise ValueError(f"not an OTLP TracesData: {err}") from None
+    except (json_format.ParseError, TypeError, AttributeError, OverflowError) as err:
+        # json_format reports most mismatches as ParseError, but some values of the wrong type
+        # (a number where an enum's name goes, say) escape as the others.
+        raise ValueError(f"not an OTLP TracesData: {str(err)[:300]}") from None
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
     return data
 
 
@@ -96,7 +116,8 @@ def read_json_lines(path: str | os.PathLike[str]) -> Iterator[TracesData]:
 
     Read by `maeltrace.files.read_lines`: blank lines are passed over, and lines that cannot be
     read (a last line without its newline, a line torn by a full disk, one that is not UTF-8 or
-    not OTLP JSON) are skipped with one ``logging`` warning for the file, naming it and the
+    not OTLP JSON, one over `MAX_LINE_BYTES` or nested deeper than `MAX_DEPTH`) are skipped
+    with one ``logging`` warning for the file, naming it and the
     lines. Lines are split on ``\\n`` only, and a ``\\r`` before it is ignored.
 
     Args:
@@ -105,7 +126,7 @@ def read_json_lines(path: str | os.PathLike[str]) -> Iterator[TracesData]:
     Raises:
         OSError: the file cannot be read.
     """
-    for _, data in read_lines(path, parse=_traces_from_bytes):
+    for _, data in read_lines(path, parse=_traces_from_bytes, max_line_bytes=MAX_LINE_BYTES):
         yield data
 
 

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+# protobuf ships no type information (types-protobuf trails protobuf 7).
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
@@ -20,7 +22,7 @@ from maeltrace.otel.exporters import (
     make_exporter,
     send_splitting,
 )
-from maeltrace.otel.otlp_json import traces_from_json_line
+from maeltrace.otel.otlp_json import MAX_LINE_BYTES, traces_from_json_line
 from maeltrace.otel.outbox import Outbox, is_outbox
 
 __all__ = ["ReplayResult", "replay"]
@@ -177,7 +179,9 @@ class _Replayer:
         def parse(raw: bytes) -> tuple[bytes, TracesData]:
             return raw, traces_from_json_line(raw.decode("utf-8"))
 
-        for _, (raw, data) in read_lines(self.source, parse=parse, on_skip=skipped):
+        for _, (raw, data) in read_lines(
+            self.source, parse=parse, on_skip=skipped, max_line_bytes=MAX_LINE_BYTES
+        ):
             if self.receiver_down:
                 self.keep([raw])
                 continue
@@ -204,6 +208,11 @@ class _Replayer:
         """Sends one request (halving it while it is too large); False when it failed."""
         try:
             send_splitting(self.exporter, body)
+        except DecodeError as err:
+            # A receiver that refused the size makes the request be split, which parses it: a
+            # record whose CRC holds but whose body is no request (foreign, or forged) ends here.
+            _log.warning("replay of %s: not an OTLP request, not delivered: %s", self.source, err)
+            return False
         except ExportFailed as err:
             _log.warning("replay of %s: not delivered: %s", self.source, err)
             # A receiver that is down or overloaded would fail the rest too, each after its

@@ -57,6 +57,7 @@ from maeltrace.environment import env_is_set
 from maeltrace.errors import SinkError, SinkWarning
 from maeltrace.files import append_line, atomic_write_bytes, read_lines
 from maeltrace.keys import Key, TimeType
+from maeltrace.validate import Checker, at, loads
 
 if TYPE_CHECKING:
     from maeltrace.report import Row, Summary
@@ -360,9 +361,19 @@ class PendingFile:
         append_line(self.path, _line(entry), mode=0o600)
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every entry, in order; lines that are not entries are skipped with one warning."""
+        """Every entry, in order; lines that are not entries (not strict JSON as
+        `maeltrace.validate.loads` reads it, NaN allowed; longer than
+        `MAX_PENDING_LINE_BYTES`; or not of an entry's shape) are skipped with one warning."""
+        source = str(self.path)
         try:
-            return [obj for _, obj in read_lines(self.path, parse=_entry_from_line)]
+            return [
+                obj
+                for _, obj in read_lines(
+                    self.path,
+                    parse=lambda line: _entry_from_line(line, source),
+                    max_line_bytes=MAX_PENDING_LINE_BYTES,
+                )
+            ]
         except FileNotFoundError:
             return []
 
@@ -394,11 +405,29 @@ def _line(entry: Mapping[str, Any]) -> bytes:
     return json.dumps(entry, separators=(",", ":"), default=str).encode("utf-8")
 
 
-def _entry_from_line(line: bytes) -> dict[str, Any]:
-    obj = json.loads(line)
-    if not isinstance(obj, dict) or not isinstance(obj.get("run_id"), str):
-        raise ValueError("not a pending entry")
-    return obj
+MAX_PENDING_LINE_BYTES = 16 * 1024 * 1024
+"""The longest pending entry read: a run summary of thousands of regions and ranks fits."""
+
+
+def _entry_from_line(line: bytes, source: str) -> dict[str, Any]:
+    """One pending entry, checked for its shape (`pending_entry`).
+
+    Raises:
+        FormatError: it is not one (a ValueError, so `read_lines` skips the line).
+    """
+    check = Checker(source)
+    # allow_nan: `_line` writes a value that is not a number as json.dumps does by default.
+    obj = check.object(loads(line, source, allow_nan=True), "entry")
+    check.string(check.field(obj, "run_id", "entry"), "entry.run_id", max_length=1024)
+    for name in ("sink", "error"):
+        if obj.get(name) is not None:
+            check.string(obj[name], at("entry", name), max_length=65536, empty=True)
+    if "time_unix_s" in obj:
+        check.number(obj["time_unix_s"], "entry.time_unix_s")
+    for name in ("summary", "metrics"):
+        if name in obj:
+            check.object(obj[name], at("entry", name))
+    return dict(obj)
 
 
 def warn_failure(sink: str, what: str, exc: BaseException | str, kept: Path | None) -> None:
