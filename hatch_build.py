@@ -2,7 +2,7 @@
 pure-Python wheel if it can't.
 
 The compiled recorder and span encoder are optimisations; the package works without them (see
-maeltrace/_recorder.py and maeltrace/otel/encode.py). ``MAELTRACE_NO_EXTENSION=1`` skips the
+maeltrace/_recorder.py and maeltrace/otel/_encode.py). ``MAELTRACE_NO_EXTENSION=1`` skips the
 compile.
 """
 

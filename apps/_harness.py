@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from maeltrace import Timer
-from maeltrace.arguments import non_negative_int, positive_int
-from maeltrace.files import atomic_write_text
-from maeltrace.metadata import new_run_id, run_id_from_environment
-from maeltrace.output import run_output_dir
+from maeltrace._arguments import non_negative_int, positive_int
+from maeltrace._files import atomic_write_text
+from maeltrace._metadata import new_run_id, run_id_from_environment
+from maeltrace._output import run_output_dir
 from maeltrace.tools.benchfiles import APP_SCHEMA, PROGRESS_PREFIX
 
 __all__ = ["SIZES", "App", "AppConfig", "Progress", "Size"]

@@ -1,6 +1,6 @@
 /* maeltrace._spanenc: region rows -> serialised OTLP spans (protobuf or OTLP/JSON).
  *
- * The compiled twin of the pure-Python encoder in maeltrace/otel/encode.py, which documents
+ * The compiled twin of the pure-Python encoder in maeltrace/otel/_encode.py, which documents
  * the row layout, the fragments and the field order; both write the same bytes. The per-row
  * work runs with the GIL released (PyEval_SaveThread over plain buffers), so the export
  * thread does not hold up a CPU-bound training thread while it encodes; only looking up the
@@ -1169,19 +1169,19 @@ static PyMethodDef methods[] = {
     {"span_fields", spanenc_span_fields, METH_O,
      "The spans as the spans field (2) of a ScopeSpans: each with its tag and length."},
     {"group", (PyCFunction)(void (*)(void))spanenc_group, METH_FASTCALL,
-     "Packs records' columns into rows per trace ordinal (see maeltrace.otel.encode)."},
+     "Packs records' columns into rows per trace ordinal (see maeltrace.otel._encode)."},
     {"sort_rows", spanenc_sort_rows, METH_O, "Packed rows in order of their sequence number."},
     {"special_rows", (PyCFunction)(void (*)(void))spanenc_special_rows, METH_FASTCALL,
      "Indices of failed rows, trace-key rows and (with roots) rows without a parent."},
     {"template_keys", spanenc_template_keys, METH_O, "The template keys of packed rows."},
     {"encode", (PyCFunction)(void (*)(void))spanenc_encode, METH_FASTCALL,
-     "Serialised spans of packed rows (see maeltrace.otel.encode)."},
+     "Serialised spans of packed rows (see maeltrace.otel._encode)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "_spanenc",
-    "Region rows to serialised OTLP spans, with the GIL released; twin of maeltrace.otel.encode.",
+    "Region rows to serialised OTLP spans, with the GIL released; twin of maeltrace.otel._encode.",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 

@@ -1,4 +1,4 @@
-"""Types of the compiled span encoder; its behaviour is that of maeltrace.otel.encode's Python
+"""Types of the compiled span encoder; its behaviour is that of maeltrace.otel._encode's Python
 encoder, byte for byte."""
 
 from array import array

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from maeltrace._arguments import non_negative_int, positive_int
 from maeltrace._version import __version__
-from maeltrace.arguments import non_negative_int, positive_int
 from maeltrace.errors import MaeltraceError
 
 __all__ = ["main"]
@@ -110,8 +110,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from maeltrace.metadata import new_run_id, run_id_from_environment
-    from maeltrace.output import run_output_dir
+    from maeltrace._metadata import new_run_id, run_id_from_environment
+    from maeltrace._output import run_output_dir
     from maeltrace.timer import Timer
     from maeltrace.tools.demo import DemoConfig, run_demo
 
@@ -180,14 +180,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from maeltrace.otel._replay import replay
     from maeltrace.otel.config import ExportConfig
-    from maeltrace.otel.replay import replay
 
     config = ExportConfig.from_env(endpoint=args.endpoint, protocol=args.protocol)
     if config is None:
         raise ValueError("no OTLP endpoint: pass --endpoint or set OTEL_EXPORTER_OTLP_ENDPOINT")
-    from maeltrace.otel.batching import DEFAULT_MAX_REQUEST_BYTES
-    from maeltrace.otel.outbox import OUTBOX_SUFFIX
+    from maeltrace.otel._batching import DEFAULT_MAX_REQUEST_BYTES
+    from maeltrace.otel._outbox import OUTBOX_SUFFIX
 
     limit = args.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES
     source = Path(args.file)

@@ -22,20 +22,20 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from maeltrace.keys import Key
-from maeltrace.runinfo import (
+from maeltrace._runinfo import (
     RankInfo,
     jax_multiprocess,
     rank_info,
     run_id_from_environment,
     torch_distributed,
 )
+from maeltrace.keys import Key
 from maeltrace.stats import NS_PER_S, TimeStats, percentile_ns
 
 if TYPE_CHECKING:
     from maeltrace.timer import Timer
 
-# RankInfo and rank_info live in maeltrace.runinfo; re-exported for old imports.
+# RankInfo and rank_info live in maeltrace._runinfo; re-exported for old imports.
 __all__ = [
     "GRID_POINTS",
     "PERCENTILE_NOTE",

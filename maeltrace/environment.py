@@ -163,7 +163,7 @@ OTEL_RESOURCE_ATTRIBUTES: Final = "OTEL_RESOURCE_ATTRIBUTES"
 timer builds its spans' resource."""
 
 # -- launchers: rank, local rank, world size (first launcher whose rank is set wins) and run id --
-# Read when a timer is built and whenever maeltrace.runinfo is asked for the rank; a value that
+# Read when a timer is built and whenever maeltrace._runinfo is asked for the rank; a value that
 # is not a whole number is taken as not set.
 
 RANK: Final = "RANK"

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maeltrace.files import atomic_write_text
+from maeltrace._files import atomic_write_text
+from maeltrace._validate import Checker, at, read_json
 from maeltrace.keys import Key, TimeType, canonical_key, key_label
 from maeltrace.otel import semconv
 from maeltrace.records import Records
 from maeltrace.stats import TimeStats, compute_stats
-from maeltrace.validate import Checker, at, read_json
 
 __all__ = ["FORMATS", "Row", "Summary", "format_seconds", "markdown_cell"]
 

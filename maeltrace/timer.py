@@ -3,7 +3,7 @@
 # Over 600 lines, on purpose: a third of it is the docstrings of the public class (the API
 # reference the README points at), and the rest is recording, reading and summarising. What the
 # Timer does not do itself lives elsewhere: the recorder in _hotpath.c and _recorder.py, span
-# export in otel/session.py, the run's files in run_files.py, sinks and gather behind load().
+# export in otel/_session.py, the run's files in run_files.py, sinks and gather behind load().
 
 from __future__ import annotations
 
@@ -21,10 +21,14 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from maeltrace import _signals
+from maeltrace._annotations import Annotator, annotators
+from maeltrace._clock import ClockAnchor
 from maeltrace._imports import load
+from maeltrace._metadata import run_metadata
 from maeltrace._recorder import PyRecorder
-from maeltrace.annotations import Annotator, annotators
-from maeltrace.clock import ClockAnchor
+from maeltrace._recording import NULL_REGION, Region, hotpath_recorder, noop, thread_info
+from maeltrace._run_files import RunFiles
+from maeltrace._runinfo import new_run_id, rank_suffix, run_id_from_environment
 from maeltrace.devices import registry as clocks
 from maeltrace.devices.base import DeviceClock, DeviceClockFactory, DeviceTimes, block_any
 from maeltrace.environment import (
@@ -36,25 +40,21 @@ from maeltrace.environment import (
 )
 from maeltrace.errors import RegionError
 from maeltrace.keys import Key, TimeType, canonical_key
-from maeltrace.metadata import run_metadata
-from maeltrace.otel.session import (
+from maeltrace.otel._session import (
     ExportSession,
     LiveState,
     check_exporter,
     check_max_request_bytes,
 )
-from maeltrace.recording import NULL_REGION, Region, hotpath_recorder, noop, thread_info
 from maeltrace.records import STATUS_OK, Records, key_samples
-from maeltrace.run_files import RunFiles
-from maeltrace.runinfo import new_run_id, rank_suffix, run_id_from_environment
 from maeltrace.stats import TimeStats, compute_stats
 
 if TYPE_CHECKING:
     from maeltrace import _hotpath
     from maeltrace.distributed import GatheredStats
+    from maeltrace.otel._pipeline import PipelineStats
     from maeltrace.otel.config import ExportConfig
     from maeltrace.otel.exporters import SpanExporter
-    from maeltrace.otel.pipeline import PipelineStats
     from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
 
@@ -440,7 +440,7 @@ class Timer:
         """Where this timer's spans wait on disk until the OTLP endpoint took them; `maeltrace
         replay` sends what is still there. A second timer of the same run folder and process
         gets ``outbox.2``, and so on: this is the name once the outbox is open."""
-        from maeltrace.otel.outbox import outbox_path
+        from maeltrace.otel._outbox import outbox_path
 
         opened = self._export.outbox_path() if self._export is not None else None
         return opened or outbox_path(self.output_dir, self._file_suffix())
@@ -455,7 +455,7 @@ class Timer:
         """What export did so far: spans exported, pending in the outbox, refused, lost, and
         the count of failed writes and exports (a copy)."""
         if self._export is None:
-            from maeltrace.otel.pipeline import PipelineStats
+            from maeltrace.otel._pipeline import PipelineStats
 
             return PipelineStats(write_errors=self._files.errors)
         return self._export.health(self._files.errors)

@@ -304,7 +304,7 @@ def outbox_span_names(path: Path) -> list[str]:
         ExportTraceServiceRequest,
     )
 
-    from maeltrace.otel.outbox import read_outbox
+    from maeltrace.otel._outbox import read_outbox
 
     return [
         span.name

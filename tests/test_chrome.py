@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import maeltrace
-from maeltrace.chrome import chrome_trace, write_chrome_trace
+from maeltrace._chrome import chrome_trace, write_chrome_trace
 from maeltrace.records import NO_DEVICE_TIME, Records
 
 BOTH_RECORDERS = True

@@ -32,20 +32,20 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from maeltrace import Timer, TimeType
-from maeltrace.collect.mlflow_out import (
+from maeltrace.collect._mlflow_out import (
     PendingFile,
     Publisher,
     SinkError,
     clock_metric_name,
     summary_metrics,
 )
-from maeltrace.collect.service import CollectConfig, CollectServer
-from maeltrace.collect.summaries import (
+from maeltrace.collect._summaries import (
     FIELDS,
     RunSummaries,
     stats_from_attributes,
 )
-from maeltrace.otel.otlp_json import traces_to_json_line
+from maeltrace.collect.service import CollectConfig, CollectServer
+from maeltrace.otel._otlp_json import traces_to_json_line
 from maeltrace.otel.spans import attributes
 from maeltrace.sinks.base import STATS_FIELDS
 from maeltrace.stats import compute_stats

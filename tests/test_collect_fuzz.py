@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from maeltrace import Timer, TimeType
-from maeltrace.collect.mlflow_out import summary_metrics
+from maeltrace.collect._mlflow_out import summary_metrics
+from maeltrace.collect._summaries import FIELDS, RunSummaries
 from maeltrace.collect.service import CollectConfig, CollectServer
-from maeltrace.collect.summaries import FIELDS, RunSummaries
-from maeltrace.otel.otlp_json import read_json_lines, traces_to_json_line
+from maeltrace.otel._otlp_json import read_json_lines, traces_to_json_line
 from maeltrace.otel.spans import attributes
 from maeltrace.stats import compute_stats
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from maeltrace.cli import main as cli_main
-from maeltrace.otel.outbox import OUTBOX_SUFFIX, read_outbox
+from maeltrace.otel._outbox import OUTBOX_SUFFIX, read_outbox
 from tests.fault_child import SCRIPT, expected_counts
 from tests.helpers import outbox_span_names
 from tests.services.faulty_otlp import ClosedPort, FaultyOtlpServer, SilentListener

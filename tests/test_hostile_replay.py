@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from maeltrace import Timer, TimeType
 from maeltrace.cli import main
-from maeltrace.otel import replay as replay_module
-from maeltrace.otel.otlp_json import read_json_lines
-from maeltrace.otel.outbox import read_outbox
+from maeltrace.otel import _replay as replay_module
+from maeltrace.otel._otlp_json import read_json_lines
+from maeltrace.otel._outbox import read_outbox
 from tests.services.faulty_otlp import ClosedPort, FaultyOtlpServer
 
 SECONDS = 10.0

@@ -28,7 +28,7 @@ from maeltrace.collect.service import (
     CollectConfig,
     CollectServer,
 )
-from maeltrace.otel.otlp_json import read_json_lines, traces_to_json_line
+from maeltrace.otel._otlp_json import read_json_lines, traces_to_json_line
 
 HOST = "127.0.0.1"
 TOKEN = "hostile-requests-token"

@@ -24,7 +24,7 @@ from opentelemetry.context.context import Context, _RuntimeContext  # noqa: E402
 
 from maeltrace import Timer, TimeType  # noqa: E402
 from maeltrace._recorder import otel_span_probe  # noqa: E402
-from maeltrace.otel.otlp_json import read_json_lines  # noqa: E402
+from maeltrace.otel._otlp_json import read_json_lines  # noqa: E402
 
 BOTH_RECORDERS = True
 

@@ -1,4 +1,4 @@
-"""JSON-lines files survive a full disk, a crash and several writers: `maeltrace.files`'
+"""JSON-lines files survive a full disk, a crash and several writers: `maeltrace._files`'
 appender and reader, and the files built on them (OTLP JSON lines, pending files)."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from maeltrace.files import append_line, append_lines, read_lines
-from maeltrace.otel.otlp_json import append_json_line, read_json_lines
+from maeltrace._files import append_line, append_lines, read_lines
+from maeltrace.otel._otlp_json import append_json_line, read_json_lines
 from maeltrace.sinks.base import PendingFile, pending_entry, pending_path
 from tests.helpers import mounted_tmpfs
 
@@ -96,7 +96,7 @@ class TestAppend:
         path = tmp_path / "t.jsonl"
         script = f"""
             import errno, resource, signal, sys
-            from maeltrace.files import append_line
+            from maeltrace._files import append_line
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
             line = b'{{"pad": "' + b"y" * 3000 + b'"}}'
@@ -277,7 +277,7 @@ class TestFullDisk:
         path = small_disk / "shared.jsonl"
         script = f"""
             import json, sys
-            from maeltrace.files import append_line
+            from maeltrace._files import append_line
             writer, appended = int(sys.argv[1]), 0
             for number in range(100_000):
                 line = json.dumps({{"w": writer, "n": number, "pad": "z" * (500 + number % 900)}})
@@ -310,7 +310,7 @@ class TestConcurrency:
         path.write_bytes(b'{"torn": ')  # both writers see it; the first to write ends it
         script = f"""
             import json, sys
-            from maeltrace.files import append_line, append_lines
+            from maeltrace._files import append_line, append_lines
             writer = int(sys.argv[1])
             for number in range(0, 2000, 2):
                 # Lines from 30 bytes to about 200 KiB: many pages, beyond any pipe buffer.
@@ -362,7 +362,7 @@ def run_python(script: str, *args: str) -> str:
 
 _START_TOGETHER = """
 import json, pathlib, sys, time
-import maeltrace.files  # imported before the start, so that both start at once
+import maeltrace._files  # imported before the start, so that both start at once
 _gate = pathlib.Path(sys.argv[2])
 (_gate / f"ready{sys.argv[1]}").touch()
 while not (_gate / "go").exists():

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from maeltrace import Timer, TimeType
+from maeltrace._files import read_lines
 from maeltrace.environment import MAELTRACE_OUTPUT_DIR
 from maeltrace.errors import ExportWarning
-from maeltrace.files import read_lines
-from maeltrace.otel.outbox import Outbox, OutboxEntry, read_outbox
+from maeltrace.otel._outbox import Outbox, OutboxEntry, read_outbox
 from tests.helpers import mounted_tmpfs
 from tests.services.jaeger import JaegerService, free_port
 

@@ -29,6 +29,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
+from maeltrace.otel._otlp_json import (
+    append_json_line,
+    read_json_lines,
+    traces_from_json_line,
+    traces_to_json_line,
+)
 from maeltrace.otel.export import (
     ExportConfig,
     ExportConfigError,
@@ -39,12 +45,6 @@ from maeltrace.otel.export import (
     count_spans,
     make_exporter,
     replay,
-)
-from maeltrace.otel.otlp_json import (
-    append_json_line,
-    read_json_lines,
-    traces_from_json_line,
-    traces_to_json_line,
 )
 
 HOST = "127.0.0.1"

@@ -8,7 +8,7 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from maeltrace import Timer, TimeType
-from maeltrace.otel.resource import rank_from_environment, resource
+from maeltrace.otel._resource import rank_from_environment, resource
 from maeltrace.otel.spans import SpanBuilder, TraceBudget, run_trace_id, trace_id
 
 BOTH_RECORDERS = True

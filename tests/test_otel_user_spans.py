@@ -11,7 +11,7 @@ otel_sdk = pytest.importorskip("opentelemetry.sdk.trace", reason="opentelemetry-
 from opentelemetry import trace  # noqa: E402
 
 from maeltrace import Timer, TimeType  # noqa: E402
-from maeltrace.otel.otlp_json import read_json_lines  # noqa: E402
+from maeltrace.otel._otlp_json import read_json_lines  # noqa: E402
 
 BOTH_RECORDERS = True
 

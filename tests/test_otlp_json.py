@@ -17,8 +17,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status, TracesData
 
-from maeltrace.otel import otlp_json
-from maeltrace.otel.otlp_json import (
+from maeltrace.otel import _otlp_json as otlp_json
+from maeltrace.otel._otlp_json import (
     append_json_line,
     read_json_lines,
     traces_from_json_line,

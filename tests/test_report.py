@@ -12,7 +12,7 @@ import pytest
 
 import maeltrace
 from maeltrace import Timer, TimeType
-from maeltrace.files import atomic_write_bytes, atomic_write_text
+from maeltrace._files import atomic_write_bytes, atomic_write_text
 from maeltrace.report import COLUMNS, FORMATS, format_seconds, table_cells
 
 

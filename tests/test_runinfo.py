@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 
 from maeltrace import Timer
-from maeltrace.otel.otlp_json import read_json_lines
-from maeltrace.runinfo import (
+from maeltrace._runinfo import (
     FRAMEWORKS,
     imported_frameworks,
     known_rank,
     rank_info,
     rank_suffix,
 )
+from maeltrace.otel._otlp_json import read_json_lines
 from tests.services.jaeger import free_port
 
 LAUNCHER_VARIABLES = (
@@ -41,10 +41,10 @@ LAUNCHER_VARIABLES = (
 
 class TestOneSource:
     def test_old_import_paths_give_the_same_objects(self) -> None:
+        import maeltrace._metadata as metadata
+        import maeltrace._runinfo as runinfo
         import maeltrace.distributed as distributed
-        import maeltrace.metadata as metadata
-        import maeltrace.otel.resource as resource
-        import maeltrace.runinfo as runinfo
+        import maeltrace.otel._resource as resource
 
         assert distributed.rank_info is runinfo.rank_info
         assert distributed.RankInfo is runinfo.RankInfo
@@ -53,9 +53,9 @@ class TestOneSource:
         assert metadata.run_id_from_environment is runinfo.run_id_from_environment
 
     def test_metadata_no_longer_imports_distributed(self) -> None:
-        # The cycle distributed <-> metadata is gone: both read maeltrace.runinfo.
+        # The cycle distributed <-> metadata is gone: both read maeltrace._runinfo.
         code = (
-            "import json, sys, maeltrace.metadata as m, maeltrace.clock as c;"
+            "import json, sys, maeltrace._metadata as m, maeltrace._clock as c;"
             "m.run_metadata(c.ClockAnchor.take(), 'r');"
             "print(json.dumps('maeltrace.distributed' in sys.modules))"
         )

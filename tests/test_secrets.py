@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import maeltrace
+from maeltrace._redact import MASK, is_secret_name, redact_argv, redact_text, redact_url
 from maeltrace.errors import ExportConfigError
 from maeltrace.otel.config import ExportConfig
-from maeltrace.redact import MASK, is_secret_name, redact_argv, redact_text, redact_url
 
 
 @pytest.mark.parametrize(
@@ -205,8 +205,8 @@ def test_bad_endpoints_are_named_without_their_password() -> None:
 
 
 def test_the_command_line_can_be_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    from maeltrace.clock import ClockAnchor
-    from maeltrace.metadata import run_metadata
+    from maeltrace._clock import ClockAnchor
+    from maeltrace._metadata import run_metadata
 
     monkeypatch.setattr(sys, "argv", ["train.py", "--hf-token", "abc"])
     assert run_metadata(ClockAnchor.take(), "r")["argv"] == ["train.py", "--hf-token", MASK]

@@ -10,9 +10,10 @@ import pytest
 
 import maeltrace
 from maeltrace import Timer, TimeType
-from maeltrace.collect.summaries import RunSummaries
-from maeltrace.otel import encode, semconv
-from maeltrace.otel.otlp_json import read_json_lines
+from maeltrace.collect._summaries import RunSummaries
+from maeltrace.otel import _encode as encode
+from maeltrace.otel import semconv
+from maeltrace.otel._otlp_json import read_json_lines
 from maeltrace.otel.spans import TraceBudget
 
 # What the timer writes and where: every public string constant of semconv is in exactly one.

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from maeltrace import Timer, TimeType
-from maeltrace.files import read_lines
+from maeltrace._files import read_lines
 from maeltrace.sinks import STATS_FIELDS, SinkWarning, metric_values
 from tests.services.jaeger import free_port
 from tests.services.mlflow_server import MlflowServer

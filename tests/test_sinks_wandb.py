@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from maeltrace import Timer, TimeType
-from maeltrace.files import read_lines
+from maeltrace._files import read_lines
 from maeltrace.sinks import STATS_FIELDS, SinkWarning, metric_values
 from tests.services.wandb_reader import FIRST, LAST, MIDDLE, frames, read_offline_run
 

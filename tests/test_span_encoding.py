@@ -25,11 +25,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import (
 )
 
 from maeltrace import Timer, TimeType
+from maeltrace._clock import ClockAnchor
 from maeltrace._version import __version__
-from maeltrace.clock import ClockAnchor
-from maeltrace.otel import encode
-from maeltrace.otel.otlp_json import traces_from_json_line, traces_to_json_line
-from maeltrace.otel.resource import resource
+from maeltrace.otel import _encode as encode
+from maeltrace.otel._otlp_json import traces_from_json_line, traces_to_json_line
+from maeltrace.otel._resource import resource
 from maeltrace.otel.spans import (
     GPU_SUFFIX,
     RUN_SPAN_NAME,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from maeltrace import Timer, TimeType
+from maeltrace.otel._otlp_json import read_json_lines
 from maeltrace.otel.export import ExportConfigError
-from maeltrace.otel.otlp_json import read_json_lines
 from tests.helpers import outbox_span_names
 from tests.services.jaeger import free_port
 

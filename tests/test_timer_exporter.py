@@ -11,8 +11,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from maeltrace import Timer, TimeType
 from maeltrace.errors import ExportFailed, ExportWarning
+from maeltrace.otel._otlp_json import read_json_lines
 from maeltrace.otel.exporters import JsonLinesExporter, Request, request_message
-from maeltrace.otel.otlp_json import read_json_lines
 
 
 class RecordingExporter:

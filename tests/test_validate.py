@@ -1,4 +1,4 @@
-"""maeltrace.validate: hostile JSON and fields give one-line FormatErrors, never another error."""
+"""maeltrace._validate: hostile JSON and fields give one-line FormatErrors, never another error."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import maeltrace
+from maeltrace._validate import MAX_DEPTH, Checker, check_acyclic, loads, read_json
 from maeltrace.errors import FormatError, MaeltraceError
-from maeltrace.validate import MAX_DEPTH, Checker, check_acyclic, loads, read_json
 
 
 def test_format_error_is_one_line_naming_file_and_place() -> None:

@@ -11,7 +11,7 @@ Endpoints (a Starlette app, served by uvicorn):
   counted, and after gunzip); 415 for another content type or encoding.
 - ``GET /health``: 200 while the service runs.
 - ``GET /runs``: brief summaries of every run; ``GET /runs/{run_id}``: one run's full summary
-  (per process and across ranks, see `maeltrace.collect.summaries`) with its sinks' states; 404
+  (per process and across ranks, see `maeltrace.collect._summaries`) with its sinks' states; 404
   for an unknown run.
 
 When a token is configured every route needs it, ``/health`` included (health probes send the
@@ -20,7 +20,7 @@ past `MAX_GZIP_RATIO` times its size or the body cap (413).
 
 Each process's run span updates its run's summary; a background worker then logs the summary to
 MLflow (and W&B), off the request path, with the retries and pending file of
-`maeltrace.collect.mlflow_out`. The service binds 127.0.0.1 unless told otherwise; the command
+`maeltrace.collect._mlflow_out`. The service binds 127.0.0.1 unless told otherwise; the command
 refuses another address without a token unless ``--allow-no-token`` is given.
 """
 
@@ -53,11 +53,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from maeltrace.collect.mlflow_out import MlflowSink, WandbSink
-from maeltrace.collect.summaries import RunSummaries
+from maeltrace._output import output_root
+from maeltrace.collect._mlflow_out import MlflowSink, WandbSink
+from maeltrace.collect._summaries import RunSummaries
 from maeltrace.environment import MAELTRACE_COLLECT_TOKEN, MLFLOW_TRACKING_URI, WANDB_DIR, env_str
-from maeltrace.otel.otlp_json import traces_from_json_line
-from maeltrace.output import output_root
+from maeltrace.otel._otlp_json import traces_from_json_line
 from maeltrace.sinks.base import PendingFile, Publisher, pending_path
 
 if TYPE_CHECKING:

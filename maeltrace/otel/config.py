@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from maeltrace._redact import redact_url
 from maeltrace.environment import (
     OTEL_EXPORTER_OTLP_CERTIFICATE,
     OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
@@ -26,7 +27,6 @@ from maeltrace.environment import (
     env_str,
 )
 from maeltrace.errors import ExportConfigError
-from maeltrace.redact import redact_url
 
 # The OTEL_* names live in maeltrace.environment; re-exported here for old imports.
 __all__ = [

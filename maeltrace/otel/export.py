@@ -1,11 +1,12 @@
 """The old home of OTLP export, kept so that ``maeltrace.otel.export.*`` imports keep working.
 
 Configuration lives in `maeltrace.otel.config`, the exporters in `maeltrace.otel.exporters` and
-`replay` in `maeltrace.otel.replay`.
+`replay` in `maeltrace.otel._replay`.
 """
 
 from __future__ import annotations
 
+from maeltrace.otel._replay import ReplayResult, replay
 from maeltrace.otel.config import (
     DEFAULT_TIMEOUT_S,
     GRPC,
@@ -36,7 +37,6 @@ from maeltrace.otel.exporters import (
     request_message,
     send_splitting,
 )
-from maeltrace.otel.replay import ReplayResult, replay
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",

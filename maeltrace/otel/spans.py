@@ -3,7 +3,7 @@
 Nothing here runs on the hot path: a `SpanBuilder` reads closed regions (`maeltrace.Records`)
 at flush time and writes each span straight to the wire format, protobuf or OTLP/JSON, with
 explicit start and end times on the wall clock (through the timer's
-`maeltrace.clock.ClockAnchor`), through `maeltrace.otel.encode`. Building SDK span objects
+`maeltrace._clock.ClockAnchor`), through `maeltrace.otel._encode`. Building SDK span objects
 would cost tens of microseconds per span, protobuf messages a few; the compiled encoder takes
 about 0.1 us of the GIL per span, and does the rest of its work with the GIL released.
 
@@ -38,10 +38,10 @@ from opentelemetry.proto.trace.v1.trace_pb2 import (
     TracesData,
 )
 
+from maeltrace._clock import ClockAnchor
 from maeltrace._version import __version__
-from maeltrace.clock import ClockAnchor
 from maeltrace.otel import semconv
-from maeltrace.otel.encode import (
+from maeltrace.otel._encode import (
     KEY_MASK,
     R_DEVICE,
     R_END,
@@ -58,7 +58,7 @@ from maeltrace.otel.encode import (
     group_records,
     varint,
 )
-from maeltrace.otel.encode import encoder as default_encoder
+from maeltrace.otel._encode import encoder as default_encoder
 from maeltrace.otel.semconv import GPU_SUFFIX, RUN_SPAN_NAME, SCOPE_NAME
 from maeltrace.records import NO_DEVICE_TIME, NO_PARENT, NO_TRACE, STATUS_OK, Records
 
@@ -130,10 +130,10 @@ def attributes(values: Mapping[str, object]) -> list[KeyValue]:
 
 
 _Row = tuple[int, int, int, int, int, int, int]
-"""A packed row, unpacked (`maeltrace.otel.encode.ROW_FIELDS` values), for sampling."""
+"""A packed row, unpacked (`maeltrace.otel._encode.ROW_FIELDS` values), for sampling."""
 
 _DUMPS = {"ensure_ascii": False, "allow_nan": False, "separators": (",", ":")}
-"""`json.dumps` options of `maeltrace.otel.otlp_json.traces_to_json_line`: fragments written with
+"""`json.dumps` options of `maeltrace.otel._otlp_json.traces_to_json_line`: fragments written with
 them join into the same line it writes."""
 
 
@@ -170,7 +170,7 @@ class SpanBuilder:
     Each region is built once. Regions of an epoch wait until the epoch itself has closed, so
     that the trace's budget can choose among all of them (packed, 56 bytes each, freed when the
     epoch's spans are built); regions outside epochs go out at the next flush. Spans are written
-    by `maeltrace.otel.encode` from fragments serialised once per key and thread; the compiled
+    by `maeltrace.otel._encode` from fragments serialised once per key and thread; the compiled
     encoder does so with the GIL released.
 
     Args:
@@ -184,7 +184,7 @@ class SpanBuilder:
             root region opened, by the region's sequence number; the builder takes entries out
             as it uses them. A root region outside epochs becomes that span's child, in its
             trace, with everything inside it; an epoch keeps its own trace and links to it.
-        encoder: writes the bytes; default `maeltrace.otel.encode.encoder` (compiled where
+        encoder: writes the bytes; default `maeltrace.otel._encode.encoder` (compiled where
             built). Both encoders write the same bytes.
     """
 
@@ -273,7 +273,7 @@ class SpanBuilder:
             failures: descriptions of failed regions, by sequence number.
             device_clock: name of the clock of device times, for the attributes.
             json: OTLP/JSON span objects (UTF-8: hex ids, 64-bit integers as strings, enums as
-                integers, lowerCamelCase keys, as `maeltrace.otel.otlp_json` writes them)
+                integers, lowerCamelCase keys, as `maeltrace.otel._otlp_json` writes them)
                 instead of serialised ``opentelemetry.proto.trace.v1.Span`` messages.
 
         Returns:
@@ -564,7 +564,7 @@ class SpanBuilder:
     def json_line(self, spans: Sequence[bytes]) -> bytes:
         """One OTLP JSON line (``TracesData``: resourceSpans, scopeSpans, spans) holding the given
         JSON spans, ending in ``b"\\n"``; it reads back with
-        `maeltrace.otel.otlp_json.traces_from_json_line` and the Collector's ``otlpjsonfile``
+        `maeltrace.otel._otlp_json.traces_from_json_line` and the Collector's ``otlpjsonfile``
         receiver, and equals ``traces_to_json_line`` of the same spans.
 
         Its size is exactly ``len(json_line([])) + sum(map(len, spans)) + max(len(spans) - 1,

@@ -2,7 +2,7 @@
 
 Both routes to a tracker use it: the Timer's ``log_mlflow_all``/``log_wb_all`` (through
 `maeltrace.sinks.mlflow.log_summary` and `maeltrace.sinks.wandb.log_summary`) and the summary
-service, ``maeltrace collect`` (`maeltrace.collect.mlflow_out`). It imports no tracker.
+service, ``maeltrace collect`` (`maeltrace.collect._mlflow_out`). It imports no tracker.
 
 Metric names
 ------------
@@ -24,7 +24,7 @@ fields are `STATS_FIELDS`: ``min``, ``mean``, ``median``, ``max``, ``stdev``, ``
 and ``count`` (regions). ``stats="mean"`` logs the mean under the key's own name, as Deep500's
 ``log_mlflow_all`` and ``log_wb_all`` did (so ``train/batch`` for ``prefix="train"``). The
 summary service logs ``stats="all"`` names, and for runs of several processes names under the
-same row name (``<key>[/gpu][/first_call]/...``; see `maeltrace.collect.mlflow_out`).
+same row name (``<key>[/gpu][/first_call]/...``; see `maeltrace.collect._mlflow_out`).
 
 ``names="deep500"`` gives the exact names of Deep500's timers instead: the key's enum name
 (``BATCH``; other string keys as they are), and, when the timer measured device times, the
@@ -53,11 +53,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from maeltrace._files import append_line, atomic_write_bytes, read_lines
+from maeltrace._validate import Checker, at, loads
 from maeltrace.environment import env_is_set
 from maeltrace.errors import SinkError, SinkWarning
-from maeltrace.files import append_line, atomic_write_bytes, read_lines
 from maeltrace.keys import Key, TimeType
-from maeltrace.validate import Checker, at, loads
 
 if TYPE_CHECKING:
     from maeltrace.report import Row, Summary
@@ -107,7 +107,7 @@ Names = Literal["maeltrace", "deep500"]
 
 class Sink(Protocol):
     """Somewhere a run summary is logged, with retries and a pending file around it
-    (`Publisher`); the summary service's sinks are `maeltrace.collect.mlflow_out.MlflowSink` and
+    (`Publisher`); the summary service's sinks are `maeltrace.collect._mlflow_out.MlflowSink` and
     ``WandbSink``."""
 
     name: str
@@ -308,7 +308,7 @@ def mlflow_metric_names(values: Mapping[str, float]) -> dict[str, float]:
 
 def rank_suffix_of(metadata: Mapping[str, Any]) -> str:
     """``.rank<r>`` for file names from a summary's metadata (``rank``, as
-    `maeltrace.runinfo.rank_info` gave it), by the rule of `maeltrace.runinfo.rank_suffix`:
+    `maeltrace._runinfo.rank_info` gave it), by the rule of `maeltrace._runinfo.rank_suffix`:
     a launcher's rank always names the files, a framework's only in a group of several."""
     info = metadata.get("rank")
     if not isinstance(info, Mapping) or not isinstance(info.get("rank"), int):
@@ -340,7 +340,7 @@ def pending_entry(sink: str, run_id: str, error: str | None, **fields: Any) -> d
 class PendingFile:
     """What a sink could not deliver yet: one JSON object a line, each with a ``run_id``.
 
-    Lines are appended and read by `maeltrace.files.append_line` and `maeltrace.files.read_lines`,
+    Lines are appended and read by `maeltrace._files.append_line` and `maeltrace._files.read_lines`,
     so threads and processes may share the file, a full disk leaves no torn line, and a torn
     line from a crash costs only itself (skipped with one warning).
 
@@ -362,7 +362,7 @@ class PendingFile:
 
     def entries(self) -> list[dict[str, Any]]:
         """Every entry, in order; lines that are not entries (not strict JSON as
-        `maeltrace.validate.loads` reads it, NaN allowed; longer than
+        `maeltrace._validate.loads` reads it, NaN allowed; longer than
         `MAX_PENDING_LINE_BYTES`; or not of an entry's shape) are skipped with one warning."""
         source = str(self.path)
         try:

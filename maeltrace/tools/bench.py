@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from maeltrace._files import atomic_write_text
+from maeltrace._output import output_root
+from maeltrace._redact import redact_text, redact_url
 from maeltrace._version import __version__
 from maeltrace.environment import MAELTRACE_APPS_DIR, MAELTRACE_EXPORT, env_flag, env_str
-from maeltrace.files import atomic_write_text
-from maeltrace.output import output_root
-from maeltrace.redact import redact_text, redact_url
 from maeltrace.tools.benchfiles import BENCH_SCHEMA, PROGRESS_PREFIX, AppOutcome
 
 __all__ = [

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from maeltrace._validate import Checker, at, read_json
 from maeltrace.report import EARLIEST_UNIX_NS, LATEST_UNIX_NS, MAX_SECONDS
-from maeltrace.validate import Checker, at, read_json
 
 __all__ = [
     "APP_SCHEMA",

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from maeltrace._files import atomic_write_text
+from maeltrace._redact import redact_text, redact_url
+from maeltrace._validate import read_json
 from maeltrace.errors import FormatError
-from maeltrace.files import atomic_write_text
 from maeltrace.keys import TimeType, key_label
-from maeltrace.redact import redact_text, redact_url
 from maeltrace.report import (
     COLUMNS,
     Row,
@@ -37,7 +38,6 @@ from maeltrace.report import (
 )
 from maeltrace.stats import TimeStats
 from maeltrace.tools.benchfiles import APP_SCHEMA, AppOutcome, read_app_info, read_bench
-from maeltrace.validate import read_json
 
 if TYPE_CHECKING:
     from maeltrace.tools.plots import FlameChart, Png

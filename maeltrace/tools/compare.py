@@ -34,12 +34,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from maeltrace._arguments import non_negative_int, positive_int
+from maeltrace._files import atomic_write_text
 from maeltrace._imports import require
-from maeltrace.arguments import non_negative_int, positive_int
+from maeltrace._output import output_root
+from maeltrace._validate import read_json
 from maeltrace.errors import MaeltraceError
-from maeltrace.files import atomic_write_text
 from maeltrace.keys import canonical_key, key_label
-from maeltrace.output import output_root
 from maeltrace.report import MAX_STATS_BYTES, Row, Summary
 from maeltrace.sinks.mlflow import ARTIFACT_PATH, bounded_http
 from maeltrace.tools.benchfiles import read_app_info, read_bench
@@ -51,7 +52,6 @@ from maeltrace.tools.benchstore import (
     bench_tracking_uri,
     sqlite_path,
 )
-from maeltrace.validate import read_json
 
 if TYPE_CHECKING:
     import numpy as np

@@ -29,10 +29,10 @@ except ImportError as exc:  # pragma: no cover - the report extra is installed i
         f"the report's plots need matplotlib and numpy: pip install 'maeltrace[report]' ({exc})"
     ) from exc
 
-from maeltrace.files import atomic_write_bytes
+from maeltrace._files import atomic_write_bytes
+from maeltrace._validate import Checker, at, check_acyclic
 from maeltrace.keys import TimeType
 from maeltrace.report import LATEST_UNIX_NS, MAX_DURATION_NS, MAX_NAME, Row
-from maeltrace.validate import Checker, at, check_acyclic
 
 MAX_TRACE_BYTES = 512 * 2**20
 """The largest ``trace.json`` read (the trace budget keeps real ones far smaller)."""
@@ -427,7 +427,7 @@ def flame_chart(
     thousands of batches draws in about a second.
 
     Args:
-        trace: the trace, as `maeltrace.chrome.chrome_trace` returns it or ``trace.json``
+        trace: the trace, as `maeltrace._chrome.chrome_trace` returns it or ``trace.json``
             holds it.
         path: the PNG to write.
         title: the chart's title; the caption of the part shown is added to it.

@@ -12,7 +12,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from maeltrace._version import __version__
 from maeltrace.errors import ExportFailed
-from maeltrace.otel.batching import split_request
+from maeltrace.otel._batching import split_request
 from maeltrace.otel.config import OTEL_SDK_DISABLED, ExportConfig, ExportConfigError
 
 __all__ = [

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from maeltrace.errors import ExportFailed
+from maeltrace.otel._otlp_json import append_json_line
 from maeltrace.otel.exporters.base import Request, request_message
-from maeltrace.otel.otlp_json import append_json_line
 
 __all__ = ["JsonLinesExporter"]
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from maeltrace.errors import ExportFailed
+from maeltrace.otel._otlp_json import traces_to_json_line
 from maeltrace.otel.config import HTTP_JSON, HTTP_PROTOBUF, ExportConfig, ExportConfigError
 from maeltrace.otel.exporters.base import (
     USER_AGENT,
@@ -17,7 +18,6 @@ from maeltrace.otel.exporters.base import (
     RetryingExporter,
     request_message,
 )
-from maeltrace.otel.otlp_json import traces_to_json_line
 
 if TYPE_CHECKING:
     # urllib.request is imported when the exporter is made, not with this module.

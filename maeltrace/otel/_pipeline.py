@@ -6,7 +6,7 @@ closes. Two daemon threads do the work:
 - ``maeltrace-export`` reads the regions closed since its last turn, encodes them as spans
   (`maeltrace.otel.spans.SpanBuilder.encode`), cuts them into requests of at most
   ``max_request_bytes`` and writes each to its destination on disk: with an endpoint, the run
-  folder's outbox (`maeltrace.otel.outbox.Outbox`), before anything is sent; without one (the
+  folder's outbox (`maeltrace.otel._outbox.Outbox`), before anything is sent; without one (the
   embedded default), the OTLP JSON lines file itself, which is then the delivered copy.
 - ``maeltrace-send`` sends the outbox's requests in order, each with the exporter's bounded
   retries, and acknowledges each one the endpoint accepted. A request refused for its size is
@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from maeltrace._files import append_line
 from maeltrace.errors import ExportWarning, warn_safely
-from maeltrace.files import append_line
-from maeltrace.otel.batching import DEFAULT_MAX_REQUEST_BYTES, chunk
+from maeltrace.otel._batching import DEFAULT_MAX_REQUEST_BYTES, chunk
+from maeltrace.otel._outbox import Outbox, OutboxEntry
 from maeltrace.otel.exporters import ExportFailed, SpanExporter, send_splitting
-from maeltrace.otel.outbox import Outbox, OutboxEntry
 
 if TYPE_CHECKING:
     from maeltrace.otel.spans import SpanBuilder

@@ -12,8 +12,10 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from maeltrace.files import read_lines
-from maeltrace.otel.batching import DEFAULT_MAX_REQUEST_BYTES, split_traces
+from maeltrace._files import read_lines
+from maeltrace.otel._batching import DEFAULT_MAX_REQUEST_BYTES, split_traces
+from maeltrace.otel._otlp_json import MAX_LINE_BYTES, traces_from_json_line
+from maeltrace.otel._outbox import Outbox, is_outbox
 from maeltrace.otel.config import ExportConfig, ExportConfigError
 from maeltrace.otel.exporters import (
     ExportFailed,
@@ -22,8 +24,6 @@ from maeltrace.otel.exporters import (
     make_exporter,
     send_splitting,
 )
-from maeltrace.otel.otlp_json import MAX_LINE_BYTES, traces_from_json_line
-from maeltrace.otel.outbox import Outbox, is_outbox
 
 __all__ = ["ReplayResult", "replay"]
 
@@ -68,7 +68,7 @@ def replay(
     """Sends the spans of an outbox, or of an OTLP JSON lines file (the embedded default's
     traces file, or a spill file of an older version), to an exporter.
 
-    An outbox (``*.otlp.outbox``, see `maeltrace.otel.outbox`) is sent request by request, in
+    An outbox (``*.otlp.outbox``, see `maeltrace.otel._outbox`) is sent request by request, in
     order, and each request the receiver accepts is acknowledged in the outbox itself, so a
     second replay sends only what is still pending; ``failed_path`` and ``batch_lines`` do not
     apply. The outbox must not be in use by a running timer (`OutboxBusy` otherwise).

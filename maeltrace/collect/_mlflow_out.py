@@ -1,6 +1,6 @@
 """The summary service's sinks: run summaries (dicts) to MLflow and W&B, named as the Timer names.
 
-A run summary (`maeltrace.collect.summaries.RunSummary.to_dict`) becomes one MLflow run per
+A run summary (`maeltrace.collect._summaries.RunSummary.to_dict`) becomes one MLflow run per
 maeltrace run id, found by its ``maeltrace.run_id`` tag in the experiment (else created), and
 updated each time a process of the run reports. The summaries stay dicts (they hold what only
 the service knows: processes, pooled statistics, the slowest rank); `clock_metric_name` adapts

@@ -9,17 +9,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from maeltrace.clock import ClockAnchor
+from maeltrace._clock import ClockAnchor
 from maeltrace.environment import MAELTRACE_MAX_REQUEST_BYTES, env_int
 from maeltrace.errors import ExportWarning, warn_safely
 from maeltrace.otel import semconv
 from maeltrace.records import FIELDS, Records
 
 if TYPE_CHECKING:
+    from maeltrace.otel._outbox import Outbox
+    from maeltrace.otel._pipeline import PipelineStats, SpanPipeline
     from maeltrace.otel.config import ExportConfig
     from maeltrace.otel.exporters import SpanExporter
-    from maeltrace.otel.outbox import Outbox
-    from maeltrace.otel.pipeline import PipelineStats, SpanPipeline
     from maeltrace.otel.spans import TraceBudget
 
 __all__ = ["ExportSession", "LiveState", "check_exporter", "check_max_request_bytes"]
@@ -67,9 +67,9 @@ def check_max_request_bytes(value: int | None) -> int:
 
     Raises:
         ValueError: it is not a whole number of at least
-            `maeltrace.otel.batching.MIN_MAX_REQUEST_BYTES`.
+            `maeltrace.otel._batching.MIN_MAX_REQUEST_BYTES`.
     """
-    from maeltrace.otel.batching import DEFAULT_MAX_REQUEST_BYTES, MIN_MAX_REQUEST_BYTES
+    from maeltrace.otel._batching import DEFAULT_MAX_REQUEST_BYTES, MIN_MAX_REQUEST_BYTES
 
     if value is None:
         return env_int(
@@ -152,11 +152,11 @@ class ExportSession:
         return self._pipeline
 
     def _new_pipeline(self) -> SpanPipeline:
+        from maeltrace.otel._outbox import Outbox
+        from maeltrace.otel._pipeline import SpanPipeline
+        from maeltrace.otel._resource import resource
         from maeltrace.otel.config import HTTP_JSON, ExportConfigError
         from maeltrace.otel.exporters import make_exporter
-        from maeltrace.otel.outbox import Outbox
-        from maeltrace.otel.pipeline import SpanPipeline
-        from maeltrace.otel.resource import resource
         from maeltrace.otel.spans import SpanBuilder
 
         builder = SpanBuilder(
@@ -223,7 +223,7 @@ class ExportSession:
             self._pipeline.builder.trace_key_id = state.trace_key_id
         # Records.merge's sort and copies, in compiled code with the GIL released where built:
         # in Python they cost the training thread about 2 us per region.
-        from maeltrace.otel.encode import merge_records
+        from maeltrace.otel._encode import merge_records
 
         records = merge_records(logs, state.keys, state.device_times, state.device_offset_ns)
         return records, state.failures, state.device_clock
@@ -291,7 +291,7 @@ class ExportSession:
 
     def health(self, write_errors: int = 0) -> PipelineStats:
         """A copy of the pipeline's counts, with ``write_errors`` more failed writes."""
-        from maeltrace.otel.pipeline import PipelineStats
+        from maeltrace.otel._pipeline import PipelineStats
 
         stats = PipelineStats()
         if self._pipeline is not None:

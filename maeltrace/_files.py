@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("maeltrace.files")  # the name users filter on, kept
 _UMASK_LOCK = threading.Lock()
 
 

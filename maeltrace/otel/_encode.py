@@ -11,7 +11,7 @@ The compiled encoder (``maeltrace._spanenc``) does the per-row work with the GIL
 training thread is not held up by the export thread; the functions here are its pure-Python
 fallback and its reference: both produce the same bytes, field for field. The fields are
 written in field-number order, as protobuf itself serialises them, and the JSON keys in that
-order too, as ``maeltrace.otel.otlp_json.traces_to_json_line`` writes them.
+order too, as ``maeltrace.otel._otlp_json.traces_to_json_line`` writes them.
 
 ``MAELTRACE_PURE_PYTHON=1`` selects the fallback, as it does for the recorder.
 """

@@ -9,8 +9,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from maeltrace._recording import Region
     from maeltrace.keys import Key
-    from maeltrace.recording import Region
 
 __all__ = ["Annotator", "annotators"]
 

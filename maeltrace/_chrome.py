@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from maeltrace._clock import ClockAnchor
+from maeltrace._files import atomic_write_text
 from maeltrace._version import __version__
-from maeltrace.clock import ClockAnchor
-from maeltrace.files import atomic_write_text
 from maeltrace.records import (
     FLAG_COMPILED,
     NO_DEVICE_TIME,

@@ -27,9 +27,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import (
     TracesData,
 )
 
+from maeltrace._files import append_line, read_lines
+from maeltrace._validate import loads
 from maeltrace.errors import FormatError
-from maeltrace.files import append_line, read_lines
-from maeltrace.validate import loads
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 """The longest line read: 16 times the default request size (older versions wrote lines of a
@@ -85,7 +85,7 @@ def traces_from_json_line(line: str) -> TracesData:
         line: one line, with or without its ending newline.
 
     Raises:
-        ValueError: the line is not strict JSON (`maeltrace.validate.loads`), is longer than
+        ValueError: the line is not strict JSON (`maeltrace._validate.loads`), is longer than
             `MAX_LINE_BYTES` or nested deeper than `MAX_DEPTH`, is not an object, or does not
             follow the ``TracesData`` mapping; the message says what is wrong, on one line.
     """
@@ -114,7 +114,7 @@ def traces_from_json_line(line: str) -> TracesData:
 def read_json_lines(path: str | os.PathLike[str]) -> Iterator[TracesData]:
     """Reads an OTLP JSON lines file, one ``TracesData`` per complete line.
 
-    Read by `maeltrace.files.read_lines`: blank lines are passed over, and lines that cannot be
+    Read by `maeltrace._files.read_lines`: blank lines are passed over, and lines that cannot be
     read (a last line without its newline, a line torn by a full disk, one that is not UTF-8 or
     not OTLP JSON, one over `MAX_LINE_BYTES` or nested deeper than `MAX_DEPTH`) are skipped
     with one ``logging`` warning for the file, naming it and the
@@ -139,7 +139,7 @@ def append_json_line(
 ) -> None:
     """Appends one OTLP JSON line to a file, creating the file (not its folder) if needed.
 
-    Written by `maeltrace.files.append_line`: the whole line in one ``write`` with
+    Written by `maeltrace._files.append_line`: the whole line in one ``write`` with
     ``O_APPEND`` under an exclusive ``flock``, so lines appended at once by several threads or
     processes never interleave; a torn last line is ended first; a failed write (disk full) is
     cut back, leaving no partial line. The line reaches the operating system before this

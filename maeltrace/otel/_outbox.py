@@ -3,7 +3,7 @@
 A run's spans must survive a crash of the process that recorded them, whatever the endpoint
 does. So each request goes into the outbox file before it is sent, and a small acknowledgement
 record follows once the endpoint accepted it; `maeltrace replay` (`Outbox.pending` through
-`maeltrace.otel.replay.replay`) sends what has no acknowledgement. A SIGKILL then loses at most
+`maeltrace.otel._replay.replay`) sends what has no acknowledgement. A SIGKILL then loses at most
 what was never built (the epoch in progress); one that comes after the endpoint accepted a
 request and before its acknowledgement was written makes a replay send it again, under the same
 span ids, so a backend may see those spans twice.

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from maeltrace.chrome import chrome_trace, write_chrome_trace
-from maeltrace.clock import ClockAnchor
+from maeltrace._chrome import chrome_trace, write_chrome_trace
+from maeltrace._clock import ClockAnchor
+from maeltrace._output import output_root, run_output_dir
 from maeltrace.errors import ExportWarning, warn_safely
-from maeltrace.output import output_root, run_output_dir
 from maeltrace.records import Records
 
 if TYPE_CHECKING:

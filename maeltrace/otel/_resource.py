@@ -8,12 +8,12 @@ import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
+from maeltrace._runinfo import framework_versions, hostname, known_rank, rank_from_environment
 from maeltrace._version import __version__
 from maeltrace.environment import OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME, env_str
 from maeltrace.otel import semconv
-from maeltrace.runinfo import framework_versions, hostname, known_rank, rank_from_environment
 
-# rank_from_environment lives in maeltrace.runinfo and the OTEL_* names in
+# rank_from_environment lives in maeltrace._runinfo and the OTEL_* names in
 # maeltrace.environment; re-exported for old imports.
 __all__ = ["OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME", "rank_from_environment", "resource"]
 
@@ -47,7 +47,7 @@ def resource(
 
     ``service.name`` comes from ``OTEL_SERVICE_NAME``, else ``service.name`` in
     ``OTEL_RESOURCE_ATTRIBUTES``, else the script's name. Rank, local rank and world size
-    come from `maeltrace.runinfo.known_rank` (``torch.distributed``, JAX, then the launcher's
+    come from `maeltrace._runinfo.known_rank` (``torch.distributed``, JAX, then the launcher's
     environment), as in the stats files; framework versions from what is imported (nothing is
     imported here).
 

@@ -9,12 +9,12 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from maeltrace.clock import ClockAnchor
+from maeltrace._clock import ClockAnchor
+from maeltrace._redact import redact_argv
+from maeltrace._runinfo import hostname, new_run_id, rank_info, run_id_from_environment, versions
 from maeltrace.environment import MAELTRACE_RECORD_ARGV, env_flag
-from maeltrace.redact import redact_argv
-from maeltrace.runinfo import hostname, new_run_id, rank_info, run_id_from_environment, versions
 
-# new_run_id and run_id_from_environment live in maeltrace.runinfo; re-exported for old imports.
+# new_run_id and run_id_from_environment live in maeltrace._runinfo; re-exported for old imports.
 __all__ = ["new_run_id", "run_id_from_environment", "run_metadata"]
 
 
@@ -22,7 +22,7 @@ def run_metadata(anchor: ClockAnchor, run_id: str) -> dict[str, Any]:
     """Metadata for stats files: reads ``sys.modules`` for framework versions, imports none.
 
     The command line is recorded with the values of secret-looking flags masked
-    (`maeltrace.redact.redact_argv`), and left out with ``MAELTRACE_RECORD_ARGV=0``.
+    (`maeltrace._redact.redact_argv`), and left out with ``MAELTRACE_RECORD_ARGV=0``.
     """
     started = dt.datetime.fromtimestamp(anchor.wall_time_unix_nano / 1e9, dt.UTC)
     return {
