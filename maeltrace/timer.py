@@ -3,7 +3,7 @@
 # Over 600 lines, on purpose: a third of it is the docstrings of the public class (the API
 # reference the README points at), and the rest is recording, reading and summarising. What the
 # Timer does not do itself lives elsewhere: the recorder in _hotpath.c and _recorder.py, span
-# export in otel/_session.py, the run's files in run_files.py, sinks and gather behind load().
+# export in otel/_session.py, the run's files in _run_files.py, sinks and gather behind load().
 
 from __future__ import annotations
 

@@ -337,3 +337,38 @@ def mounted_tmpfs(folder: Path, size: str = "64k", *, read_only: bool = False) -
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+HOSTILE_PIECES = (
+    b"[" * 3000,
+    b"1e999",
+    b"9" * 400,
+    b"NaN",
+    b"\xff",
+    b"\n",
+    b'"',
+    b"{}",
+    b"\x0f\xff\xff",
+)
+"""Byte strings that have broken parsers: deep nesting, overflowing and overlong numbers, NaN,
+invalid UTF-8, a line break, a stray quote, an empty object, a huge protobuf varint."""
+
+
+def mutate_bytes(data: bytes, draw: Callable[[Any], Any], *, longest_cut: int = 64) -> bytes:
+    """``data`` with one to four byte-level changes drawn by hypothesis's ``draw``: a bit
+    flipped, the end cut off, a `HOSTILE_PIECES` piece inserted, or a run deleted."""
+    from hypothesis import strategies as st
+
+    out = bytearray(data)
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, max(len(out) - 1, 0)))
+        kind = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        if kind == "flip" and out:
+            out[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "cut":
+            del out[at:]
+        elif kind == "insert":
+            out[at:at] = draw(st.sampled_from(HOSTILE_PIECES))
+        elif out:
+            del out[at : at + draw(st.integers(1, longest_cut))]
+    return bytes(out)

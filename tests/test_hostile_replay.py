@@ -20,6 +20,7 @@ from maeltrace.cli import main
 from maeltrace.otel import _replay as replay_module
 from maeltrace.otel._otlp_json import read_json_lines
 from maeltrace.otel._outbox import read_outbox
+from tests.helpers import mutate_bytes
 from tests.services.faulty_otlp import ClosedPort, FaultyOtlpServer
 
 SECONDS = 10.0
@@ -148,31 +149,13 @@ def test_read_json_lines_skips_a_deep_line(jsonl_bytes: bytes, tmp_path: Path) -
     assert len(list(read_json_lines(path))) == jsonl_bytes.count(b"\n")
 
 
-def _mutate(data: bytes, draw: st.DrawFn) -> bytes:
-    """``data`` with a few byte-level changes: flips, cuts, insertions of hostile pieces."""
-    out = bytearray(data)
-    pieces = [b"[" * 5000, b"1e999", b"9" * 400, b"NaN", b"\xff", b"\n", b'"', b"{}", b"-"]
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, max(len(out) - 1, 0)))
-        kind = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
-        if kind == "flip" and out:
-            out[at] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "cut":
-            del out[at:]
-        elif kind == "insert":
-            out[at:at] = draw(st.sampled_from(pieces))
-        elif out:
-            del out[at : at + draw(st.integers(1, 64))]
-    return bytes(out)
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_mutated_jsonl_files_never_give_a_traceback(
     data: st.DataObject, jsonl_bytes: bytes, receiver: FaultyOtlpServer, tmp_path: Path
 ) -> None:
     path = tmp_path / "traces.otlp.jsonl"
-    path.write_bytes(_mutate(jsonl_bytes, data.draw))
+    path.write_bytes(mutate_bytes(jsonl_bytes, data.draw))
     _check(*_replay(path, receiver.otlp_http_endpoint))
 
 
@@ -186,7 +169,7 @@ def test_mutated_outboxes_never_give_a_traceback(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "run.otlp.outbox"
-    path.write_bytes(_mutate(outbox_bytes, data.draw))
+    path.write_bytes(mutate_bytes(outbox_bytes, data.draw))
     with ClosedPort() as port:
         endpoint = port.endpoint if closed else receiver.otlp_http_endpoint
         with pytest.MonkeyPatch.context() as patch:

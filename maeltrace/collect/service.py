@@ -24,6 +24,9 @@ MLflow (and W&B), off the request path, with the retries and pending file of
 refuses another address without a token unless ``--allow-no-token`` is given.
 """
 
+# Over 600 lines: the service's engine, HTTP, serving and command line read best together;
+# next split: the HTTP section (request checks, gzip bounds) into a module of its own.
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,9 @@ stays free of matplotlib and numpy. Figures are drawn on matplotlib's Agg canvas
 gives byte-identical PNG files (the ``Software`` tag, the only varying metadata, is left out).
 """
 
+# Over 600 lines: two plots with their layout code (the flame chart's rows, the histograms'
+# bins); next split: one module per plot.
+
 from __future__ import annotations
 
 import io
