@@ -195,6 +195,7 @@ def _replay(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError(f"{source} holds no outbox (*{OUTBOX_SUFFIX})")
     failed = 0
+    damaged: list[str] = []
     for path in files:
         result = replay(path, config, max_request_bytes=limit)
         unit = "requests" if path.name.endswith(OUTBOX_SUFFIX) else "lines"
@@ -203,6 +204,16 @@ def _replay(args: argparse.Namespace) -> int:
             f"{config.endpoint}; {result.failed_lines} {unit} failed"
         )
         failed += result.failed_lines
+        if result.malformed_lines:
+            damaged.append(
+                f"{path}: {result.malformed_lines} line(s) not OTLP JSON (kept in "
+                f"{result.failed_path}; replaying them will not help)"
+            )
+    if damaged:
+        # The rest was sent; a damaged file is an input error (2), told apart from lines the
+        # receiver did not take (1), which a later replay may still deliver.
+        print(f"maeltrace: error: {'; '.join(damaged)}", file=sys.stderr)
+        return 2
     return 0 if failed == 0 else 1
 
 

@@ -1,6 +1,7 @@
 """Hostile files through ``maeltrace replay``: real OTLP JSON lines files and outboxes, broken by
 the cases the issue names and by hypothesis, sent to a real receiver or a closed port, end with
-exit status 0, 1 (some lines not delivered) or 2 and no traceback, in bounded time."""
+exit status 0, 1 (some lines not taken by the receiver) or 2 (some lines are not OTLP JSON)
+and no traceback, in bounded time."""
 
 from __future__ import annotations
 
@@ -123,8 +124,10 @@ def test_a_hostile_line_is_skipped_and_counted_the_rest_is_sent(
     path.write_bytes(NAMED_LINES[case] + b"\n" + jsonl_bytes)
     status, text = _replay(path, receiver.otlp_http_endpoint)
     _check(status, text)
-    assert status == 1  # the hostile line is not delivered: it is copied aside
+    assert status == 2  # the rest is sent; the hostile line is copied aside and named
     assert "skipped 1 unreadable line" in text, text
+    [error] = [line for line in text.splitlines() if line.startswith("maeltrace: error: ")]
+    assert f"{path}: 1 line(s) not OTLP JSON" in error
     assert "sent 0 spans" not in text
     failed = Path(f"{path}.failed").read_bytes()
     assert failed.count(b"\n") == 1
