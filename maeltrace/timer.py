@@ -611,14 +611,17 @@ class Timer:
         """A decorator timing every call of the function under ``key``.
 
         A call that raises is recorded with a failed status, and the exception propagates. A
-        recursive call of the function opens the key again and raises `RegionError`.
+        recursive call of the function opens the key again and raises `RegionError`. The key is
+        registered when the function first runs, not when it is decorated: keys in tables and
+        reports follow first use, and a function never called leaves no key.
 
         Raises:
             TypeError: ``key`` is not a string, or the decorated function is a coroutine or
                 generator function (whose calls return before their work is done).
             ValueError: ``key`` is empty or `TimeType.ALL`.
         """
-        region = self.region(key)
+        # Validated now, so a bad key fails where it is written; registered at the first call.
+        canonical = canonical_key(key)
 
         def decorate(fn: Callable[P, R]) -> Callable[P, R]:
             if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
@@ -629,9 +632,17 @@ class Timer:
             if not self.enabled:
                 return fn
 
+            region: Region | None = None
+
             @functools.wraps(fn)
             def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-                with region:
+                nonlocal region
+                # One load and test per call; the lookup and registration run once. Two
+                # threads racing on the first call get equal regions of the same key.
+                current = region
+                if current is None:
+                    current = region = self.region(canonical)
+                with current:
                     return fn(*args, **kwargs)
 
             return wrapper

@@ -189,6 +189,36 @@ class TestTimed:
         with pytest.raises(TypeError, match="returns before its work is done"):
             tmr.timed("x")(later)
 
+    def test_keys_follow_the_first_calls_not_the_decorations(self) -> None:
+        tmr = Timer()
+
+        @tmr.timed("decorated first")
+        def first() -> None:
+            pass
+
+        @tmr.timed("decorated second")
+        def second() -> None:
+            pass
+
+        @tmr.timed("never called")
+        def never() -> None:
+            pass
+
+        second()
+        first()
+        second()
+        assert tmr.keys() == ["decorated second", "decorated first"]
+        # Not even registered: the records, tables and reports never see the key.
+        assert list(tmr.records().keys) == ["decorated second", "decorated first"]
+        assert [row.key for row in tmr.summary().rows] == ["decorated second", "decorated first"]
+
+    def test_a_bad_key_is_refused_at_decoration(self) -> None:
+        tmr = Timer()
+        with pytest.raises(ValueError, match="TimeType.ALL"):
+            tmr.timed(TimeType.ALL)
+        with pytest.raises(TypeError, match="not int"):
+            tmr.timed(3)  # type: ignore[arg-type]  # the refusal is the point
+
 
 class TestIterate:
     def test_each_fetch_is_one_region_and_the_exhausted_fetch_is_not_recorded(self) -> None:
