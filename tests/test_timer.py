@@ -214,7 +214,7 @@ class TestTimed:
 
     def test_a_bad_key_is_refused_at_decoration(self) -> None:
         tmr = Timer()
-        with pytest.raises(ValueError, match="TimeType.ALL"):
+        with pytest.raises(ValueError, match=r"TimeType\.ALL"):
             tmr.timed(TimeType.ALL)
         with pytest.raises(TypeError, match="not int"):
             tmr.timed(3)  # type: ignore[arg-type]  # the refusal is the point

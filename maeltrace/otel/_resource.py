@@ -6,12 +6,12 @@ import os
 import sys
 import urllib.parse
 from collections.abc import Mapping
-from pathlib import Path
 
 from maeltrace._runinfo import framework_versions, hostname, known_rank, rank_from_environment
 from maeltrace._version import __version__
 from maeltrace.environment import OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME, env_str
 from maeltrace.otel import semconv
+from maeltrace.otel._service import program_service_name
 
 # rank_from_environment lives in maeltrace._runinfo and the OTEL_* names in
 # maeltrace.environment; re-exported for old imports.
@@ -46,7 +46,10 @@ def resource(
     """The resource attributes of a timer's spans.
 
     ``service.name`` comes from ``OTEL_SERVICE_NAME``, else ``service.name`` in
-    ``OTEL_RESOURCE_ATTRIBUTES``, else the script's name. Rank, local rank and world size
+    ``OTEL_RESOURCE_ATTRIBUTES``, else the program's name
+    (`maeltrace.otel._service.service_name_of`: the script's name, with its folder's in front
+    when the name is generic such as ``main`` or ``train``; ``python -m``'s module; ``jupyter``
+    or ``python-interactive``). Rank, local rank and world size
     come from `maeltrace._runinfo.known_rank` (``torch.distributed``, JAX, then the launcher's
     environment), as in the stats files; framework versions from what is imported (nothing is
     imported here).
@@ -57,12 +60,10 @@ def resource(
     attributes: dict[str, object] = dict(
         _parse_resource_attributes(env_str(OTEL_RESOURCE_ATTRIBUTES, "", environ=environ))
     )
-    script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
     service = (
         env_str(OTEL_SERVICE_NAME, environ=environ)
         or attributes.get(semconv.SERVICE_NAME)
-        or script
-        or "python"
+        or program_service_name()
     )
     attributes.update(
         {

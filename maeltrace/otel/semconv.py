@@ -150,7 +150,8 @@ def stats_attribute(key: str, clock: str, field: str) -> str:
 # maeltrace.run_id (above) is on the resource too.
 
 SERVICE_NAME: Final = "service.name"
-"""The service (OpenTelemetry's semantic convention): ``OTEL_SERVICE_NAME`` or the script."""
+"""The service (OpenTelemetry's semantic convention): ``OTEL_SERVICE_NAME``, else the program's
+name, which two programs never share (`maeltrace.otel._service.service_name_of`)."""
 
 HOST_NAME: Final = "host.name"
 """The host name (OpenTelemetry's semantic convention)."""
