@@ -156,7 +156,8 @@ OTEL_SDK_DISABLED: Final = "OTEL_SDK_DISABLED"
 
 OTEL_SERVICE_NAME: Final = "OTEL_SERVICE_NAME"
 """The service name of every span; default ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``,
-else the script's name. Read when a timer builds its spans' resource."""
+else the program's name (a generic script name such as ``train.py`` gets its folder's; see
+``maeltrace.otel._service``). Read when a timer builds its spans' resource."""
 
 OTEL_RESOURCE_ATTRIBUTES: Final = "OTEL_RESOURCE_ATTRIBUTES"
 """Extra resource attributes, ``key=value`` pairs separated by commas; default none. Read when a
