@@ -1,0 +1,221 @@
+"""Lightning on this CPU machine: real ``Trainer.fit``, ``test`` and ``predict`` with the
+TimerCallback, under both import names (``lightning.pytorch`` and ``pytorch_lightning``), plain
+and with gradient accumulation; counts per key and the nesting of the exported spans."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+pytest.importorskip("lightning", reason="lightning is not installed")
+pytest.importorskip("pytorch_lightning", reason="pytorch_lightning is not installed")
+
+from maeltrace import Timer  # noqa: E402
+from maeltrace.environment import MAELTRACE_EXPORT, MAELTRACE_OUTPUT_DIR  # noqa: E402
+from maeltrace.errors import MaeltraceWarning  # noqa: E402
+from maeltrace.integrations.vocabulary import (  # noqa: E402
+    BACKWARD,
+    BATCH,
+    EPOCH,
+    FORWARD,
+    IO,
+    OPTIMIZER,
+    PREDICT,
+    PREDICT_BATCH,
+    TEST,
+    TEST_BATCH,
+    VALIDATION,
+    VALIDATION_BATCH,
+)
+from maeltrace.otel._otlp_json import read_json_lines  # noqa: E402
+from tests.helpers import counts, parent_keys  # noqa: E402
+
+EPOCHS, BATCHES, VAL_BATCHES, BATCH_SIZE = 2, 4, 2, 8
+CALLBACKS = {
+    "lightning.pytorch": "maeltrace.lightning",
+    "pytorch_lightning": "maeltrace.pytorch_lightning",
+}
+"""Each Lightning import name and the maeltrace module of its callback."""
+
+
+def _loader(batches: int, seed: int) -> Any:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batches * BATCH_SIZE, 4, generator=generator)
+    dataset = torch.utils.data.TensorDataset(x, x.sum(dim=1, keepdim=True))
+    return torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE)
+
+
+def _module(pl: Any) -> Any:
+    """A tiny regression LightningModule of the import name ``pl``."""
+
+    class Regression(pl.LightningModule):  # type: ignore[misc]  # untyped base
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def _loss(self, batch: Any) -> Any:
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return self._loss(batch)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> Any:
+            return self._loss(batch)
+
+        def test_step(self, batch: Any, batch_idx: int) -> Any:
+            return self._loss(batch)
+
+        def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+            return self.layer(batch[0])
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return Regression()
+
+
+@dataclass
+class Run:
+    """What one Lightning run recorded."""
+
+    timer: Timer
+    callback: Any
+    accumulate: int
+    warnings: list[warnings.WarningMessage]
+
+    def spans(self) -> list[Any]:
+        """Every span of the embedded OTLP file."""
+        return [
+            span
+            for data in read_json_lines(self.timer.traces_path)
+            for resource in data.resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        ]
+
+
+def _run(name: str, folder: Path, *, accumulate: int, own_timer: bool) -> Run:
+    """Fits for `EPOCHS` epochs of `BATCHES` batches, validating each, then tests and predicts
+    once; closes the timer so the spans are on disk."""
+    pl = importlib.import_module(name)
+    callback_class = importlib.import_module(CALLBACKS[name]).TimerCallback
+    env = {MAELTRACE_OUTPUT_DIR: str(folder / "maeltrace-out"), MAELTRACE_EXPORT: "1"}
+    with mock.patch.dict(os.environ, env), warnings.catch_warnings(record=True) as caught:
+        # Lightning's advice (workers, logging...) is not under test; maeltrace's warnings are.
+        warnings.simplefilter("always")
+        callback = callback_class() if own_timer else callback_class(Timer(export=True))
+        trainer = pl.Trainer(
+            max_epochs=EPOCHS,
+            accelerator="cpu",
+            devices=1,
+            accumulate_grad_batches=accumulate,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=folder,
+            callbacks=[callback],
+        )
+        model = _module(pl)
+        trainer.fit(model, _loader(BATCHES, 0), _loader(VAL_BATCHES, 1))
+        trainer.test(model, _loader(VAL_BATCHES, 2), verbose=False)
+        trainer.predict(model, _loader(VAL_BATCHES, 3))
+        callback.timer.close()
+    return Run(callback.timer, callback, accumulate, list(caught))
+
+
+RUNS = [(name, accumulate) for name in CALLBACKS for accumulate in (1, 2)]
+"""Each import name, plain (with a timer given) and accumulating gradients over two batches
+(with the callback's own timer)."""
+
+
+@pytest.fixture(scope="module", params=RUNS, ids=[f"{n}-accumulate{a}" for n, a in RUNS])
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    name, accumulate = request.param
+    folder = tmp_path_factory.mktemp(f"{name}-{accumulate}")
+    return _run(name, folder, accumulate=accumulate, own_timer=accumulate > 1)
+
+
+def _expected_counts(optimizer_steps: int) -> dict[str, int]:
+    n = EPOCHS * BATCHES
+    return {
+        EPOCH: EPOCHS,
+        IO: n,
+        BATCH: n,
+        FORWARD: n,
+        BACKWARD: n,
+        OPTIMIZER: optimizer_steps,
+        # The sanity check's validation before the first epoch is not timed.
+        VALIDATION: EPOCHS,
+        VALIDATION_BATCH: EPOCHS * VAL_BATCHES,
+        TEST: 1,
+        TEST_BATCH: VAL_BATCHES,
+        PREDICT: 1,
+        PREDICT_BATCH: VAL_BATCHES,
+    }
+
+
+EXPECTED_PARENTS: dict[str, set[str | None]] = {
+    EPOCH: {None},
+    IO: {EPOCH},
+    BATCH: {EPOCH},
+    FORWARD: {BATCH},
+    BACKWARD: {BATCH},
+    OPTIMIZER: {BATCH},
+    VALIDATION: {EPOCH},
+    VALIDATION_BATCH: {VALIDATION},
+    TEST: {None},
+    TEST_BATCH: {TEST},
+    PREDICT: {None},
+    PREDICT_BATCH: {PREDICT},
+}
+
+
+class TestFit:
+    def test_each_key_is_recorded_once_per_batch_epoch_pass_and_optimizer_step(
+        self, run: Run
+    ) -> None:
+        # With accumulate_grad_batches=2, one optimizer step per two batches.
+        assert counts(run.timer.records()) == _expected_counts(EPOCHS * BATCHES // run.accumulate)
+
+    def test_regions_nest_as_the_trainer_runs_them(self, run: Run) -> None:
+        assert parent_keys(run.timer.records()) == EXPECTED_PARENTS
+
+    def test_every_exported_span_has_its_parent_exported(self, run: Run) -> None:
+        spans = run.spans()
+        assert {EPOCH, IO, OPTIMIZER, VALIDATION, VALIDATION_BATCH} <= {s.name for s in spans}
+        ids = {(span.trace_id, span.span_id) for span in spans}
+        orphans = [
+            span.name
+            for span in spans
+            if span.parent_span_id and (span.trace_id, span.parent_span_id) not in ids
+        ]
+        assert not orphans, f"spans whose parent was not exported: {orphans}"
+
+    def test_maeltrace_warns_nothing(self, run: Run) -> None:
+        assert [w for w in run.warnings if issubclass(w.category, MaeltraceWarning)] == []
+
+    def test_without_a_timer_the_callback_records_into_one_of_its_own(self, run: Run) -> None:
+        assert isinstance(run.callback.timer, Timer)
+        assert run.timer.traces_path.is_file()
+
+
+@pytest.mark.parametrize("name", list(CALLBACKS))
+class TestCallback:
+    def test_the_callback_needs_a_maeltrace_timer(self, name: str) -> None:
+        callback_class = importlib.import_module(CALLBACKS[name]).TimerCallback
+        with pytest.raises(TypeError, match="maeltrace Timer"):
+            callback_class(object())
+
+    def test_the_callback_is_a_callback_of_its_import_name(self, name: str) -> None:
+        callback_class = importlib.import_module(CALLBACKS[name]).TimerCallback
+        assert issubclass(callback_class, importlib.import_module(name).Callback)
