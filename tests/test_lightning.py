@@ -5,7 +5,10 @@ and with gradient accumulation; counts per key and the nesting of the exported s
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,8 @@ from maeltrace.integrations.vocabulary import (  # noqa: E402
 )
 from maeltrace.otel._otlp_json import read_json_lines  # noqa: E402
 from tests.helpers import counts, parent_keys  # noqa: E402
+from tests.lightning_ddp_child import BATCHES_PER_RANK  # noqa: E402
+from tests.lightning_ddp_child import EPOCHS as DDP_EPOCHS  # noqa: E402
 
 EPOCHS, BATCHES, VAL_BATCHES, BATCH_SIZE = 2, 4, 2, 8
 CALLBACKS = {
@@ -94,13 +99,28 @@ class Run:
 
     def spans(self) -> list[Any]:
         """Every span of the embedded OTLP file."""
-        return [
-            span
-            for data in read_json_lines(self.timer.traces_path)
-            for resource in data.resource_spans
-            for scope in resource.scope_spans
-            for span in scope.spans
-        ]
+        return _spans(self.timer.traces_path)
+
+
+def _spans(path: Path) -> list[Any]:
+    """Every span of an OTLP JSON lines file."""
+    return [
+        span
+        for data in read_json_lines(path)
+        for resource in data.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+
+
+def _orphans(spans: list[Any]) -> list[str]:
+    """The names of the spans whose parent is not among ``spans``."""
+    ids = {(span.trace_id, span.span_id) for span in spans}
+    return [
+        span.name
+        for span in spans
+        if span.parent_span_id and (span.trace_id, span.parent_span_id) not in ids
+    ]
 
 
 def _run(name: str, folder: Path, *, accumulate: int, own_timer: bool) -> Run:
@@ -193,13 +213,7 @@ class TestFit:
     def test_every_exported_span_has_its_parent_exported(self, run: Run) -> None:
         spans = run.spans()
         assert {EPOCH, IO, OPTIMIZER, VALIDATION, VALIDATION_BATCH} <= {s.name for s in spans}
-        ids = {(span.trace_id, span.span_id) for span in spans}
-        orphans = [
-            span.name
-            for span in spans
-            if span.parent_span_id and (span.trace_id, span.parent_span_id) not in ids
-        ]
-        assert not orphans, f"spans whose parent was not exported: {orphans}"
+        assert _orphans(spans) == []
 
     def test_maeltrace_warns_nothing(self, run: Run) -> None:
         assert [w for w in run.warnings if issubclass(w.category, MaeltraceWarning)] == []
@@ -219,3 +233,37 @@ class TestCallback:
     def test_the_callback_is_a_callback_of_its_import_name(self, name: str) -> None:
         callback_class = importlib.import_module(CALLBACKS[name]).TimerCallback
         assert issubclass(callback_class, importlib.import_module(name).Callback)
+
+
+@pytest.mark.slow
+def test_under_ddp_each_rank_records_into_the_run_all_ranks_share(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        MAELTRACE_OUTPUT_DIR: str(tmp_path / "maeltrace-out"),
+        MAELTRACE_EXPORT: "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path]),
+    }
+    for name in ("MAELTRACE_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
+        env.pop(name, None)  # the run id must come from rank 0, not the launcher
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("lightning_ddp_child.py")), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert sorted(line["rank"] for line in lines) == [0, 1]
+    assert len({line["run_id"] for line in lines}) == 1
+    epoch_traces = []
+    for line in lines:
+        assert line["traces"].endswith(f"traces.rank{line['rank']}.otlp.jsonl")
+        spans = _spans(Path(line["traces"]))
+        names = [span.name for span in spans]
+        assert names.count(BATCH) == names.count(OPTIMIZER) == DDP_EPOCHS * BATCHES_PER_RANK
+        assert _orphans(spans) == []
+        epoch_traces.append({span.trace_id for span in spans if span.name == EPOCH})
+    # One trace per epoch, shared by both ranks.
+    assert epoch_traces[0] == epoch_traces[1] and len(epoch_traces[0]) == DDP_EPOCHS
