@@ -23,7 +23,7 @@ pytest.importorskip("pytorch_lightning", reason="pytorch_lightning is not instal
 
 from maeltrace import Timer  # noqa: E402
 from maeltrace.environment import MAELTRACE_EXPORT, MAELTRACE_OUTPUT_DIR  # noqa: E402
-from maeltrace.errors import MaeltraceWarning  # noqa: E402
+from maeltrace.errors import DeviceClockWarning, MaeltraceWarning  # noqa: E402
 from maeltrace.integrations.vocabulary import (  # noqa: E402
     BACKWARD,
     BATCH,
@@ -123,7 +123,7 @@ def _orphans(spans: list[Any]) -> list[str]:
     ]
 
 
-def _run(name: str, folder: Path, *, accumulate: int, own_timer: bool) -> Run:
+def _run(name: str, folder: Path, *, accumulate: int, own_timer: bool, gpu: bool = False) -> Run:
     """Fits for `EPOCHS` epochs of `BATCHES` batches, validating each, then tests and predicts
     once; closes the timer so the spans are on disk."""
     pl = importlib.import_module(name)
@@ -132,7 +132,8 @@ def _run(name: str, folder: Path, *, accumulate: int, own_timer: bool) -> Run:
     with mock.patch.dict(os.environ, env), warnings.catch_warnings(record=True) as caught:
         # Lightning's advice (workers, logging...) is not under test; maeltrace's warnings are.
         warnings.simplefilter("always")
-        callback = callback_class() if own_timer else callback_class(Timer(export=True))
+        timer = None if own_timer else Timer(export=True)
+        callback = callback_class(timer, gpu=gpu)
         trainer = pl.Trainer(
             max_epochs=EPOCHS,
             accelerator="cpu",
@@ -221,6 +222,18 @@ class TestFit:
     def test_without_a_timer_the_callback_records_into_one_of_its_own(self, run: Run) -> None:
         assert isinstance(run.callback.timer, Timer)
         assert run.timer.traces_path.is_file()
+
+
+def test_with_gpu_every_batch_region_has_a_device_time(tmp_path: Path) -> None:
+    run = _run("lightning.pytorch", tmp_path, accumulate=2, own_timer=False, gpu=True)
+    expected = _expected_counts(EPOCHS * BATCHES // 2)
+    device_keys = (BATCH, FORWARD, BACKWARD, OPTIMIZER, VALIDATION_BATCH, TEST_BATCH, PREDICT_BATCH)
+    for key in device_keys:
+        assert run.timer.get_time_stats(key, gpu=True).count == expected[key], key
+    assert run.timer.device_clock is not None
+    # Chosen once, in setup: at most one warning (on a machine without CUDA, the one saying so).
+    clock_warnings = [w for w in run.warnings if issubclass(w.category, DeviceClockWarning)]
+    assert len(clock_warnings) <= 1
 
 
 @pytest.mark.parametrize("name", list(CALLBACKS))
