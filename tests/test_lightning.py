@@ -236,6 +236,40 @@ def test_with_gpu_every_batch_region_has_a_device_time(tmp_path: Path) -> None:
     assert len(clock_warnings) <= 1
 
 
+def test_a_step_that_raises_leaves_no_region_open_and_no_orphan_span(tmp_path: Path) -> None:
+    pl = importlib.import_module("lightning.pytorch")
+    from maeltrace.lightning import TimerCallback
+
+    class Failing(_module(pl).__class__):  # type: ignore[misc]  # untyped base
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            if self.current_epoch == 1 and batch_idx == 2:
+                raise ZeroDivisionError("the step under test fails")
+            return super().training_step(batch, batch_idx)
+
+    timer = Timer(export=True, output_dir=tmp_path / "out")
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        callbacks=[TimerCallback(timer)],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice is not under test
+        with pytest.raises(ZeroDivisionError, match="under test"):
+            trainer.fit(Failing(), _loader(BATCHES, 0))
+    assert not any(timer.is_open(key) for key in (EPOCH, IO, BATCH, FORWARD))
+    # The failing batch's forward and batch are kept, inside the second epoch.
+    assert counts(timer.records())[FORWARD] == BATCHES + 3
+    assert counts(timer.records())[EPOCH] == EPOCHS
+    timer.close()
+    assert _orphans(_spans(timer.traces_path)) == []
+
+
 @pytest.mark.parametrize("name", list(CALLBACKS))
 class TestCallback:
     def test_the_callback_needs_a_maeltrace_timer(self, name: str) -> None:
