@@ -1,14 +1,16 @@
 """A Lightning ``fit`` under DDP (2 gloo processes on the CPU) with the TimerCallback's own timer.
 
 Run as ``python tests/lightning_ddp_child.py ROOT_DIR``: Lightning starts rank 1 by running this
-script again. Each rank prints one JSON line: its rank, the run id and its traces file. The timer
-takes ``MAELTRACE_OUTPUT_DIR`` and ``MAELTRACE_EXPORT`` from the environment.
+script again. Each rank writes ``ROOT_DIR/rank<r>.json`` (a file, not standard output, where the
+ranks' lines could mix): its rank, the run id and its traces file. The timer takes
+``MAELTRACE_OUTPUT_DIR`` and ``MAELTRACE_EXPORT`` from the environment.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -59,7 +61,7 @@ def main(root: str) -> None:
         "run_id": callback.timer.run_id,
         "traces": str(callback.timer.traces_path),
     }
-    print(json.dumps(line), flush=True)
+    Path(root, f"rank{trainer.global_rank}.json").write_text(json.dumps(line), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -301,8 +301,10 @@ def test_under_ddp_each_rank_records_into_the_run_all_ranks_share(tmp_path: Path
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert sorted(line["rank"] for line in lines) == [0, 1]
+    written = sorted(tmp_path.glob("rank*.json"))
+    assert [p.name for p in written] == ["rank0.json", "rank1.json"], done.stderr[-4000:]
+    lines = [json.loads(p.read_text(encoding="utf-8")) for p in written]
+    assert [line["rank"] for line in lines] == [0, 1]
     assert len({line["run_id"] for line in lines}) == 1
     epoch_traces = []
     for line in lines:
