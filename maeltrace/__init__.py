@@ -25,6 +25,11 @@ from maeltrace.stats import TimeStats
 from maeltrace.timer import Region, Timer
 
 if TYPE_CHECKING:
+    # The lazy integration modules (`__getattr__`), for type checkers.
+    from maeltrace import keras as keras
+    from maeltrace import lightning as lightning
+    from maeltrace import pytorch_lightning as pytorch_lightning
+    from maeltrace import tf_keras as tf_keras
     from maeltrace.distributed import shared_run_id, time_collective
     from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
@@ -63,6 +68,10 @@ _LAZY = {
     "time_collective": "maeltrace.distributed",
 }
 
+# The integrations' short paths, reachable as ``maeltrace.keras`` after only ``import maeltrace``:
+# each imports its framework, so only when first read (and never through ``__all__``).
+_LAZY_MODULES = frozenset({"keras", "tf_keras", "lightning", "pytorch_lightning"})
+
 
 def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
@@ -70,4 +79,8 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return getattr(importlib.import_module(module), name)
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f"maeltrace.{name}")
     raise AttributeError(f"module 'maeltrace' has no attribute {name!r}")

@@ -9,7 +9,19 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "tensorflow", "jax", "mlflow", "wandb", "numpy", "opentelemetry")
+HEAVY = (
+    "torch",
+    "tensorflow",
+    "jax",
+    "mlflow",
+    "wandb",
+    "numpy",
+    "opentelemetry",
+    "keras",
+    "tf_keras",
+    "lightning",
+    "pytorch_lightning",
+)
 
 
 def test_importing_maeltrace_loads_no_framework_or_sink() -> None:
@@ -19,6 +31,38 @@ def test_importing_maeltrace_loads_no_framework_or_sink() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "framework"),
+    [
+        ("keras", "keras"),
+        ("tf_keras", "tf_keras"),
+        ("lightning", "lightning"),
+        ("pytorch_lightning", "pytorch_lightning"),
+    ],
+)
+def test_import_maeltrace_alone_reaches_each_integration_when_first_read(
+    name: str, framework: str
+) -> None:
+    # The README's ``maeltrace.keras.TimerCallback`` after only ``import maeltrace``; the
+    # framework is imported by that first read, not by ``import maeltrace``.
+    pytest.importorskip(framework, reason=f"{framework} is not installed")
+    code = (
+        "import json, sys, maeltrace; "
+        f"before = {framework!r} in sys.modules; "
+        f"callback = maeltrace.{name}.TimerCallback; "
+        f"print(json.dumps([before, {framework!r} in sys.modules, callback.__module__]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [False, True, f"maeltrace.integrations.{name}"]
+
+
+def test_an_unknown_attribute_is_still_an_attribute_error() -> None:
+    import maeltrace
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        maeltrace.nope  # noqa: B018  # the read under test
 
 
 def test_the_public_names_are_exported() -> None:
@@ -34,6 +78,12 @@ def test_the_public_names_are_exported() -> None:
     [
         ("maeltrace.keras", "maeltrace.integrations.keras", "keras"),
         ("maeltrace.tf_keras", "maeltrace.integrations.tf_keras", "tf_keras"),
+        ("maeltrace.lightning", "maeltrace.integrations.lightning", "lightning"),
+        (
+            "maeltrace.pytorch_lightning",
+            "maeltrace.integrations.pytorch_lightning",
+            "pytorch_lightning",
+        ),
         ("maeltrace.deep500.timer", "maeltrace.integrations.deep500.timer", None),
         ("maeltrace.deep500.timer_tf", "maeltrace.integrations.deep500.timer_tf", "keras"),
         ("maeltrace.deep500.timer_torch", "maeltrace.integrations.deep500.timer_torch", "torch"),

@@ -84,8 +84,14 @@ BASE = (
 )
 """The base modules (DESIGN.md, "Layers"): the standard library and each other only."""
 
-OLD_PATHS = ("maeltrace.keras", "maeltrace.tf_keras", "maeltrace.deep500")
-"""The integrations' old import paths, which re-export `maeltrace.integrations`."""
+OLD_PATHS = (
+    "maeltrace.keras",
+    "maeltrace.tf_keras",
+    "maeltrace.lightning",
+    "maeltrace.pytorch_lightning",
+    "maeltrace.deep500",
+)
+"""The integrations' short (and old) import paths, which re-export `maeltrace.integrations`."""
 
 RULES: list[Rule | Only] = [
     Rule(

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from maeltrace.keys import TimeType
+from maeltrace.integrations.vocabulary import (
+    BATCH,
+    EPOCH,
+    FIT,
+    IO,
+    PREDICT,
+    PREDICT_BATCH,
+    TEST,
+    TEST_BATCH,
+)
 from maeltrace.timer import Timer
 
 __all__ = ["FIT", "PREDICT", "PREDICT_BATCH", "TEST", "TEST_BATCH", "TimerHooks"]
-
-FIT = "fit"
-"""Key of the whole ``model.fit`` call."""
-TEST = "test"
-"""Key of each evaluation pass (``evaluate``, or validation inside ``fit``)."""
-TEST_BATCH = "test_batch"
-"""Key of each evaluation batch."""
-PREDICT = "predict"
-"""Key of each ``predict`` call."""
-PREDICT_BATCH = "predict_batch"
-"""Key of each prediction batch."""
 
 
 class TimerHooks:
@@ -44,8 +42,8 @@ class TimerHooks:
         self.gpu = bool(gpu)
 
     def _stop_io(self) -> None:
-        if self.timer.is_open(TimeType.IO):
-            self.timer.cancel(TimeType.IO)
+        if self.timer.is_open(IO):
+            self.timer.cancel(IO)
 
     def on_train_begin(self, logs: Any = None) -> None:
         if self.gpu:
@@ -57,21 +55,21 @@ class TimerHooks:
         self.timer.end(FIT)
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        self.timer.start(TimeType.EPOCH)
-        self.timer.start(TimeType.IO)
+        self.timer.start(EPOCH)
+        self.timer.start(IO)
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         self._stop_io()
-        self.timer.end(TimeType.EPOCH)
+        self.timer.end(EPOCH)
 
     def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-        if self.timer.is_open(TimeType.IO):
-            self.timer.end(TimeType.IO)
-        self.timer.start(TimeType.BATCH, gpu=self.gpu)
+        if self.timer.is_open(IO):
+            self.timer.end(IO)
+        self.timer.start(BATCH, gpu=self.gpu)
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        self.timer.end(TimeType.BATCH)
-        self.timer.start(TimeType.IO)
+        self.timer.end(BATCH)
+        self.timer.start(IO)
 
     def on_test_begin(self, logs: Any = None) -> None:
         self._stop_io()

@@ -1,0 +1,229 @@
+"""What the Lightning callbacks time, shared by the lightning and pytorch_lightning classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from maeltrace.integrations.vocabulary import (
+    BACKWARD,
+    BATCH,
+    EPOCH,
+    FORWARD,
+    IO,
+    OPTIMIZER,
+    PREDICT,
+    PREDICT_BATCH,
+    TEST,
+    TEST_BATCH,
+    VALIDATION,
+    VALIDATION_BATCH,
+)
+from maeltrace.keys import Key
+from maeltrace.timer import Timer
+
+__all__ = ["TimerHooks"]
+
+_TRAIN_STEP = (OPTIMIZER, BACKWARD, FORWARD, BATCH)
+"""The regions inside a training batch, innermost first."""
+
+
+class TimerHooks:
+    """The callback methods: training epochs, the IO wait before each batch, each batch's
+    forward, backward and optimizer step, and validation, test and prediction passes and their
+    batches (`maeltrace.integrations.vocabulary` names them).
+
+    ``forward`` runs from the batch's start to the first of ``zero_grad`` and the backward pass,
+    so it holds ``training_step`` and its loss; ``optimizer`` from Lightning's
+    ``on_before_optimizer_step`` to the batch's end (the step itself and a per-step learning
+    rate scheduler), so with ``accumulate_grad_batches=k`` there is one per k batches. The IO
+    wait after an epoch's last batch is not a wait for data: it is cancelled before validation
+    or the epoch's end opens anything, so no region ever has a cancelled parent; after a
+    validation pass inside the epoch (``val_check_interval``) the wait starts again. Lightning's
+    sanity-check validation is not timed.
+
+    With ``timer=None`` the callback builds its own `Timer` in ``setup``, once the trainer's
+    process group is up, with the run id all ranks share (`maeltrace.shared_run_id`), so that
+    under DDP each rank records into the same run.
+
+    Args:
+        timer: the timer to record into; default one of the callback's own.
+        gpu: also measure batches, forward, backward and optimizer steps on the device clock
+            (torch's, unless the timer names another).
+    """
+
+    def __init__(self, timer: Timer | None = None, *, gpu: bool = False) -> None:
+        if timer is not None and not isinstance(timer, Timer):
+            raise TypeError(f"TimerCallback needs a maeltrace Timer, not {type(timer).__name__}")
+        super().__init__()
+        self._timer = timer
+        self.gpu = bool(gpu)
+        self._sanity_checking = False
+        self._in_train_epoch = False
+
+    @property
+    def timer(self) -> Timer:
+        """The timer the callback records into (its own, built on first use, when none was
+        given)."""
+        if self._timer is None:
+            self._timer = Timer()
+        return self._timer
+
+    def _own_timer(self) -> None:
+        """Builds the callback's own timer with the run id every rank agrees on."""
+        if self._timer is None:
+            from maeltrace._runinfo import new_run_id
+            from maeltrace.distributed import shared_run_id
+
+            self._timer = Timer(run_id=shared_run_id(new_run_id()))
+
+    def _end_open(self, *keys: Key) -> None:
+        timer = self.timer
+        for key in keys:
+            if timer.is_open(key):
+                timer.end(key)
+
+    def _cancel_io(self) -> None:
+        if self.timer.is_open(IO):
+            self.timer.cancel(IO)
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._own_timer()
+        if self.gpu:
+            self.timer.use_device(prefer="torch")
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # Record what was open, innermost first, so the regions already recorded inside keep
+        # their parents; the wait for a batch that never came is no region.
+        self._cancel_io()
+        self._end_open(
+            *_TRAIN_STEP,
+            VALIDATION_BATCH,
+            VALIDATION,
+            TEST_BATCH,
+            TEST,
+            PREDICT_BATCH,
+            PREDICT,
+            EPOCH,
+        )
+        self._in_train_epoch = False
+
+    # -- training --------------------------------------------------------------------------------
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._in_train_epoch = True
+        self.timer.start(EPOCH)
+        self.timer.start(IO)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._in_train_epoch = False
+        self._cancel_io()
+        self.timer.end(EPOCH)
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._end_open(IO)
+        self.timer.start(BATCH, gpu=self.gpu)
+        self.timer.start(FORWARD, gpu=self.gpu)
+
+    def on_before_zero_grad(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        self._end_open(FORWARD)
+
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
+        # Manual optimization may step one optimizer before the next backward.
+        self._end_open(FORWARD, OPTIMIZER)
+        self.timer.start(BACKWARD, gpu=self.gpu)
+
+    def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+        self._end_open(BACKWARD)
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        self._end_open(FORWARD, OPTIMIZER)
+        self.timer.start(OPTIMIZER, gpu=self.gpu)
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._end_open(*_TRAIN_STEP)
+        if self._in_train_epoch:
+            self.timer.start(IO)
+
+    # -- validation, test and prediction ---------------------------------------------------------
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._sanity_checking = bool(getattr(trainer, "sanity_checking", False))
+        if not self._sanity_checking:
+            self._cancel_io()
+            self.timer.start(VALIDATION)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._sanity_checking:
+            self._sanity_checking = False
+            return
+        self.timer.end(VALIDATION)
+        if self._in_train_epoch:
+            self.timer.start(IO)
+
+    def on_validation_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not self._sanity_checking:
+            self.timer.start(VALIDATION_BATCH, gpu=self.gpu)
+
+    def on_validation_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._sanity_checking:
+            self.timer.end(VALIDATION_BATCH)
+
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self.timer.start(TEST)
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        self.timer.end(TEST)
+
+    def on_test_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self.timer.start(TEST_BATCH, gpu=self.gpu)
+
+    def on_test_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.timer.end(TEST_BATCH)
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self.timer.start(PREDICT)
+
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        self.timer.end(PREDICT)
+
+    def on_predict_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self.timer.start(PREDICT_BATCH, gpu=self.gpu)
+
+    def on_predict_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.timer.end(PREDICT_BATCH)

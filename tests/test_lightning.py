@@ -1,0 +1,318 @@
+"""Lightning on this CPU machine: real ``Trainer.fit``, ``test`` and ``predict`` with the
+TimerCallback, under both import names (``lightning.pytorch`` and ``pytorch_lightning``), plain
+and with gradient accumulation; counts per key and the nesting of the exported spans."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+pytest.importorskip("lightning", reason="lightning is not installed")
+pytest.importorskip("pytorch_lightning", reason="pytorch_lightning is not installed")
+
+from maeltrace import Timer  # noqa: E402
+from maeltrace.environment import MAELTRACE_EXPORT, MAELTRACE_OUTPUT_DIR  # noqa: E402
+from maeltrace.errors import DeviceClockWarning, MaeltraceWarning  # noqa: E402
+from maeltrace.integrations.vocabulary import (  # noqa: E402
+    BACKWARD,
+    BATCH,
+    EPOCH,
+    FORWARD,
+    IO,
+    OPTIMIZER,
+    PREDICT,
+    PREDICT_BATCH,
+    TEST,
+    TEST_BATCH,
+    VALIDATION,
+    VALIDATION_BATCH,
+)
+from maeltrace.otel._otlp_json import read_json_lines  # noqa: E402
+from tests.helpers import counts, parent_keys  # noqa: E402
+from tests.lightning_ddp_child import BATCHES_PER_RANK  # noqa: E402
+from tests.lightning_ddp_child import EPOCHS as DDP_EPOCHS  # noqa: E402
+
+EPOCHS, BATCHES, VAL_BATCHES, BATCH_SIZE = 2, 4, 2, 8
+CALLBACKS = {
+    "lightning.pytorch": "maeltrace.lightning",
+    "pytorch_lightning": "maeltrace.pytorch_lightning",
+}
+"""Each Lightning import name and the maeltrace module of its callback."""
+
+
+def _loader(batches: int, seed: int) -> Any:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batches * BATCH_SIZE, 4, generator=generator)
+    dataset = torch.utils.data.TensorDataset(x, x.sum(dim=1, keepdim=True))
+    return torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE)
+
+
+def _module(pl: Any) -> Any:
+    """A tiny regression LightningModule of the import name ``pl``."""
+
+    class Regression(pl.LightningModule):  # type: ignore[misc]  # untyped base
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def _loss(self, batch: Any) -> Any:
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return self._loss(batch)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> Any:
+            return self._loss(batch)
+
+        def test_step(self, batch: Any, batch_idx: int) -> Any:
+            return self._loss(batch)
+
+        def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+            return self.layer(batch[0])
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return Regression()
+
+
+@dataclass
+class Run:
+    """What one Lightning run recorded."""
+
+    timer: Timer
+    callback: Any
+    accumulate: int
+    warnings: list[warnings.WarningMessage]
+
+    def spans(self) -> list[Any]:
+        """Every span of the embedded OTLP file."""
+        return _spans(self.timer.traces_path)
+
+
+def _spans(path: Path) -> list[Any]:
+    """Every span of an OTLP JSON lines file."""
+    return [
+        span
+        for data in read_json_lines(path)
+        for resource in data.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+
+
+def _orphans(spans: list[Any]) -> list[str]:
+    """The names of the spans whose parent is not among ``spans``."""
+    ids = {(span.trace_id, span.span_id) for span in spans}
+    return [
+        span.name
+        for span in spans
+        if span.parent_span_id and (span.trace_id, span.parent_span_id) not in ids
+    ]
+
+
+def _run(name: str, folder: Path, *, accumulate: int, own_timer: bool, gpu: bool = False) -> Run:
+    """Fits for `EPOCHS` epochs of `BATCHES` batches, validating each, then tests and predicts
+    once; closes the timer so the spans are on disk."""
+    pl = importlib.import_module(name)
+    callback_class = importlib.import_module(CALLBACKS[name]).TimerCallback
+    env = {MAELTRACE_OUTPUT_DIR: str(folder / "maeltrace-out"), MAELTRACE_EXPORT: "1"}
+    with mock.patch.dict(os.environ, env), warnings.catch_warnings(record=True) as caught:
+        # Lightning's advice (workers, logging...) is not under test; maeltrace's warnings are.
+        warnings.simplefilter("always")
+        timer = None if own_timer else Timer(export=True)
+        callback = callback_class(timer, gpu=gpu)
+        trainer = pl.Trainer(
+            max_epochs=EPOCHS,
+            accelerator="cpu",
+            devices=1,
+            accumulate_grad_batches=accumulate,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=folder,
+            callbacks=[callback],
+        )
+        model = _module(pl)
+        trainer.fit(model, _loader(BATCHES, 0), _loader(VAL_BATCHES, 1))
+        trainer.test(model, _loader(VAL_BATCHES, 2), verbose=False)
+        trainer.predict(model, _loader(VAL_BATCHES, 3))
+        callback.timer.close()
+    return Run(callback.timer, callback, accumulate, list(caught))
+
+
+RUNS = [(name, accumulate) for name in CALLBACKS for accumulate in (1, 2)]
+"""Each import name, plain (with a timer given) and accumulating gradients over two batches
+(with the callback's own timer)."""
+
+
+@pytest.fixture(scope="module", params=RUNS, ids=[f"{n}-accumulate{a}" for n, a in RUNS])
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    name, accumulate = request.param
+    folder = tmp_path_factory.mktemp(f"{name}-{accumulate}")
+    return _run(name, folder, accumulate=accumulate, own_timer=accumulate > 1)
+
+
+def _expected_counts(optimizer_steps: int) -> dict[str, int]:
+    n = EPOCHS * BATCHES
+    return {
+        EPOCH: EPOCHS,
+        IO: n,
+        BATCH: n,
+        FORWARD: n,
+        BACKWARD: n,
+        OPTIMIZER: optimizer_steps,
+        # The sanity check's validation before the first epoch is not timed.
+        VALIDATION: EPOCHS,
+        VALIDATION_BATCH: EPOCHS * VAL_BATCHES,
+        TEST: 1,
+        TEST_BATCH: VAL_BATCHES,
+        PREDICT: 1,
+        PREDICT_BATCH: VAL_BATCHES,
+    }
+
+
+EXPECTED_PARENTS: dict[str, set[str | None]] = {
+    EPOCH: {None},
+    IO: {EPOCH},
+    BATCH: {EPOCH},
+    FORWARD: {BATCH},
+    BACKWARD: {BATCH},
+    OPTIMIZER: {BATCH},
+    VALIDATION: {EPOCH},
+    VALIDATION_BATCH: {VALIDATION},
+    TEST: {None},
+    TEST_BATCH: {TEST},
+    PREDICT: {None},
+    PREDICT_BATCH: {PREDICT},
+}
+
+
+class TestFit:
+    def test_each_key_is_recorded_once_per_batch_epoch_pass_and_optimizer_step(
+        self, run: Run
+    ) -> None:
+        # With accumulate_grad_batches=2, one optimizer step per two batches.
+        assert counts(run.timer.records()) == _expected_counts(EPOCHS * BATCHES // run.accumulate)
+
+    def test_regions_nest_as_the_trainer_runs_them(self, run: Run) -> None:
+        assert parent_keys(run.timer.records()) == EXPECTED_PARENTS
+
+    def test_every_exported_span_has_its_parent_exported(self, run: Run) -> None:
+        spans = run.spans()
+        assert {EPOCH, IO, OPTIMIZER, VALIDATION, VALIDATION_BATCH} <= {s.name for s in spans}
+        assert _orphans(spans) == []
+
+    def test_maeltrace_warns_nothing(self, run: Run) -> None:
+        assert [w for w in run.warnings if issubclass(w.category, MaeltraceWarning)] == []
+
+    def test_without_a_timer_the_callback_records_into_one_of_its_own(self, run: Run) -> None:
+        assert isinstance(run.callback.timer, Timer)
+        assert run.timer.traces_path.is_file()
+
+
+def test_with_gpu_every_batch_region_has_a_device_time(tmp_path: Path) -> None:
+    run = _run("lightning.pytorch", tmp_path, accumulate=2, own_timer=False, gpu=True)
+    expected = _expected_counts(EPOCHS * BATCHES // 2)
+    device_keys = (BATCH, FORWARD, BACKWARD, OPTIMIZER, VALIDATION_BATCH, TEST_BATCH, PREDICT_BATCH)
+    for key in device_keys:
+        assert run.timer.get_time_stats(key, gpu=True).count == expected[key], key
+    assert run.timer.device_clock is not None
+    # Chosen once, in setup: at most one warning (on a machine without CUDA, the one saying so).
+    clock_warnings = [w for w in run.warnings if issubclass(w.category, DeviceClockWarning)]
+    assert len(clock_warnings) <= 1
+
+
+def test_a_step_that_raises_leaves_no_region_open_and_no_orphan_span(tmp_path: Path) -> None:
+    pl = importlib.import_module("lightning.pytorch")
+    from maeltrace.lightning import TimerCallback
+
+    class Failing(_module(pl).__class__):  # type: ignore[misc]  # untyped base
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            if self.current_epoch == 1 and batch_idx == 2:
+                raise ZeroDivisionError("the step under test fails")
+            return super().training_step(batch, batch_idx)
+
+    timer = Timer(export=True, output_dir=tmp_path / "out")
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        callbacks=[TimerCallback(timer)],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice is not under test
+        with pytest.raises(ZeroDivisionError, match="under test"):
+            trainer.fit(Failing(), _loader(BATCHES, 0))
+    assert not any(timer.is_open(key) for key in (EPOCH, IO, BATCH, FORWARD))
+    # The failing batch's forward and batch are kept, inside the second epoch.
+    assert counts(timer.records())[FORWARD] == BATCHES + 3
+    assert counts(timer.records())[EPOCH] == EPOCHS
+    timer.close()
+    assert _orphans(_spans(timer.traces_path)) == []
+
+
+@pytest.mark.parametrize("name", list(CALLBACKS))
+class TestCallback:
+    def test_the_callback_needs_a_maeltrace_timer(self, name: str) -> None:
+        callback_class = importlib.import_module(CALLBACKS[name]).TimerCallback
+        with pytest.raises(TypeError, match="maeltrace Timer"):
+            callback_class(object())
+
+    def test_the_callback_is_a_callback_of_its_import_name(self, name: str) -> None:
+        callback_class = importlib.import_module(CALLBACKS[name]).TimerCallback
+        assert issubclass(callback_class, importlib.import_module(name).Callback)
+
+
+@pytest.mark.slow
+def test_under_ddp_each_rank_records_into_the_run_all_ranks_share(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        MAELTRACE_OUTPUT_DIR: str(tmp_path / "maeltrace-out"),
+        MAELTRACE_EXPORT: "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path]),
+    }
+    for name in ("MAELTRACE_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
+        env.pop(name, None)  # the run id must come from rank 0, not the launcher
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("lightning_ddp_child.py")), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    written = sorted(tmp_path.glob("rank*.json"))
+    assert [p.name for p in written] == ["rank0.json", "rank1.json"], done.stderr[-4000:]
+    lines = [json.loads(p.read_text(encoding="utf-8")) for p in written]
+    assert [line["rank"] for line in lines] == [0, 1]
+    assert len({line["run_id"] for line in lines}) == 1
+    epoch_traces = []
+    for line in lines:
+        assert line["traces"].endswith(f"traces.rank{line['rank']}.otlp.jsonl")
+        spans = _spans(Path(line["traces"]))
+        names = [span.name for span in spans]
+        assert names.count(BATCH) == names.count(OPTIMIZER) == DDP_EPOCHS * BATCHES_PER_RANK
+        assert _orphans(spans) == []
+        epoch_traces.append({span.trace_id for span in spans if span.name == EPOCH})
+    # One trace per epoch, shared by both ranks.
+    assert epoch_traces[0] == epoch_traces[1] and len(epoch_traces[0]) == DDP_EPOCHS
