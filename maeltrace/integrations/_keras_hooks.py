@@ -30,8 +30,8 @@ class TimerHooks:
 
     Args:
         timer: the timer to record into.
-        gpu: also measure batches on the device clock (TensorFlow's, unless the timer names
-            another).
+        gpu: also measure batches on the device clock: that of the framework Keras computes
+            on (`device_framework`), unless the timer names another.
     """
 
     def __init__(self, timer: Timer, gpu: bool = False) -> None:
@@ -45,9 +45,17 @@ class TimerHooks:
         if self.timer.is_open(IO):
             self.timer.cancel(IO)
 
-    def on_train_begin(self, logs: Any = None) -> None:
+    def device_framework(self) -> str:
+        """The device clock this callback's Keras computes on: TensorFlow's here; the Keras 3
+        callback asks Keras for its backend."""
+        return "tensorflow"
+
+    def _choose_clock(self) -> None:
         if self.gpu:
-            self.timer.use_device(prefer="tensorflow")
+            self.timer.use_device(prefer=self.device_framework())
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self._choose_clock()
         self.timer.start(FIT)
 
     def on_train_end(self, logs: Any = None) -> None:
@@ -72,6 +80,7 @@ class TimerHooks:
         self.timer.start(IO)
 
     def on_test_begin(self, logs: Any = None) -> None:
+        self._choose_clock()
         self._stop_io()
         self.timer.start(TEST)
 
@@ -85,6 +94,7 @@ class TimerHooks:
         self.timer.end(TEST_BATCH)
 
     def on_predict_begin(self, logs: Any = None) -> None:
+        self._choose_clock()
         self.timer.start(PREDICT)
 
     def on_predict_end(self, logs: Any = None) -> None:

@@ -23,5 +23,11 @@ class TimerCallback(TimerHooks, keras.callbacks.Callback):  # type: ignore[misc]
     """Keras 3 callback recording fit, epochs, batches and IO gaps into a `maeltrace.Timer`.
 
     Example: ``model.fit(x, y, callbacks=[TimerCallback(tmr, gpu=True)])``; see `TimerHooks`
-    for what is timed.
+    for what is timed. With ``gpu=True`` the device clock is that of Keras's backend (jax,
+    torch or tensorflow; the CPU clock for another backend), unless the timer names one.
     """
+
+    def device_framework(self) -> str:
+        """The clock of Keras's backend: ``jax``, ``torch`` or ``tensorflow``, else ``cpu``."""
+        backend = str(keras.backend.backend())
+        return backend if backend in ("jax", "torch", "tensorflow") else "cpu"
