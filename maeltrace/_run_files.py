@@ -17,11 +17,17 @@ from maeltrace.records import Records
 if TYPE_CHECKING:
     from maeltrace.report import Summary
 
-__all__ = ["RESCUE_FOLDER", "RunFiles"]
+__all__ = ["RESCUE_FOLDER", "RunFiles", "file_names"]
 
 RESCUE_FOLDER = "maeltrace-rescue"
 """The folder under the system's temporary folder that takes a run's files when the run
 folder cannot."""
+
+
+def file_names(suffix: str) -> tuple[str, str, str]:
+    """The names of a run's stats files and Chrome trace: ``stats<suffix>.json``,
+    ``stats<suffix>.md``, ``trace<suffix>.json``."""
+    return f"stats{suffix}.json", f"stats{suffix}.md", f"trace{suffix}.json"
 
 
 class RunFiles:
@@ -123,10 +129,11 @@ class RunFiles:
         for folder in (self.usable_folder(), self.rescue_folder()):
             if folder is None:
                 continue
+            stats_json, stats_md, trace_json = file_names(suffix)
             try:
-                summary.save(folder / f"stats{suffix}.json")
-                summary.save(folder / f"stats{suffix}.md")
-                write_chrome_trace(folder / f"trace{suffix}.json", trace)
+                summary.save(folder / stats_json)
+                summary.save(folder / stats_md)
+                write_chrome_trace(folder / trace_json, trace)
             except OSError as exc:
                 self.errors += 1
                 causes.append(f"{exc}")
@@ -136,6 +143,14 @@ class RunFiles:
             return folder
         self.warn(f"cannot write the stats files: {'; '.join(causes) or 'no folder'}")
         return None
+
+    @staticmethod
+    def artifacts(folder: Path, suffix: str) -> list[Path]:
+        """The files `write` wrote into ``folder``, and the run's reports there (what sinks
+        upload), those that exist."""
+        found = [folder / name for name in file_names(suffix)]
+        found += sorted(folder.glob(f"report{suffix}.*"))
+        return [path for path in found if path.is_file() and not path.name.startswith(".")]
 
     def close_line(self, written: Path | None) -> str | None:
         """The line `Timer.close` prints when the files are not in the run folder."""

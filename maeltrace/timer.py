@@ -914,10 +914,7 @@ class Timer:
             folder = self.write_outputs(summary)
             if folder is None:  # nothing could be written; write_outputs warned
                 return []
-            suffix = self._file_suffix()
-            names = (f"stats{suffix}.json", f"stats{suffix}.md", f"trace{suffix}.json")
-            found = [folder / name for name in names] + sorted(folder.glob(f"report{suffix}.*"))
-            return [path for path in found if path.is_file() and not path.name.startswith(".")]
+            return self._files.artifacts(folder, self._file_suffix())
 
         log: Callable[..., dict[str, float]] = load(sink)
         # The folder's path only: the sink creates it when it writes there, inside its own
