@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BOUNDED_HTTP",
     "NAMES",
+    "NAMESPACE",
     "STATS",
     "STATS_FIELDS",
     "LogSummary",
@@ -100,6 +101,10 @@ STATS_FIELDS = ("min", "mean", "median", "max", "stdev", "p95", "count")
 
 NAMES = ("maeltrace", "deep500")
 """What the sinks' ``names`` argument accepts; see the module docstring."""
+
+NAMESPACE = "maeltrace/"
+"""What begins every name maeltrace logs into a run a trainer also logs to (the trainers' own
+loggers), so that maeltrace's ``epoch`` never meets the trainer's ``epoch``."""
 
 Stats = Literal["mean", "all"]
 Names = Literal["maeltrace", "deep500"]
