@@ -117,14 +117,15 @@ class Run:
 
 
 def _run(folder: Path, *, accumulate: int, own_timer: bool) -> Run:
-    """Trains for `EPOCHS` epochs of `BATCHES` batches, evaluating after each, then predicts
-    once; closes the timer so the spans are on disk."""
+    """Trains for `EPOCHS` epochs of `BATCHES` batches, evaluating after each, then evaluates
+    and predicts once more; closes the timer so the spans are on disk."""
     env = {MAELTRACE_OUTPUT_DIR: str(folder / "maeltrace-out"), MAELTRACE_EXPORT: "1"}
     with mock.patch.dict(os.environ, env), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         callback = TimerCallback(None if own_timer else Timer(export=True))
         trainer = _trainer(folder, callback, accumulate=accumulate)
         trainer.train()
+        trainer.evaluate()
         trainer.predict(Tokens(VAL_BATCHES * BATCH_SIZE, 2))
         callback.timer.close()
     return Run(callback.timer, callback, accumulate, list(caught))
@@ -153,8 +154,8 @@ def _expected_counts(accumulate: int) -> dict[str, int]:
         FORWARD: n,
         BACKWARD: n,
         OPTIMIZER: steps,
-        VALIDATION: EPOCHS,
-        VALIDATION_BATCH: EPOCHS * VAL_BATCHES,
+        VALIDATION: EPOCHS + 1,
+        VALIDATION_BATCH: (EPOCHS + 1) * VAL_BATCHES,
         PREDICT: 1,
         PREDICT_BATCH: VAL_BATCHES,
     }
@@ -167,8 +168,8 @@ EXPECTED_PARENTS: dict[str, set[str | None]] = {
     FORWARD: {BATCH},
     BACKWARD: {BATCH},
     OPTIMIZER: {BATCH},
-    # The evaluation at an epoch's end is that epoch's.
-    VALIDATION: {EPOCH},
+    # The evaluation at an epoch's end is that epoch's; `evaluate` after training is a root.
+    VALIDATION: {EPOCH, None},
     VALIDATION_BATCH: {VALIDATION},
     PREDICT: {None},
     PREDICT_BATCH: {PREDICT},
@@ -225,7 +226,7 @@ def test_with_gpu_every_batch_region_has_a_device_time(tmp_path: Path) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _trainer(tmp_path, TimerCallback(timer, gpu=True), accumulate=2).train()
-    expected = _expected_counts(2)
+    expected = {**_expected_counts(2), VALIDATION_BATCH: EPOCHS * VAL_BATCHES}
     for key in (BATCH, FORWARD, BACKWARD, OPTIMIZER, VALIDATION_BATCH):
         assert timer.get_time_stats(key, gpu=True).count == expected[key], key
     assert timer.device_clock is not None
