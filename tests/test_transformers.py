@@ -260,6 +260,26 @@ def test_the_epoch_statistics_sit_next_to_the_trainers_metrics_in_mlflow(tmp_pat
         ]
 
 
+@pytest.mark.slow
+def test_the_epoch_statistics_join_the_trainers_steps_in_wandb(tmp_path: Path) -> None:
+    wandb = pytest.importorskip("wandb", reason="wandb is not installed")
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    with mock.patch.dict(os.environ, env), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(tmp_path, TimerCallback(Timer()), report_to=["wandb"]).train()
+        run = wandb.run
+        assert run is not None
+        try:
+            summary = dict(run.summary)
+        finally:
+            run.finish()
+    assert [w for w in caught if issubclass(w.category, MaeltraceWarning)] == []
+    # The last epoch's figures, committed with the Trainer's next step, next to its own.
+    assert summary["train/epoch"] == EPOCHS
+    assert summary["maeltrace/batch/epoch/count"] == BATCHES
+    assert summary["maeltrace/forward/epoch/mean"] > 0
+
+
 class TestCallback:
     def test_the_callback_needs_a_maeltrace_timer(self) -> None:
         with pytest.raises(TypeError, match="maeltrace Timer"):
