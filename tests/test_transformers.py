@@ -285,5 +285,15 @@ class TestCallback:
         with pytest.raises(TypeError, match="maeltrace Timer"):
             TimerCallback(object())  # type: ignore[arg-type]  # the misuse under test
 
+    def test_a_forward_outside_the_trainers_loops_records_nothing(self, tmp_path: Path) -> None:
+        timer = Timer()
+        trainer = _trainer(tmp_path, TimerCallback(timer))
+        trainer.model.eval()
+        with torch.no_grad():
+            trainer.model(input_ids=Tokens(1, 3).ids)  # the user's own inference
+        trainer.model.train()
+        trainer.model(input_ids=Tokens(1, 3).ids)
+        assert timer.keys() == []
+
     def test_the_callback_is_a_trainer_callback(self) -> None:
         assert issubclass(TimerCallback, transformers.TrainerCallback)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import weakref
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -116,7 +117,7 @@ class TimerCallback(transformers.TrainerCallback):
         self._ready = False
         self._model: Any = None
         self._hooks: list[Any] = []
-        self._guarded: set[int] = set()
+        self._guarded: weakref.WeakSet[Any] = weakref.WeakSet()
         self._in_train = False
         self._in_epoch = False
         self._epoch_waits_for_evaluation = False
@@ -165,9 +166,9 @@ class TimerCallback(transformers.TrainerCallback):
 
     def _guard(self, trainer: Any) -> None:
         """Wraps the Trainer's entry points so that an exception ends the open regions."""
-        if trainer is None or id(trainer) in self._guarded:
+        if trainer is None or trainer in self._guarded:
             return
-        self._guarded.add(id(trainer))
+        self._guarded.add(trainer)
         for name in _GUARDED:
             setattr(trainer, name, self._guarded_call(getattr(trainer, name)))
 
@@ -283,8 +284,8 @@ class TimerCallback(transformers.TrainerCallback):
                 self._forwarded = True
                 timer.start(FORWARD, gpu=self.gpu)
             return
-        if self._pass is None:
-            self._begin_pass()
+        if self._pass is None and not self._begin_pass():
+            return
         assert self._pass is not None
         batch_key = self._pass[1]
         if not timer.is_open(batch_key):
@@ -298,17 +299,21 @@ class TimerCallback(transformers.TrainerCallback):
 
     # -- evaluation and prediction ---------------------------------------------------------------
 
-    def _begin_pass(self) -> None:
-        """Opens an evaluation or prediction pass at its first forward."""
+    def _begin_pass(self) -> bool:
+        """Opens an evaluation or prediction pass at its first forward; returns whether it did
+        (not for a forward outside the Trainer's evaluation loop, such as the user's own)."""
+        trainer = _calling_trainer("prediction_step")
+        if trainer is None:
+            return False
         self._ready_to_record()
-        if not self._in_train:
-            self._guard(_calling_trainer())
+        self._guard(trainer)
         timer = self.timer
         if timer.is_open(IO):  # evaluating between steps: no wait for a batch
             timer.cancel(IO)
         predicting = not self._in_train and _calling_trainer("predict") is not None
         self._pass = (PREDICT, PREDICT_BATCH) if predicting else (VALIDATION, VALIDATION_BATCH)
         timer.start(self._pass[0])
+        return True
 
     def _end_pass(self, key: Key) -> None:
         timer = self.timer
