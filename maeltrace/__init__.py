@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from maeltrace import lightning as lightning
     from maeltrace import pytorch_lightning as pytorch_lightning
     from maeltrace import tf_keras as tf_keras
+    from maeltrace import transformers as transformers
     from maeltrace.distributed import shared_run_id, time_collective
     from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
@@ -70,7 +71,7 @@ _LAZY = {
 
 # The integrations' short paths, reachable as ``maeltrace.keras`` after only ``import maeltrace``:
 # each imports its framework, so only when first read (and never through ``__all__``).
-_LAZY_MODULES = frozenset({"keras", "tf_keras", "lightning", "pytorch_lightning"})
+_LAZY_MODULES = frozenset({"keras", "tf_keras", "lightning", "pytorch_lightning", "transformers"})
 
 
 def __getattr__(name: str) -> object:

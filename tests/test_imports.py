@@ -21,6 +21,7 @@ HEAVY = (
     "tf_keras",
     "lightning",
     "pytorch_lightning",
+    "transformers",
 )
 
 
@@ -40,6 +41,7 @@ def test_importing_maeltrace_loads_no_framework_or_sink() -> None:
         ("tf_keras", "tf_keras"),
         ("lightning", "lightning"),
         ("pytorch_lightning", "pytorch_lightning"),
+        ("transformers", "transformers"),
     ],
 )
 def test_import_maeltrace_alone_reaches_each_integration_when_first_read(
@@ -84,6 +86,7 @@ def test_the_public_names_are_exported() -> None:
             "maeltrace.integrations.pytorch_lightning",
             "pytorch_lightning",
         ),
+        ("maeltrace.transformers", "maeltrace.integrations.transformers", "transformers"),
         ("maeltrace.deep500.timer", "maeltrace.integrations.deep500.timer", None),
         ("maeltrace.deep500.timer_tf", "maeltrace.integrations.deep500.timer_tf", "keras"),
         ("maeltrace.deep500.timer_torch", "maeltrace.integrations.deep500.timer_torch", "torch"),

@@ -89,6 +89,7 @@ OLD_PATHS = (
     "maeltrace.tf_keras",
     "maeltrace.lightning",
     "maeltrace.pytorch_lightning",
+    "maeltrace.transformers",
     "maeltrace.deep500",
 )
 """The integrations' short (and old) import paths, which re-export `maeltrace.integrations`."""

@@ -1,4 +1,4 @@
-"""The region keys every trainer integration records, defined once (Keras, Lightning...)."""
+"""The region keys every trainer integration records, defined once (Keras, Lightning, HF)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ EPOCH: Final = TimeType.EPOCH
 """Each training epoch."""
 IO: Final = TimeType.IO
 """The wait for each training batch: from the previous batch's end (or the epoch's start) to
-the batch's start."""
+the batch's start. The Hugging Face Trainer fetches an optimizer step's micro-batches together:
+there, one wait per optimizer step."""
 BATCH: Final = TimeType.BATCH
 """One data-loader batch of training: its forward, backward and, where one falls on it, the
 optimizer step."""
@@ -39,11 +40,12 @@ OPTIMIZER: Final = "optimizer"
 FIT: Final = "fit"
 """A whole ``fit`` call (Keras)."""
 VALIDATION: Final = "validation"
-"""Each validation pass (Lightning; Keras records validation inside ``fit`` as `TEST`)."""
+"""Each validation pass (Lightning; the Hugging Face Trainer's ``evaluate``; Keras records
+validation inside ``fit`` as `TEST`)."""
 VALIDATION_BATCH: Final = "validation_batch"
 """Each validation batch."""
 TEST: Final = "test"
-"""Each test or evaluation pass."""
+"""Each test or evaluation pass (Keras, Lightning)."""
 TEST_BATCH: Final = "test_batch"
 """Each test or evaluation batch."""
 PREDICT: Final = "predict"
