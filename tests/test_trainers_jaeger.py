@@ -1,6 +1,6 @@
-"""The trainers' callbacks read back from a real Jaeger v2: one root per trace, no span whose
-parent Jaeger cannot find (its "invalid parent span IDs" warning), the validation pass inside its
-epoch's trace, and the counts the embedded file has."""
+"""The trainers' callbacks (Lightning, the Hugging Face Trainer) read back from a real Jaeger
+v2: one root per trace, no span whose parent Jaeger cannot find (its "invalid parent span IDs"
+warning), the validation pass inside its epoch's trace, and the counts the embedded file has."""
 
 from __future__ import annotations
 
@@ -92,3 +92,38 @@ def test_a_lightning_fit_reads_back_from_jaeger_with_one_root_per_epoch(
         }
     (run_trace,) = [t for t in traces if t not in epochs]
     assert _checked_tree(run_trace) == {"(root)": Counter({"run": 1})}
+
+
+def test_a_hugging_face_trainer_reads_back_from_jaeger_with_one_root_per_epoch(
+    jaeger: JaegerService, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytest.importorskip("transformers", reason="transformers is not installed")
+    from maeltrace.transformers import TimerCallback
+    from tests import test_transformers as hf
+
+    service = _service(monkeypatch)
+    timer = Timer(
+        export=True, endpoint=jaeger.otlp_grpc_endpoint, protocol="grpc", output_dir=tmp_path
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hf._trainer(tmp_path, TimerCallback(timer)).train()
+        timer.close()
+    assert not [w for w in caught if issubclass(w.category, MaeltraceWarning)]
+    exported = timer.export_health.spans_exported
+    # Per epoch as Lightning's, evaluation at the epoch's end inside it; and the run span.
+    per_epoch = 1 + hf.BATCHES * 5 + 1 + hf.VAL_BATCHES
+    assert exported == hf.EPOCHS * per_epoch + 1
+
+    traces = jaeger.wait_for_spans(service, exported)
+    epochs = [t for t in traces if any(s["operationName"] == "epoch" for s in t["spans"])]
+    assert len(epochs) == hf.EPOCHS
+    for trace in epochs:
+        assert _checked_tree(trace) == {
+            "(root)": Counter({"epoch": 1}),
+            "epoch": Counter({"io": hf.BATCHES, "batch": hf.BATCHES, "validation": 1}),
+            "batch": Counter(
+                {"forward": hf.BATCHES, "backward": hf.BATCHES, "optimizer": hf.BATCHES}
+            ),
+            "validation": Counter({"validation_batch": hf.VAL_BATCHES}),
+        }
