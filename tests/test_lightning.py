@@ -391,6 +391,7 @@ def test_csv_logger_gets_the_maeltrace_columns(tmp_path: Path) -> None:
 
 def test_a_failing_logger_gives_one_warning_and_training_goes_on(tmp_path: Path) -> None:
     from lightning.pytorch.loggers import CSVLogger
+
     from maeltrace import SinkWarning
 
     class Broken(CSVLogger):  # type: ignore[misc]  # untyped base
