@@ -218,8 +218,8 @@ class TestMlflow:
             summary = Summary.load(result.folder / app / "stats.json")
             steady = next(r for r in summary.rows if r.key == "batch").steady
             assert steady is not None
-            assert run.data.metrics["batch/median"] == pytest.approx(steady.median)
-            assert run.data.metrics["batch/count"] == 5  # warm-up left out, as in the tables
+            assert run.data.metrics["maeltrace/batch/steady/median"] == pytest.approx(steady.median)
+            assert run.data.metrics["maeltrace/batch/steady/count"] == 5  # warm-up left out
             artifacts = {a.path for a in client.list_artifacts(run_id, "maeltrace")}
             assert "maeltrace/stats.json" in artifacts
             assert "maeltrace/flame.png" in artifacts

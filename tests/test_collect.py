@@ -245,15 +245,19 @@ def test_two_ranks_are_summarised_and_logged_to_mlflow(
     assert tags["host.name"] == socket.gethostname()
     assert tags["maeltrace.world_size"] == "2"
     metrics = logged.data.metrics
-    assert metrics["batch/mean"] == pytest.approx(pooled["mean"], rel=1e-15)
-    assert metrics["batch/count"] == 12
-    assert metrics["batch/rank0/mean"] == pytest.approx(fast.get_time_stats("batch").mean)
-    assert metrics["batch/rank1/mean"] == pytest.approx(slow.get_time_stats("batch").mean)
-    assert metrics["batch/slowest_rank"] == 1
-    assert metrics["batch/skew"] == pytest.approx(batch["skew"], rel=1e-15)
-    assert metrics["epoch/slowest_rank"] == 1
+    assert metrics["maeltrace/batch/all/mean"] == pytest.approx(pooled["mean"], rel=1e-15)
+    assert metrics["maeltrace/batch/all/count"] == 12
+    assert metrics["maeltrace/batch/all/rank0/mean"] == pytest.approx(
+        fast.get_time_stats("batch").mean
+    )
+    assert metrics["maeltrace/batch/all/rank1/mean"] == pytest.approx(
+        slow.get_time_stats("batch").mean
+    )
+    assert metrics["maeltrace/batch/all/slowest_rank"] == 1
+    assert metrics["maeltrace/batch/all/skew"] == pytest.approx(batch["skew"], rel=1e-15)
+    assert metrics["maeltrace/epoch/all/slowest_rank"] == 1
     # Median and percentiles are not pooled, so not logged for a run of several ranks.
-    assert "batch/median" not in metrics
+    assert "maeltrace/batch/all/median" not in metrics
 
 
 def test_one_process_over_json_logs_every_field(
@@ -278,7 +282,9 @@ def test_one_process_over_json_logs_every_field(
     for row, gpu in (("batch", False), ("batch/gpu", True)):
         expected = expected_stats(tmr, gpu=gpu)
         for name in STATS_FIELDS:
-            assert metrics[f"{row}/{name}"] == pytest.approx(expected[name], rel=1e-15), name
+            assert metrics[f"maeltrace/{row}/all/{name}"] == pytest.approx(
+                expected[name], rel=1e-15
+            ), name
     assert len(metrics) == 3 * len(STATS_FIELDS)  # batch, batch/gpu and epoch
     assert not any("rank" in name or "skew" in name for name in metrics)
     assert logged.info.status == "FINISHED"
@@ -383,7 +389,7 @@ def test_mlflow_down_then_up_keeps_the_summary_and_sends_it_later(
     finally:
         gate.close()
     (logged,) = mlflow_runs(mlflow_server, cfg.mlflow_experiment or "", first)
-    assert logged.data.metrics["batch/mean"] == pytest.approx(
+    assert logged.data.metrics["maeltrace/batch/all/mean"] == pytest.approx(
         tmr.get_time_stats("batch").mean, rel=1e-15
     )
     assert len(mlflow_runs(mlflow_server, cfg.mlflow_experiment or "", second)) == 1
@@ -442,7 +448,7 @@ def test_wandb_gets_one_row_of_the_summary(tmp_path: Path, monkeypatch: pytest.M
     (row,) = run.history
     expected = compute_stats([1_000_000, 2_000_000, 4_000_000]).to_dict()
     for name in STATS_FIELDS:
-        assert row[f"batch/{name}"] == pytest.approx(expected[name], rel=1e-15)
+        assert row[f"maeltrace/batch/all/{name}"] == pytest.approx(expected[name], rel=1e-15)
     assert run.config["maeltrace.run_id"] == "wandb-run"
 
 
@@ -591,7 +597,7 @@ def test_metric_names_are_valid_mlflow_names() -> None:
     for key in ("batch", "a/b", "..", "/lead", "x//y", "weird:key?*", "k" * 400, "ü ñ", " "):
         name = clock_metric_name(key, "gpu.first_call", "rank3", "mean")
         _validate_metric_name(name)  # type: ignore[no-untyped-call]
-        assert len(name) <= 250 and name.endswith("/gpu/first_call/rank3/mean")
+        assert len(name) <= 250 and name.endswith("/gpu/first_call/all/rank3/mean")
     assert clock_metric_name("k" * 400, "cpu", "mean") != clock_metric_name(
         "k" * 399, "cpu", "mean"
     )
@@ -601,10 +607,10 @@ def test_metric_names_are_valid_mlflow_names() -> None:
     assert summary is not None
     metrics = summary_metrics(summary)
     assert set(metrics) == {
-        *(f"batch/{f}" for f in ("count", "total", "mean", "min", "max", "stdev")),
-        "batch/rank0/mean",
-        "batch/slowest_rank",
-        "batch/skew",
+        *(f"maeltrace/batch/all/{f}" for f in ("count", "total", "mean", "min", "max", "stdev")),
+        "maeltrace/batch/all/rank0/mean",
+        "maeltrace/batch/all/slowest_rank",
+        "maeltrace/batch/all/skew",
     }
     assert set(FIELDS) >= {"median", "p99"}
 

@@ -115,11 +115,15 @@ def test_a_training_loop_fans_out_to_jaeger_mlflow_and_wandb(
     metrics = run.data.metrics
     for key in ("epoch", "batch", "forward", "io"):
         for field in ("mean", "median", "max", "count"):
-            assert metrics[f"{key}/{field}"] == pytest.approx(stats[key][field], rel=1e-12)
+            assert metrics[f"maeltrace/{key}/all/{field}"] == pytest.approx(
+                stats[key][field], rel=1e-12
+            )
     assert summary["sinks"]["mlflow"]["state"] == "logged"
     # W&B: the same values under the same names.
     offline = read_offline_run(wandb_dir)
-    assert offline.summary["batch/mean"] == pytest.approx(stats["batch"]["mean"], rel=1e-12)
+    assert offline.summary["maeltrace/batch/all/mean"] == pytest.approx(
+        stats["batch"]["mean"], rel=1e-12
+    )
 
 
 def test_a_collector_restarted_mid_run_loses_no_span(

@@ -316,3 +316,92 @@ def test_under_ddp_each_rank_records_into_the_run_all_ranks_share(tmp_path: Path
         epoch_traces.append({span.trace_id for span in spans if span.name == EPOCH})
     # One trace per epoch, shared by both ranks.
     assert epoch_traces[0] == epoch_traces[1] and len(epoch_traces[0]) == DDP_EPOCHS
+
+
+# -- each epoch's statistics to the trainer's loggers --------------------------------------------
+
+
+def _fit_with(loggers: list[Any], folder: Path) -> tuple[Timer, list[warnings.WarningMessage]]:
+    """Fits `EPOCHS` epochs of `BATCHES` batches with ``loggers``, the module logging its own
+    ``epoch_loss`` once per epoch."""
+    pl = importlib.import_module("lightning.pytorch")
+    from maeltrace.lightning import TimerCallback
+
+    class Logging(_module(pl).__class__):  # type: ignore[misc]  # untyped base
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            loss = super().training_step(batch, batch_idx)
+            self.log("epoch_loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+    timer = Timer(export=None, output_dir=folder / "out")
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS,
+        accelerator="cpu",
+        logger=loggers,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=folder,
+        callbacks=[TimerCallback(timer)],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Logging(), _loader(BATCHES, 0))
+    timer.close()
+    return timer, list(caught)
+
+
+def test_mlflow_logger_gets_each_epochs_statistics_beside_lightnings_own(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = MLFlowLogger(experiment_name="lightning", tracking_uri=uri)
+    _, caught = _fit_with([logger], tmp_path)
+    assert [w for w in caught if issubclass(w.category, MaeltraceWarning)] == []
+    client = MlflowClient(tracking_uri=uri)
+    metrics = client.get_run(logger.run_id).data.metrics
+    # Lightning's own epoch and the module's loss, next to maeltrace's names: no collision.
+    assert metrics["epoch"] == EPOCHS - 1
+    assert "epoch_loss" in metrics
+    history = client.get_metric_history(logger.run_id, "maeltrace/batch/epoch/count")
+    assert [m.value for m in history] == [float(BATCHES)] * EPOCHS
+    assert [m.step for m in history] == [BATCHES * (e + 1) for e in range(EPOCHS)]
+    means = client.get_metric_history(logger.run_id, "maeltrace/forward/epoch/mean")
+    assert len(means) == EPOCHS and all(m.value > 0 for m in means)
+    assert "maeltrace/io/epoch/count" in metrics
+
+
+def test_csv_logger_gets_the_maeltrace_columns(tmp_path: Path) -> None:
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path / "csv", name="run")
+    _fit_with([logger], tmp_path)
+    with open(Path(logger.log_dir) / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert {"epoch", "epoch_loss", "maeltrace/batch/epoch/mean"} <= set(rows[0])
+    counts_logged = [r["maeltrace/batch/epoch/count"] for r in rows]
+    assert [float(c) for c in counts_logged if c] == [float(BATCHES)] * EPOCHS
+
+
+def test_a_failing_logger_gives_one_warning_and_training_goes_on(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    from maeltrace import SinkWarning
+
+    class Broken(CSVLogger):  # type: ignore[misc]  # untyped base
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            if any(name.startswith("maeltrace/") for name in metrics):
+                raise OSError("the disk under test is full")
+            super().log_metrics(metrics, step)
+
+    timer, caught = _fit_with([Broken(tmp_path / "csv")], tmp_path)
+    sink_warnings = [w for w in caught if issubclass(w.category, SinkWarning)]
+    assert len(sink_warnings) == 1
+    assert "disk under test" in str(sink_warnings[0].message)
+    assert counts(timer.records())[EPOCH] == EPOCHS

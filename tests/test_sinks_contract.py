@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from maeltrace.collect.service import CollectServer
+from maeltrace.keys import TimeType
 from maeltrace.sinks.base import (
     STATS_FIELDS,
     PendingFile,
@@ -58,16 +59,35 @@ def test_the_timer_and_the_service_log_one_summary_under_the_same_names(
     by_timer = _metric_names(client, "from-the-timer", run_id)
     assert by_timer == set(logged)
     assert by_service == by_timer
+    # warmup=0: the timer's values are over every sample, as the service's are, and say so.
     rows = ("batch", "batch/gpu", "epoch")
-    assert by_timer == {f"{row}/{field}" for row in rows for field in STATS_FIELDS}
+    assert by_timer == {f"maeltrace/{row}/all/{field}" for row in rows for field in STATS_FIELDS}
 
 
 class TestNames:
     def test_one_scheme_for_every_row(self) -> None:
-        assert metric_name("batch", prefix="train/") == "train/batch"
-        assert metric_name("batch", "p95", device=True) == "batch/gpu/p95"
-        assert metric_name("fwd", "mean", device=True, compiled=True) == "fwd/gpu/first_call/mean"
-        assert metric_name("batch", "rank3", "mean") == "batch/rank3/mean"
+        assert metric_name("batch", "mean", prefix="train/", samples="steady") == (
+            "maeltrace/train/batch/steady/mean"
+        )
+        assert (
+            metric_name("batch", "p95", device=True, samples="all") == "maeltrace/batch/gpu/all/p95"
+        )
+        assert metric_name("fwd", "mean", device=True, compiled=True, samples="all") == (
+            "maeltrace/fwd/gpu/first_call/all/mean"
+        )
+        assert metric_name("batch", "rank3", "mean", samples="all") == (
+            "maeltrace/batch/all/rank3/mean"
+        )
+        assert metric_name("batch", "mean", samples="epoch") == "maeltrace/batch/epoch/mean"
+        # Deep500's names are the seed's: no namespace, no samples segment.
+        assert metric_name(TimeType.BATCH, prefix="train/", names="deep500") == "train/BATCH"
+        assert (
+            metric_name(TimeType.BATCH, device=True, names="deep500", qualify=True) == "GPU/BATCH"
+        )
+
+    def test_a_maeltrace_name_always_says_which_samples(self) -> None:
+        with pytest.raises(ValueError, match="samples"):
+            metric_name("batch", "mean")
 
     def test_long_names_stay_apart_and_keep_their_last_segment(self) -> None:
         from mlflow.utils.validation import _validate_metric_name

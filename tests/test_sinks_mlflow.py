@@ -54,10 +54,12 @@ def make_timer(**kwargs: Any) -> Timer:
 
 
 def expected_means(tmr: Timer, prefix: str = "") -> dict[str, float]:
+    # The name says which samples: the warm-up skipped (it leaves samples here) or all of them.
+    samples = "steady" if tmr.warmup else "all"
     return {
-        f"{prefix}batch": tmr.get_time_stats("batch").mean,
-        f"{prefix}batch/gpu": tmr.get_time_stats("batch", gpu=True).mean,
-        f"{prefix}forward": tmr.get_time_stats("forward").mean,
+        f"maeltrace/{prefix}batch/{samples}/mean": tmr.get_time_stats("batch").mean,
+        f"maeltrace/{prefix}batch/gpu/{samples}/mean": tmr.get_time_stats("batch", gpu=True).mean,
+        f"maeltrace/{prefix}forward/{samples}/mean": tmr.get_time_stats("forward").mean,
     }
 
 
@@ -109,13 +111,13 @@ class TestMetricNames:
         values = metric_values(tmr.summary(), "train", "all")
         gpu = tmr.get_time_stats("batch", gpu=True)
         assert set(values) == {
-            f"train/{row}/{field}"
+            f"maeltrace/train/{row}/all/{field}"
             for row in ("batch", "batch/gpu", "forward")
             for field in STATS_FIELDS
         }
-        assert values["train/batch/gpu/p95"] == gpu.p95
-        assert values["train/batch/gpu/count"] == 4.0
-        assert values["train/forward/stdev"] == tmr.get_time_stats("forward").stdev
+        assert values["maeltrace/train/batch/gpu/all/p95"] == gpu.p95
+        assert values["maeltrace/train/batch/gpu/all/count"] == 4.0
+        assert values["maeltrace/train/forward/all/stdev"] == tmr.get_time_stats("forward").stdev
 
     def test_deep500_names_are_the_seeds(self) -> None:
         tmr = make_timer()
@@ -132,12 +134,22 @@ class TestMetricNames:
     def test_values_skip_the_warmup_like_get_time_stats(self) -> None:
         tmr = make_timer(warmup=2)
         assert metric_values(tmr.summary()) == expected_means(tmr)
+        assert all("/steady/" in name for name in expected_means(tmr))
+
+    def test_a_row_the_warmup_leaves_empty_says_all_not_steady(self) -> None:
+        tmr = make_timer(warmup=2)
+        with tmr.region("once"):
+            pass
+        values = metric_values(tmr.summary(), stats="all")
+        assert values["maeltrace/once/all/count"] == 1.0
+        assert values["maeltrace/batch/steady/count"] == 2.0
+        assert not any(name.startswith("maeltrace/once/steady") for name in values)
 
     def test_rows_that_would_share_a_name_keep_the_first(self) -> None:
         tmr = make_timer()
         with tmr.region("batch/gpu"):
             pass
-        with pytest.warns(SinkWarning, match="'batch/gpu'"):
+        with pytest.warns(SinkWarning, match="'maeltrace/batch/gpu/all/mean'"):
             values = metric_values(tmr.summary())
         assert values == expected_means(tmr)
 
@@ -154,6 +166,47 @@ class TestMetricNames:
     def test_a_bad_timeout_raises(self, timeout_s: float) -> None:
         with pytest.raises(ValueError, match="timeout_s"):
             log_mlflow(make_timer(), timeout_s=timeout_s)
+
+
+def test_a_trainers_epoch_and_maeltraces_survive_side_by_side_in_the_active_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 14: a trainer's `epoch` (3.0 at step 12) and maeltrace's epoch time in one run.
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    tmr = make_timer()
+    with tmr.region(TimeType.EPOCH):
+        pass
+    with mlflow.start_run() as active:
+        mlflow.set_tag("maeltrace.host", "the user's")
+        mlflow.log_metric("epoch", 3.0, step=12)
+        logged = log_mlflow(tmr, artifacts=False)
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(active.info.run_id)
+    assert run.data.metrics["epoch"] == 3.0
+    assert [(m.value, m.step) for m in client.get_metric_history(run.info.run_id, "epoch")] == [
+        (3.0, 12)
+    ]
+    assert run.data.metrics["maeltrace/epoch/all/mean"] == logged["maeltrace/epoch/all/mean"]
+    assert run.data.tags["maeltrace.run_id"] == tmr.run_id
+    assert run.data.tags["maeltrace.warmup"] == "0"
+    assert run.data.tags["maeltrace.host"] == "the user's"  # a tag the run holds is kept
+
+
+def test_a_run_id_given_gets_maeltraces_tags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    client = MlflowClient(tracking_uri=store)
+    given = client.create_run(client.create_experiment("mine")).info.run_id
+    tmr = make_timer()
+    logged = log_mlflow(tmr, artifacts=False, run_id=given)
+    run = client.get_run(given)
+    assert run.data.metrics == logged
+    assert run.data.tags["maeltrace.run_id"] == tmr.run_id
+    assert run.data.tags["maeltrace.host"] == socket.gethostname()
+    assert run.info.status == "RUNNING"  # someone else's run is left to them
 
 
 class TestServer:
@@ -180,7 +233,7 @@ class TestServer:
         assert run.data.metrics == logged == metric_values(tmr.summary(), "train", "all")
         assert len(logged) == 3 * len(STATS_FIELDS)
         query = urllib.parse.urlencode(
-            {"run_id": run.info.run_id, "metric_key": "train/batch/gpu/median"}
+            {"run_id": run.info.run_id, "metric_key": "maeltrace/train/batch/gpu/all/median"}
         )
         url = f"{server.uri}/api/2.0/mlflow/metrics/get-history?{query}"
         with urllib.request.urlopen(url, timeout=10) as response:

@@ -17,7 +17,13 @@ from tests.services.wandb_reader import FIRST, LAST, MIDDLE, frames, read_offlin
 
 wandb = pytest.importorskip("wandb")
 
-from maeltrace.sinks.wandb import ARTIFACT_TYPE, DEFAULT_PROJECT, artifact_name, log_wandb  # noqa: E402
+from maeltrace.sinks.wandb import (  # noqa: E402
+    ARTIFACT_TYPE,
+    DEFAULT_PROJECT,
+    TAG,
+    artifact_name,
+    log_wandb,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +35,16 @@ def make_timer() -> Timer:
         with tmr.region(TimeType.BATCH, gpu=True), tmr.region(TimeType.FORWARD):
             pass
     return tmr
+
+
+def run_tags(run: Any) -> set[str]:
+    """Every tag the run's records gave it."""
+    return {
+        tag
+        for record in run.records
+        if record.WhichOneof("record_type") == "run"
+        for tag in record.run.tags
+    }
 
 
 def logged_only(row: dict[str, Any]) -> dict[str, Any]:
@@ -58,14 +74,15 @@ class TestOffline:
         assert wandb.run is None  # started here, so finished here
         run = read_offline_run(offline)
         assert logged == {
-            "train/batch": tmr.get_time_stats("batch").mean,
-            "train/batch/gpu": tmr.get_time_stats("batch", gpu=True).mean,
-            "train/forward": tmr.get_time_stats("forward").mean,
+            "maeltrace/train/batch/all/mean": tmr.get_time_stats("batch").mean,
+            "maeltrace/train/batch/gpu/all/mean": tmr.get_time_stats("batch", gpu=True).mean,
+            "maeltrace/train/forward/all/mean": tmr.get_time_stats("forward").mean,
         }
         assert [logged_only(row) for row in run.history] == [logged]
         assert logged_only(run.summary) == logged
         assert (run.name, run.project) == (tmr.run_id, DEFAULT_PROJECT)
         assert run.config["maeltrace"]["run_id"] == tmr.run_id
+        assert TAG in run_tags(run)
         assert run.artifacts == []
 
     def test_all_stats_make_one_step(self, offline: Path) -> None:
@@ -75,7 +92,7 @@ class TestOffline:
         assert logged == metric_values(tmr.summary(), stats="all")
         assert len(logged) == 3 * len(STATS_FIELDS)
         assert [logged_only(row) for row in run.history] == [logged]
-        assert run.history[0]["batch/gpu/count"] == 4
+        assert run.history[0]["maeltrace/batch/gpu/all/count"] == 4
 
     def test_stats_files_and_chrome_trace_are_an_artifact(self, offline: Path) -> None:
         tmr = make_timer()
@@ -98,6 +115,24 @@ class TestOffline:
         assert [logged_only(row) for row in run.history] == [logged, {"loss": 0.5}]
         assert run.project == "mine"
         assert run.config["blob"] == "x" * 100_000
+        # The user's run gets maeltrace's tag and config next to what it holds.
+        assert run.config["maeltrace"]["run_id"] != ""
+        assert TAG in run_tags(run)
+
+    def test_an_active_run_keeps_its_own_maeltrace_config_and_a_trainers_epoch(
+        self, offline: Path
+    ) -> None:
+        active = wandb.init(project="mine", config={"maeltrace": {"run_id": "the user's"}})
+        active.log({"epoch": 3.0})
+        tmr = make_timer()
+        with tmr.region(TimeType.EPOCH):
+            pass
+        logged = log_wandb(tmr, artifacts=False)
+        active.finish()
+        run = read_offline_run(offline)
+        assert run.config["maeltrace"] == {"run_id": "the user's"}
+        assert [logged_only(row) for row in run.history] == [{"epoch": 3.0}, logged]
+        assert "maeltrace/epoch/all/mean" in logged and logged_only(run.summary)["epoch"] == 3.0
 
     def test_the_reader_joins_records_that_span_blocks(self, offline: Path) -> None:
         wandb.init(config={"blob": "y" * 70_000}).finish()

@@ -6,13 +6,15 @@ updated each time a process of the run reports. The summaries stay dicts (they h
 the service knows: processes, pooled statistics, the slowest rank); `clock_metric_name` adapts
 their clock labels (``cpu``, ``gpu``, ``cpu.first_call``, ``gpu.first_call``) to the one name
 scheme of `maeltrace.sinks.base.metric_name`, so that the names are those of
-``Timer.log_mlflow_all(stats="all")``:
+``Timer.log_mlflow_all(stats="all")`` over every sample (the run span's statistics keep the
+warm-up, so the samples segment is always ``all``):
 
-- one process: ``<key>[/gpu][/first_call]/<field>`` for every field of
-  `maeltrace.sinks.base.STATS_FIELDS`;
-- several ranks (or a world size above 1): ``<row>/<field>`` for the pooled fields (count,
-  total, mean, min, max, stdev), ``<row>/<process>/mean`` per process (``rank0``, ``rank1``,
-  ...), ``<row>/slowest_rank`` and ``<row>/skew``, ``<row>`` being ``<key>[/gpu][/first_call]``.
+- one process: ``<row>/all/<field>`` for every field of `maeltrace.sinks.base.STATS_FIELDS`;
+- several ranks (or a world size above 1): ``<row>/all/<field>`` for the pooled fields (count,
+  total, mean, min, max, stdev), ``<row>/all/<process>/mean`` per process (``rank0``,
+  ``rank1``, ...), ``<row>/all/slowest_rank`` and ``<row>/all/skew``,
+
+``<row>`` being ``maeltrace/<key>[/gpu][/first_call]``.
 
 Each update is logged at step = number of processes reported, so the latest value of a metric is
 always the most complete one. Names go through `maeltrace.sinks.base.mlflow_metric_name`.
@@ -80,10 +82,13 @@ _MAX_TAG_VALUE = 5000  # under MLflow's 8000, for comma-joined host lists
 def clock_metric_name(key: str, clock: str, *rest: str) -> str:
     """The MLflow name of one metric of a summary's ``key`` on ``clock`` (``cpu``, ``gpu``,
     ``cpu.first_call``, ``gpu.first_call``): `maeltrace.sinks.base.metric_name` with the row's
-    device and compiled flags, cleaned by `maeltrace.sinks.base.mlflow_metric_name`."""
+    device and compiled flags over every sample (``all``), cleaned by
+    `maeltrace.sinks.base.mlflow_metric_name`."""
     clock_name, _, first_call = clock.partition(".")
     return mlflow_metric_name(
-        metric_name(key, *rest, device=clock_name != "cpu", compiled=bool(first_call))
+        metric_name(
+            key, *rest, device=clock_name != "cpu", compiled=bool(first_call), samples="all"
+        )
     )
 
 

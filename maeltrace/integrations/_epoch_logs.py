@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 
 from maeltrace.keys import Key
-from maeltrace.sinks.base import NAMESPACE, metric_name, warn_failure
+from maeltrace.sinks.base import metric_name, warn_failure
 from maeltrace.timer import Timer
 
 __all__ = ["EpochLog"]
@@ -16,10 +16,11 @@ class EpochLog:
     of the samples recorded since, for the trainer's loggers.
 
     Names are ``maeltrace/<key>[/gpu]/epoch/mean`` (seconds) and ``.../epoch/count``
-    (regions), after `maeltrace.sinks.base.metric_name` with the `NAMESPACE` prefix: every
+    (regions), `maeltrace.sinks.base.metric_name` with the samples segment ``epoch``: every
     sample of the epoch counts (no warm-up is skipped; the run's summary does that), and the
-    ``epoch`` segment says so. The epoch's own region, which closes after the loggers are
-    called, is in the next epoch's figures, never lost.
+    ``epoch`` segment says so, where the run's summary says ``steady`` or ``all``. The
+    epoch's own region, which closes after the loggers are called, is in the next epoch's
+    figures, never lost.
 
     Reads the timer once per epoch; a failure gives one `maeltrace.SinkWarning` and an empty
     dict, never an exception into the training loop.
@@ -57,7 +58,7 @@ class EpochLog:
             for (key, gpu), samples in counts.items():
                 new = samples[self._seen.get((key, gpu), 0) :]
                 if new:
-                    name = metric_name(key, "epoch", prefix=NAMESPACE, device=gpu)
+                    name = metric_name(key, device=gpu, samples="epoch")
                     values[f"{name}/mean"] = statistics.fmean(new)
                     values[f"{name}/count"] = float(len(new))
             self._seen = {row: len(samples) for row, samples in counts.items()}

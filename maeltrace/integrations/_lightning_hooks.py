@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+from maeltrace.errors import SinkWarning
+from maeltrace.integrations._epoch_logs import EpochLog
 from maeltrace.integrations.vocabulary import (
     BACKWARD,
     BATCH,
@@ -45,6 +48,13 @@ class TimerHooks:
     process group is up, with the run id all ranks share (`maeltrace.shared_run_id`), so that
     under DDP each rank records into the same run.
 
+    At each training epoch's end every logger of the trainer (``trainer.loggers``: MLflow,
+    CSV, TensorBoard, W&B, ...) gets that epoch's statistics through ``log_metrics`` at the
+    trainer's global step, named ``maeltrace/<key>[/gpu]/epoch/{mean,count}``
+    (`maeltrace.integrations._epoch_logs.EpochLog`), so they never meet Lightning's own
+    ``epoch`` or the module's metrics. A logger that fails gives one `maeltrace.SinkWarning`
+    per callback; training goes on.
+
     Args:
         timer: the timer to record into; default one of the callback's own.
         gpu: also measure batches, forward, backward and optimizer steps on the device clock
@@ -59,6 +69,8 @@ class TimerHooks:
         self.gpu = bool(gpu)
         self._sanity_checking = False
         self._in_train_epoch = False
+        self._epoch_log = EpochLog()
+        self._logger_warned = False
 
     @property
     def timer(self) -> Timer:
@@ -85,6 +97,25 @@ class TimerHooks:
     def _cancel_io(self) -> None:
         if self.timer.is_open(IO):
             self.timer.cancel(IO)
+
+    def _log_epoch(self, trainer: Any) -> None:
+        """Hands the epoch's statistics to the trainer's loggers; never raises."""
+        metrics = self._epoch_log.metrics(self.timer)
+        if not metrics:
+            return
+        for logger in getattr(trainer, "loggers", None) or ():
+            try:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            except Exception as exc:  # a logger never stops training
+                if not self._logger_warned:
+                    self._logger_warned = True
+                    warnings.warn(
+                        SinkWarning(
+                            f"maeltrace: the epoch's statistics were not logged to "
+                            f"{type(logger).__name__}: {type(exc).__name__}: {exc}"
+                        ),
+                        stacklevel=2,
+                    )
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -113,12 +144,14 @@ class TimerHooks:
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._in_train_epoch = True
+        self._epoch_log.mark(self.timer)
         self.timer.start(EPOCH)
         self.timer.start(IO)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._in_train_epoch = False
         self._cancel_io()
+        self._log_epoch(trainer)
         self.timer.end(EPOCH)
 
     def on_train_batch_start(

@@ -7,34 +7,46 @@ service, ``maeltrace collect`` (`maeltrace.collect._mlflow_out`). It imports no 
 Metric names
 ------------
 
-One scheme, `metric_name`. ``prefix`` gets a ``/`` appended when it is not empty and lacks one,
-as in Deep500's timer, and then every name starts with it. With the default
-``names="maeltrace"``, the key is ``str(key)`` (``TimeType.BATCH`` is ``batch``) and:
+One scheme, `metric_name`. With the default ``names="maeltrace"``, every name begins with
+`NAMESPACE` (``maeltrace/``), so that maeltrace's ``epoch`` never meets a trainer's own ``epoch``
+in a shared run; then comes ``prefix`` (a ``/`` appended when it is not empty and lacks one, as in
+Deep500's timer), the key (``str(key)``: ``TimeType.BATCH`` is ``batch``), the clock and the
+samples the value is computed over, and the field:
 
-=============================  ==========================================================
-``stats="mean"``               ``stats="all"``
-=============================  ==========================================================
-``<prefix><key>``              ``<prefix><key>/<field>``             (CPU clock)
-``<prefix><key>/gpu``          ``<prefix><key>/gpu/<field>``         (device clock)
-``<prefix><key>/first_call``   ``<prefix><key>/first_call/<field>``  (JAX's compiling calls)
-=============================  ==========================================================
+``maeltrace/<prefix><key>[/gpu][/first_call]/<samples>/<field>``
 
-and ``<prefix><key>/gpu/first_call[/<field>]`` for compiling calls on the device clock. The
-fields are `STATS_FIELDS`: ``min``, ``mean``, ``median``, ``max``, ``stdev``, ``p95`` (seconds)
-and ``count`` (regions). ``stats="mean"`` logs the mean under the key's own name, as Deep500's
-``log_mlflow_all`` and ``log_wb_all`` did (so ``train/batch`` for ``prefix="train"``). The
-summary service logs ``stats="all"`` names, and for runs of several processes names under the
-same row name (``<key>[/gpu][/first_call]/...``; see `maeltrace.collect._mlflow_out`).
+================  ================================================================================
+segment           meaning
+================  ================================================================================
+``/gpu``          the row holds device-clock durations
+``/first_call``   the row holds compiling calls (JAX's first calls)
+``<samples>``     one of `SAMPLES`: ``steady`` (the timer's warm-up samples skipped, as
+                  `maeltrace.Timer.get_time_stats` does), ``all`` (every sample, warm-up
+                  included) or ``epoch`` (every sample of one training epoch, the trainers' loggers)
+``<field>``       ``stats="mean"``: ``mean``; ``stats="all"``: every field of `STATS_FIELDS`,
+                  ``min``, ``mean``, ``median``, ``max``, ``stdev``, ``p95`` (seconds) and
+                  ``count`` (regions)
+================  ================================================================================
 
-``names="deep500"`` gives the exact names of Deep500's timers instead: the key's enum name
-(``BATCH``; other string keys as they are), and, when the timer measured device times, the
-``CPU/`` and ``GPU/`` sub-prefixes of Deep500's ``CPUGPUTimer`` (``train/CPU/BATCH``,
-``train/GPU/BATCH``); ``first_call`` and ``<field>`` follow as above.
+So ``tmr.log_mlflow_all()`` logs ``maeltrace/batch/steady/mean`` where the warm-up leaves
+samples of ``batch``, else ``maeltrace/batch/all/mean``: a value is never steady-state under one
+call and all-sample under the next with the same name. The summary service (``maeltrace
+collect``) logs over every sample: ``maeltrace/<key>[/gpu][/first_call]/all/<field>``, and for
+runs of several processes ``.../all/rank0/mean``, ``.../all/slowest_rank`` and ``.../all/skew``
+(see `maeltrace.collect._mlflow_out`). The trainers' loggers get
+``maeltrace/<key>[/gpu]/epoch/{mean,count}``
+(`maeltrace.integrations._epoch_logs.EpochLog`).
 
-Values are the steady-state statistics (the timer's warm-up samples skipped, as
-`maeltrace.Timer.get_time_stats` does) where warm-up leaves samples, else those of every
-sample. Two rows that would share a name (a key ``"a/gpu"`` next to the GPU row of key ``"a"``)
-keep the first, with a `SinkWarning`. MLflow gets each name through `mlflow_metric_name`.
+``names="deep500"`` (the Deep500 shims) gives the exact names of Deep500's timers instead, with
+no namespace and no samples segment: ``<prefix><KEY>`` with the key's enum name (``BATCH``;
+other string keys as they are), and, when the timer measured device times, the ``CPU/`` and
+``GPU/`` sub-prefixes of Deep500's ``CPUGPUTimer`` (``train/CPU/BATCH``, ``train/GPU/BATCH``);
+``/first_call`` and, with ``stats="all"``, ``/<field>`` follow. Their values are the
+steady-state statistics where the warm-up leaves samples, else those of every sample, as the
+seed logged them.
+
+Two rows that would share a name (a key ``"a/gpu"`` next to the GPU row of key ``"a"``) keep
+the first, with a `SinkWarning`. MLflow gets each name through `mlflow_metric_name`.
 """
 
 # Over 600 lines, on purpose: it is the one sink contract (protocols, names, pending file,
@@ -70,6 +82,7 @@ __all__ = [
     "BOUNDED_HTTP",
     "NAMES",
     "NAMESPACE",
+    "SAMPLES",
     "STATS",
     "STATS_FIELDS",
     "LogSummary",
@@ -103,8 +116,12 @@ NAMES = ("maeltrace", "deep500")
 """What the sinks' ``names`` argument accepts; see the module docstring."""
 
 NAMESPACE = "maeltrace/"
-"""What begins every name maeltrace logs into a run a trainer also logs to (the trainers' own
-loggers), so that maeltrace's ``epoch`` never meets the trainer's ``epoch``."""
+"""What begins every name of ``names="maeltrace"`` (the Timer's sinks, the summary service, the
+trainers' own loggers), so that maeltrace's ``epoch`` never meets a trainer's ``epoch``."""
+
+SAMPLES = ("steady", "all", "epoch")
+"""The samples segment of a ``names="maeltrace"`` name: what the value is computed over (the
+warm-up skipped; every sample; every sample of one training epoch)."""
 
 Stats = Literal["mean", "all"]
 Names = Literal["maeltrace", "deep500"]
@@ -188,31 +205,43 @@ def metric_name(
     compiled: bool = False,
     names: str = "maeltrace",
     qualify: bool = False,
+    samples: str | None = None,
 ) -> str:
     """The name of one metric of one row, the module docstring's scheme (the only place that
-    spells it): ``<prefix><key>[/gpu][/first_call][/<rest>...]``.
+    spells it): ``maeltrace/<prefix><key>[/gpu][/first_call]/<samples>[/<rest>...]``, or
+    Deep500's ``<prefix>[CPU/|GPU/]<KEY>[/first_call][/<rest>...]``.
 
     Args:
         key: the row's key.
-        *rest: what follows the row's name: a field (``mean``), a process (``rank0``, ``mean``).
+        *rest: what follows: a field (``mean``), a process and field (``rank0``, ``mean``).
         prefix: a normalized prefix (`normalize_prefix`).
         device: the row holds device-clock durations.
         compiled: the row holds compiling calls (JAX's first calls).
         names: ``"maeltrace"`` or ``"deep500"``.
         qualify: with ``"deep500"``, add Deep500's ``CPU/``/``GPU/`` (the timer measured device
             times).
+        samples: with ``"maeltrace"``, one of `SAMPLES`: what the value is computed over;
+            ignored with ``"deep500"``, whose names never said.
+
+    Raises:
+        ValueError: ``names="maeltrace"`` and ``samples`` is not one of `SAMPLES`.
     """
     if names == "deep500":
         base = key.name if isinstance(key, TimeType) else str(key)
         if qualify:
             base = ("GPU/" if device else "CPU/") + base
-    else:
-        base = str(key) + ("/gpu" if device else "")
-    return "/".join((prefix + base + ("/first_call" if compiled else ""), *rest))
+        return "/".join((prefix + base + ("/first_call" if compiled else ""), *rest))
+    if samples not in SAMPLES:
+        raise ValueError(f"samples must be one of {', '.join(map(repr, SAMPLES))}, not {samples!r}")
+    row = NAMESPACE + prefix + str(key) + ("/gpu" if device else "")
+    return "/".join((row + ("/first_call" if compiled else ""), samples, *rest))
 
 
-def _row_stats(row: Row, warmup: int) -> TimeStats:
-    return row.steady if warmup and row.steady is not None else row.stats
+def _row_stats(row: Row, warmup: int) -> tuple[str, TimeStats]:
+    """The statistics a sink logs for ``row`` and which samples they are over (`SAMPLES`)."""
+    if warmup and row.steady is not None:
+        return "steady", row.steady
+    return "all", row.stats
 
 
 def metric_values(
@@ -236,9 +265,11 @@ def metric_values(
     prefix = check_arguments(prefix, stats, names)
     qualify = any(row.device for row in summary.rows)
     values: dict[str, float] = {}
+    # Deep500 named a row's mean by the row alone; maeltrace's names always end in the field.
+    means: tuple[tuple[str, ...], ...] = ((),) if names == "deep500" else (("mean",),)
     for row in summary.rows:
-        row_stats = _row_stats(row, summary.warmup)
-        fields = ((),) if stats == "mean" else tuple((f,) for f in STATS_FIELDS)
+        samples, row_stats = _row_stats(row, summary.warmup)
+        fields = means if stats == "mean" else tuple((f,) for f in STATS_FIELDS)
         pairs = [
             (
                 metric_name(
@@ -249,6 +280,7 @@ def metric_values(
                     compiled=row.compiled,
                     names=names,
                     qualify=qualify,
+                    samples=samples,
                 ),
                 float(getattr(row_stats, rest[0] if rest else "mean")),
             )

@@ -42,6 +42,7 @@ __all__ = [
     "log_summary",
     "mlflow_metric_name",
     "mlflow_metric_names",
+    "run_tags",
 ]
 
 SINK = "mlflow"
@@ -71,15 +72,20 @@ def log_summary(
 
     Deep500's ``log_mlflow_all``, with CPU and GPU rows in one call
     (`maeltrace.Timer.log_mlflow_all` calls it). Metric names are those of
-    `maeltrace.sinks.base` (``<prefix><key>``, ``<prefix><key>/gpu``, ``.../<field>`` with
-    ``stats="all"``), made acceptable to MLflow by `mlflow_metric_name`; each is logged at
+    `maeltrace.sinks.base` (``maeltrace/<prefix><key>[/gpu]/<steady|all>/mean``, every field of
+    `maeltrace.sinks.base.STATS_FIELDS` with ``stats="all"``; Deep500's own with
+    ``names="deep500"``), made acceptable to MLflow by `mlflow_metric_name`; each is logged at
     step 0 with the current time, as ``mlflow.log_metrics`` does.
 
     The run: ``run_id`` if given (such as the run of Lightning's ``MLFlowLogger``), else the
     active run of the calling thread (``mlflow.active_run()``), else the run named by
-    ``MLFLOW_RUN_ID``, all left running; else a new run, named by the summary's run id,
-    tagged ``maeltrace.run_id`` and ``maeltrace.host``, in the current experiment, and ended
-    (``FINISHED``) here. The store: the tracking URI configured (``mlflow.set_tracking_uri``,
+    ``MLFLOW_RUN_ID``, all left running; else a new run, named by the summary's run id, in the
+    current experiment, and ended (``FINISHED``) here. Either way the run gets maeltrace's
+    tags (`run_tags`: ``maeltrace.run_id``, ``maeltrace.host``, ``maeltrace.warmup``); on a run
+    that already has a tag of the same name, that tag is kept (the user's, or the first timer's
+    to log there), never overwritten.
+
+    The store: the tracking URI configured (``mlflow.set_tracking_uri``,
     ``MLFLOW_TRACKING_URI``), else MLflow's default, a SQLite file ``./mlflow.db`` since MLflow
     3.7; where MLflow would fall back to its file store instead (an old ``./mlruns`` with
     experiments in it; that store is refused from MLflow 3.18), the run goes to the SQLite store
@@ -137,7 +143,7 @@ def log_summary(
             metrics=values,
             files=paths,
             run_name=name,
-            tags={"maeltrace.run_id": name, "maeltrace.host": socket.gethostname()},
+            tags=run_tags(summary),
             timeout_s=float(timeout_s),
         )
     except Exception as exc:  # a sink never stops training
@@ -148,6 +154,17 @@ def log_summary(
         pending = PendingFile(pending_path(folder, SINK, rank_suffix_of(summary.metadata)))
         _keep(pending, name, values, error, delivery)
     return values
+
+
+def run_tags(summary: Summary) -> dict[str, str]:
+    """The tags maeltrace gives the run it logs to: ``maeltrace.run_id`` (the summary's run id,
+    which finds the run's traces and files), ``maeltrace.host`` and ``maeltrace.warmup`` (the
+    samples per key that the ``/steady/`` values skip)."""
+    return {
+        "maeltrace.run_id": str(summary.metadata.get("run_id", "")),
+        "maeltrace.host": socket.gethostname(),
+        "maeltrace.warmup": str(summary.warmup),
+    }
 
 
 def log_mlflow(
@@ -250,7 +267,7 @@ class _Delivery:
                 self.done.set()
 
     def _deliver(self) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
         from mlflow.tracking import MlflowClient
 
         mlflow = self.mlflow
@@ -276,12 +293,17 @@ class _Delivery:
                 run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
                 started_fluent = True
             self.run_id = run.info.run_id
+        tags: list[RunTag] = []
+        if not (started_fluent or started_client):
+            # Someone else's run: add maeltrace's tags where the run has none of that name.
+            held = client.get_run(self.run_id).data.tags
+            tags = [RunTag(k, v) for k, v in self.tags.items() if k not in held]
         status = "FAILED"
         try:
             now_ms = int(time.time() * 1000)
             metrics = [Metric(k, v, now_ms, 0) for k, v in self.metrics.items()]
-            if metrics:
-                client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+            if metrics or tags:
+                client.log_batch(self.run_id, metrics=metrics, tags=tags, synchronous=True)
             self.metrics_done.set()
             for path in self.files:
                 client.log_artifact(self.run_id, str(path), ARTIFACT_PATH)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from maeltrace.report import Summary
     from maeltrace.timer import Timer
 
-__all__ = ["ARTIFACT_TYPE", "DEFAULT_PROJECT", "log_summary", "log_wandb"]
+__all__ = ["ARTIFACT_TYPE", "DEFAULT_PROJECT", "TAG", "log_summary", "log_wandb", "run_config"]
 
 SINK = "wandb"
 
@@ -35,6 +35,9 @@ ARTIFACT_TYPE = "maeltrace"
 DEFAULT_PROJECT = "maeltrace"
 """The project of runs this sink starts when ``WANDB_PROJECT`` is unset."""
 
+TAG = "maeltrace"
+"""The tag of every W&B run maeltrace logs to."""
+
 _BAD_ARTIFACT_CHARACTERS = re.compile(r"[^\w.-]")
 
 
@@ -42,6 +45,25 @@ def artifact_name(run_id: str) -> str:
     """The artifact of a maeltrace run: ``maeltrace-<run id>``, with characters W&B refuses in
     artifact names replaced by ``_``; each call logs a new version of it."""
     return _BAD_ARTIFACT_CHARACTERS.sub("_", f"maeltrace-{run_id}")
+
+
+def run_config(summary: Summary) -> dict[str, Any]:
+    """What maeltrace puts under the config key ``maeltrace`` of the run it logs to: the
+    summary's run id (which finds the run's traces and files), the host and the warm-up (the
+    samples per key that the ``/steady/`` values skip)."""
+    return {
+        "run_id": str(summary.metadata.get("run_id", "")),
+        "host": socket.gethostname(),
+        "warmup": summary.warmup,
+    }
+
+
+def _label(run: Any, summary: Summary) -> None:
+    """Gives a run that was there before maeltrace's tag and config, keeping what it holds."""
+    if TAG not in (run.tags or ()):
+        run.tags = (*(run.tags or ()), TAG)
+    if "maeltrace" not in run.config:
+        run.config.update({"maeltrace": run_config(summary)})
 
 
 def log_summary(
@@ -58,12 +80,16 @@ def log_summary(
     rows together, and the same values into the run's summary.
 
     Deep500's ``log_wb_all``, with CPU and GPU rows in one step (`maeltrace.Timer.log_wb_all`
-    calls it). Metric names are those of `maeltrace.sinks.base` (``<prefix><key>``,
-    ``<prefix><key>/gpu``, ``.../<field>`` with ``stats="all"``).
+    calls it). Metric names are those of `maeltrace.sinks.base`
+    (``maeltrace/<prefix><key>[/gpu]/<steady|all>/mean``, every field of
+    `maeltrace.sinks.base.STATS_FIELDS` with ``stats="all"``; Deep500's own with
+    ``names="deep500"``).
 
     The run: ``wandb.run`` when there is one, left running; else a new run
     (``wandb.init``) named by the summary's run id, in ``WANDB_PROJECT`` or `DEFAULT_PROJECT`,
-    with the run id and host in its config under ``maeltrace``, and finished here. The mode is
+    and finished here. Either way the run gets the tag `TAG` and, under the config key
+    ``maeltrace``, the run id, host and warm-up (`run_config`), unless its config already holds
+    that key (the user's, or the first timer's to log there: never overwritten). The mode is
     W&B's own choice (``WANDB_MODE``: ``offline`` needs no account or network).
 
     With ``artifacts``, ``files()`` is called (the Timer writes its stats files and Chrome
@@ -117,9 +143,12 @@ def log_summary(
             run = wandb.init(
                 project=env_str(WANDB_PROJECT, DEFAULT_PROJECT),
                 name=run_id,
-                config={"maeltrace": {"run_id": run_id, "host": socket.gethostname()}},
+                config={"maeltrace": run_config(summary)},
+                tags=[TAG],
             )
             started = True
+        else:
+            _label(run, summary)
         run.log(values)
         run.summary.update(values)
         metrics_done = True

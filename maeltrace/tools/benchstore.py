@@ -85,10 +85,11 @@ def log_bench(
     `BENCH_EXPERIMENT` (named and tagged ``maeltrace.bench`` by the bench id), and under it a
     nested run per app that finished (tags `PARENT_RUN_TAG`, `BENCH_APP_TAG`,
     ``maeltrace.run_id``), holding the app's configuration as parameters, its statistics as
-    metrics (``<key>[/gpu]/<field>``, all fields of `maeltrace.sinks.STATS_FIELDS`, warm-up
-    left out as in its tables) plus ``wall_s``, and its stats files, ``app.json`` and Chrome
-    trace under `ARTIFACT_PATH` (``maeltrace compare`` reads `STATS_ARTIFACT` back). The
-    default store's folder ``default_root`` is created if missing.
+    metrics (``maeltrace/<key>[/gpu]/<steady|all>/<field>``, all fields of
+    `maeltrace.sinks.STATS_FIELDS`, warm-up left out as in its tables) plus ``wall_s``, and
+    its stats files, ``app.json`` and Chrome trace under `ARTIFACT_PATH` (``maeltrace compare``
+    reads `STATS_ARTIFACT` back). The default store's folder ``default_root`` is created if
+    missing.
 
     Args:
         folder: the bench folder (with ``bench.json``).
