@@ -8,7 +8,18 @@ from maeltrace.integrations.keras import (
     PREDICT_BATCH,
     TEST,
     TEST_BATCH,
+    VALIDATION,
+    VALIDATION_BATCH,
     TimerCallback,
 )
 
-__all__ = ["FIT", "PREDICT", "PREDICT_BATCH", "TEST", "TEST_BATCH", "TimerCallback"]
+__all__ = [
+    "FIT",
+    "PREDICT",
+    "PREDICT_BATCH",
+    "TEST",
+    "TEST_BATCH",
+    "VALIDATION",
+    "VALIDATION_BATCH",
+    "TimerCallback",
+]

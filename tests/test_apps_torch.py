@@ -1,5 +1,5 @@
-"""The PyTorch example apps (AP2, AP4's PyTorch variant, AP6) run as ``maeltrace bench`` runs
-them, at ``--size tiny``, and what they recorded."""
+"""The PyTorch example apps (AP2, AP4's PyTorch and Lightning variants, AP6) run as
+``maeltrace bench`` runs them, at ``--size tiny``, and what they recorded."""
 
 from __future__ import annotations
 
@@ -28,15 +28,20 @@ BATCHES = 3
 # One run of each app, shared by its tests.
 ap2 = app_run_fixture("ap2", "ap2_rain_transformer.py", epochs=EPOCHS, batches=BATCHES)
 ap4 = app_run_fixture("ap4", "ap4_postprocessing_torch.py", epochs=EPOCHS, batches=BATCHES)
+ap4_lightning = app_run_fixture(
+    "ap4_lightning", "ap4_postprocessing_lightning.py", epochs=EPOCHS, batches=BATCHES
+)
 # One worker keeps the run short; the worker processes are what AP6 is about.
 ap6 = app_run_fixture(
     "ap6", "ap6_swav_clustering.py", "--workers", "1", epochs=EPOCHS, batches=BATCHES
 )
 
 
-def _assert_ran_on_the_cpu_and_wrote_its_files(run: AppRun, name: str, seed_app: str) -> None:
+def _assert_ran_on_the_cpu_and_wrote_its_files(
+    run: AppRun, name: str, seed_app: str, framework: str = "torch"
+) -> None:
     assert_ran_on_the_cpu_and_wrote_its_files(
-        run, name=name, framework="torch", seed_app=seed_app, epochs=EPOCHS, batches=BATCHES
+        run, name=name, framework=framework, seed_app=seed_app, epochs=EPOCHS, batches=BATCHES
     )
 
 
@@ -72,6 +77,25 @@ class TestAp4PostprocessingTorch:
         # CRPS of 2 m temperature forecasts whose error is about 2 K: positive, a few kelvin.
         assert 0 < result["crps_k"] < 10
         assert 0 < result["raw_ensemble_crps_k"] < 10
+
+
+@pytest.mark.slow
+class TestAp4Lightning:
+    def test_the_callback_times_what_the_pytorch_loop_times_by_hand(
+        self, ap4_lightning: AppRun
+    ) -> None:
+        assert_times_a_step_per_batch(ap4_lightning, *AP4_STEP, epochs=EPOCHS, batches=BATCHES)
+
+    def test_ran_on_the_cpu_wrote_its_files_and_scored_both_forecasts(
+        self, ap4_lightning: AppRun
+    ) -> None:
+        _assert_ran_on_the_cpu_and_wrote_its_files(
+            ap4_lightning, "ap4-postprocessing-lightning", "AP4", framework="lightning"
+        )
+        result = ap4_lightning.info["result"]
+        assert set(result) == {"loss", "crps_k", "raw_ensemble_crps_k"}
+        assert result["loss"] > 0
+        assert min(result["crps_k"], result["raw_ensemble_crps_k"]) > 0
 
 
 @pytest.mark.slow

@@ -17,7 +17,16 @@ import numpy as np  # noqa: E402
 
 from maeltrace import Timer, TimeType  # noqa: E402
 from maeltrace.errors import DeviceClockWarning  # noqa: E402
-from maeltrace.keras import FIT, PREDICT, PREDICT_BATCH, TEST, TEST_BATCH, TimerCallback  # noqa: E402
+from maeltrace.keras import (  # noqa: E402
+    FIT,
+    PREDICT,
+    PREDICT_BATCH,
+    TEST,
+    TEST_BATCH,
+    VALIDATION,
+    VALIDATION_BATCH,
+    TimerCallback,
+)
 from tests.helpers import counts, parent_keys  # noqa: E402
 
 EPOCHS, SAMPLES, BATCH = 2, 48, 16
@@ -59,18 +68,18 @@ class TestKeras3:
             "epoch": EPOCHS,
             "io": n,
             "batch": n,
-            TEST: EPOCHS,
-            TEST_BATCH: n,
+            VALIDATION: EPOCHS,
+            VALIDATION_BATCH: n,
         }
         assert tmr.get_time_stats(TimeType.BATCH, gpu=True).count == n
-        assert tmr.get_time_stats(TEST_BATCH, gpu=True).count == n
+        assert tmr.get_time_stats(VALIDATION_BATCH, gpu=True).count == n
         assert parent_keys(tmr.records()) == {
             FIT: {None},
             "epoch": {FIT},
             "io": {"epoch"},
             "batch": {"epoch"},
-            TEST: {"epoch"},
-            TEST_BATCH: {TEST},
+            VALIDATION: {"epoch"},
+            VALIDATION_BATCH: {VALIDATION},
         }
         clock = tmr.device_clock
         assert clock is not None and clock.name == "tf-sync"
@@ -93,6 +102,23 @@ class TestKeras3:
         n = EPOCHS * BATCHES
         assert tmr.get_time_stats(TimeType.BATCH).count == n
         assert tmr.get_time_stats(TimeType.BATCH, gpu=True).count == (n + 1) // 2
+
+    def test_evaluate_outside_fit_is_a_test_not_a_validation(self) -> None:
+        tmr = Timer()
+        x, y = _data()
+        model = _model(keras)
+        callback = TimerCallback(tmr)
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[callback])
+        model.evaluate(x, y, batch_size=BATCH, verbose=0, callbacks=[callback])
+        assert counts(tmr.records()) == {
+            FIT: 1,
+            "epoch": 1,
+            "io": BATCHES,
+            "batch": BATCHES,
+            TEST: 1,
+            TEST_BATCH: BATCHES,
+        }
+        assert parent_keys(tmr.records())[TEST] == {None}
 
     def test_predict_batches_are_timed(self) -> None:
         tmr = Timer()

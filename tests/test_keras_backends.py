@@ -24,13 +24,29 @@ model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(1)])
 model.compile(optimizer="sgd", loss="mse")
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    model.fit(np.zeros((8, 4)), np.zeros((8, 1)), batch_size=4, epochs=1, verbose=0,
+    model.fit(np.zeros((8, 4)), np.zeros((8, 1)), batch_size=4, epochs=2, verbose=0,
+              validation_data=(np.zeros((8, 4)), np.zeros((8, 1))),
               callbacks=[TimerCallback(tmr, gpu=True)])
+    model.evaluate(np.zeros((8, 4)), np.zeros((8, 1)), batch_size=4, verbose=0,
+                   callbacks=[TimerCallback(tmr, gpu=True)])
+    model.predict(np.zeros((8, 4)), batch_size=4, verbose=0,
+                  callbacks=[TimerCallback(tmr, gpu=True)])
+
+def rows(device):
+    # samples per batch key, compiling regions (JAX's first calls) included
+    out = {}
+    for row in tmr.summary().rows:
+        if row.device == device and str(row.key).endswith("batch"):
+            out[str(row.key)] = out.get(str(row.key), 0) + row.stats.count
+    return out
+
 print(json.dumps({
     "backend": keras.backend.backend(),
     "clock": tmr.device_clock.name,
     "warnings": [str(w.message) for w in caught
                  if isinstance(w.message, maeltrace.MaeltraceWarning)],
+    "device_counts": rows(True),
+    "cpu_counts": rows(False),
 }))
 """
 
@@ -50,15 +66,26 @@ def fit_on(backend: str) -> dict[str, object]:
     return result
 
 
-def test_keras_on_jax_uses_the_jax_clock() -> None:
-    """The jax clock is chosen. It times a region until its outputs are ready, and a Keras
-    callback is not handed the step's outputs, so it says so once (issue 14 leaves blocking on
-    them for later) instead of timing TensorFlow's devices."""
+#: Batches per pass of the script: 8 samples in batches of 4.
+BATCHES = 2
+#: Every batch key's count in the script: 2 epochs with validation, one evaluate, one predict.
+COUNTS = {
+    "batch": 2 * BATCHES,
+    "validation_batch": 2 * BATCHES,
+    "test_batch": BATCHES,
+    "predict_batch": BATCHES,
+}
+
+
+def test_keras_on_jax_gives_every_batch_a_device_time() -> None:
+    """The jax clock is chosen, and it times a region until its outputs are ready: the callback
+    waits for the step's logs and new state at each batch's end, so train, validation, test and
+    predict batches all get a device time, with no warning."""
     result = fit_on("jax")
     assert result["clock"] == "jax-block"
-    warnings = result["warnings"]
-    assert isinstance(warnings, list)
-    assert any("without region.block(outputs)" in str(message) for message in warnings), warnings
+    assert result["warnings"] == []
+    assert result["cpu_counts"] == COUNTS
+    assert result["device_counts"] == COUNTS
 
 
 @pytest.mark.skipif(
@@ -69,6 +96,7 @@ def test_keras_on_torch_uses_the_torch_clock() -> None:
     device: TensorFlow's clock is never chosen."""
     result = fit_on("torch")
     assert result["clock"] == "cpu-sync"
+    assert result["device_counts"] == COUNTS
     warnings = result["warnings"]
     assert isinstance(warnings, list)
     assert any("torch sees no CUDA device" in str(message) for message in warnings), warnings

@@ -13,10 +13,21 @@ from maeltrace.integrations.vocabulary import (
     PREDICT_BATCH,
     TEST,
     TEST_BATCH,
+    VALIDATION,
+    VALIDATION_BATCH,
 )
 from maeltrace.timer import Timer
 
-__all__ = ["FIT", "PREDICT", "PREDICT_BATCH", "TEST", "TEST_BATCH", "TimerHooks"]
+__all__ = [
+    "FIT",
+    "PREDICT",
+    "PREDICT_BATCH",
+    "TEST",
+    "TEST_BATCH",
+    "VALIDATION",
+    "VALIDATION_BATCH",
+    "TimerHooks",
+]
 
 
 class TimerHooks:
@@ -25,8 +36,10 @@ class TimerHooks:
 
     The IO row is the time between the end of one train batch (or the epoch's start) and the
     start of the next: the wait for data, plus Keras' own per-batch work. The wait after an
-    epoch's last batch is not recorded, as with `Timer.iterate`. Batches (train, test and
-    predict) are gpu regions when ``gpu`` is true.
+    epoch's last batch is not recorded, as with `Timer.iterate`. Validation inside ``fit`` is
+    recorded as `VALIDATION` and `VALIDATION_BATCH`; ``evaluate`` called on its own as `TEST`
+    and `TEST_BATCH`. Batches (train, evaluation and predict) are gpu regions when ``gpu`` is
+    true.
 
     Args:
         timer: the timer to record into.
@@ -40,6 +53,8 @@ class TimerHooks:
         super().__init__()
         self.timer = timer
         self.gpu = bool(gpu)
+        self._eval, self._eval_batch = TEST, TEST_BATCH
+        self._block_outputs = False
 
     def _stop_io(self) -> None:
         if self.timer.is_open(IO):
@@ -50,9 +65,22 @@ class TimerHooks:
         callback asks Keras for its backend."""
         return "tensorflow"
 
+    def step_outputs(self, logs: Any) -> object:
+        """What a batch's device time waits for on a clock that blocks on outputs (JAX's):
+        here the ``logs`` Keras hands the batch's end; the Keras 3 callback adds the step's
+        new state."""
+        return logs
+
     def _choose_clock(self) -> None:
         if self.gpu:
-            self.timer.use_device(prefer=self.device_framework())
+            clock = self.timer.use_device(prefer=self.device_framework())
+            # Only JAX's clock needs the outputs; the others time the device themselves.
+            self._block_outputs = clock.name.startswith("jax")
+
+    def _end_batch(self, key: str, logs: Any) -> None:
+        if self._block_outputs:
+            self.timer.region(key, gpu=True).block(self.step_outputs(logs))
+        self.timer.end(key)
 
     def on_train_begin(self, logs: Any = None) -> None:
         self._choose_clock()
@@ -76,22 +104,27 @@ class TimerHooks:
         self.timer.start(BATCH, gpu=self.gpu)
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        self.timer.end(BATCH)
+        self._end_batch(BATCH, logs)
         self.timer.start(IO)
 
     def on_test_begin(self, logs: Any = None) -> None:
         self._choose_clock()
         self._stop_io()
-        self.timer.start(TEST)
+        # Keras validates through the evaluation hooks, called inside fit's.
+        if self.timer.is_open(FIT):
+            self._eval, self._eval_batch = VALIDATION, VALIDATION_BATCH
+        else:
+            self._eval, self._eval_batch = TEST, TEST_BATCH
+        self.timer.start(self._eval)
 
     def on_test_end(self, logs: Any = None) -> None:
-        self.timer.end(TEST)
+        self.timer.end(self._eval)
 
     def on_test_batch_begin(self, batch: int, logs: Any = None) -> None:
-        self.timer.start(TEST_BATCH, gpu=self.gpu)
+        self.timer.start(self._eval_batch, gpu=self.gpu)
 
     def on_test_batch_end(self, batch: int, logs: Any = None) -> None:
-        self.timer.end(TEST_BATCH)
+        self._end_batch(self._eval_batch, logs)
 
     def on_predict_begin(self, logs: Any = None) -> None:
         self._choose_clock()
@@ -104,4 +137,4 @@ class TimerHooks:
         self.timer.start(PREDICT_BATCH, gpu=self.gpu)
 
     def on_predict_batch_end(self, batch: int, logs: Any = None) -> None:
-        self.timer.end(PREDICT_BATCH)
+        self._end_batch(PREDICT_BATCH, logs)

@@ -10,10 +10,21 @@ from maeltrace.integrations._keras_hooks import (
     PREDICT_BATCH,
     TEST,
     TEST_BATCH,
+    VALIDATION,
+    VALIDATION_BATCH,
     TimerHooks,
 )
 
-__all__ = ["FIT", "PREDICT", "PREDICT_BATCH", "TEST", "TEST_BATCH", "TimerCallback"]
+__all__ = [
+    "FIT",
+    "PREDICT",
+    "PREDICT_BATCH",
+    "TEST",
+    "TEST_BATCH",
+    "VALIDATION",
+    "VALIDATION_BATCH",
+    "TimerCallback",
+]
 
 
 class TimerCallback(TimerHooks, tf_keras.callbacks.Callback):  # type: ignore[misc]  # untyped base
