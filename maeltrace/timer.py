@@ -564,8 +564,8 @@ class Timer:
         comes after the last one. A cancelled region is nobody's parent: the regions opened
         inside it, already closed or still open, move to its parent (its nearest recorded
         ancestor) or, without one, become roots; in the records, spans and Chrome trace alike.
-        Spans already exported before the cancel (regions outside any epoch, sent by an epoch's
-        end or `flush` while it was open) cannot be moved.
+        Only regions the exporter already took while it was open (by a `flush`, or, outside
+        epochs, by an epoch's end) keep it as their parent.
 
         Raises:
             RegionError: ``key`` is not open on this thread.
