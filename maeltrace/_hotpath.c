@@ -8,6 +8,8 @@
  * The trace is the ordinal of the nearest enclosing region (itself included) of the trace key
  * (the epoch, by default), counted in opening order; NO_TRACE outside any.
  * Open regions live in a small array ordered by open time, which is also the parent stack.
+ * A discarded (cancelled) region is nobody's parent: its children, closed or open, move to
+ * its own parent (adopt_children), so no span points at one that is never exported.
  * A region opened with gpu=True also holds the handle its device clock returned on open;
  * the clock's hooks run only for such regions, so CPU-only regions never leave C.
  * Where the user traces with OpenTelemetry, a root region asks Python for the user's active
@@ -482,6 +484,71 @@ Recorder_fail(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     return seq < 0 ? NULL : PyLong_FromLongLong(seq);
 }
 
+/* The trace ordinal of region `parent`: open, or closed after `start` (it was open then). */
+static int64_t
+parent_trace(ThreadState *st, int64_t parent, int64_t start)
+{
+    if (parent == NO_PARENT) {
+        return NO_TRACE;
+    }
+    for (Py_ssize_t i = 0; i < st->n_open; i++) {
+        if (st->open[i].seq == parent) {
+            return st->open[i].trace;
+        }
+    }
+    for (Py_ssize_t c = st->n_chunks - 1; c >= 0; c--) {
+        Py_ssize_t n = c == st->n_chunks - 1 ? st->fill : CHUNK_REGIONS;
+        for (Py_ssize_t j = n - 1; j >= 0; j--) {
+            const int64_t *r = st->chunks[c] + j * FIELDS;
+            if (r[1] == parent) {
+                return r[6];
+            }
+            if (r[4] < start) {
+                return NO_TRACE;
+            }
+        }
+    }
+    return NO_TRACE;
+}
+
+/* Moves the children of `gone` (just taken off the stack at index `from`) to its parent:
+ * the open ones above it, and the closed ones, which were recorded after it opened and so
+ * sit at the end of the log. Ends are read at close, in order, so the first record that ended
+ * before `gone` started stops the walk (at once, for a region without children). A trace-key
+ * region's descendants carry its ordinal; they join its parent's trace. */
+static void
+adopt_children(Recorder *self, ThreadState *st, const OpenRegion *gone, Py_ssize_t from)
+{
+    int64_t trace = gone->trace;
+    int64_t moved = gone->key_id == self->trace_key_id
+                        ? parent_trace(st, gone->parent, gone->start)
+                        : trace;
+    for (Py_ssize_t i = from; i < st->n_open; i++) {
+        OpenRegion *r = &st->open[i];
+        if (r->parent == gone->seq) {
+            r->parent = gone->parent;
+        }
+        if (r->trace == trace) {
+            r->trace = moved;
+        }
+    }
+    for (Py_ssize_t c = st->n_chunks - 1; c >= 0; c--) {
+        Py_ssize_t n = c == st->n_chunks - 1 ? st->fill : CHUNK_REGIONS;
+        for (Py_ssize_t j = n - 1; j >= 0; j--) {
+            int64_t *r = st->chunks[c] + j * FIELDS;
+            if (r[4] < gone->start) {
+                return;
+            }
+            if (r[2] == gone->seq) {
+                r[2] = gone->parent;
+            }
+            if (r[6] == trace) {
+                r[6] = moved;
+            }
+        }
+    }
+}
+
 static PyObject *
 Recorder_discard(Recorder *self, PyObject *arg)
 {
@@ -495,10 +562,11 @@ Recorder_discard(Recorder *self, PyObject *arg)
     }
     for (Py_ssize_t i = st->n_open - 1; i >= 0; i--) {
         if (st->open[i].key_id == key_id) {
-            PyObject *device = st->open[i].device;
+            OpenRegion gone = st->open[i];
             memmove(&st->open[i], &st->open[i + 1], (st->n_open - i - 1) * sizeof(OpenRegion));
             st->n_open--;
-            Py_XDECREF(device);
+            adopt_children(self, st, &gone, i);
+            Py_XDECREF(gone.device);
             Py_RETURN_NONE;
         }
     }

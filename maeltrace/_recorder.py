@@ -4,7 +4,8 @@ Both record the same thing the same way; the test suite runs against each. Each 
 `ThreadLog` found through a `threading.local`, so recording takes no lock. A closed region is
 `FIELDS` int64 values appended to the thread's current ``array('q')`` chunk (see
 `maeltrace.records` for the layout); open regions live in a list ordered by open time, which is
-also the parent stack.
+also the parent stack. A discarded (cancelled) region is nobody's parent: its children move
+to its own parent.
 """
 
 from __future__ import annotations
@@ -281,11 +282,47 @@ class PyRecorder:
         return seq
 
     def discard(self, key_id: int) -> None:
+        """Forgets an open region; its children, closed or open, move to its parent."""
         log = self._log()
         i = self._find(log, key_id)
         if i < 0:
             raise self._region_error(f"region {self._keys[key_id]!r} is not open on this thread")
-        del log.open[i]
+        _, seq, parent, start, _, trace = log.open.pop(i)
+        # A trace-key region's descendants carry its ordinal; without it they join the
+        # parent's trace, so trace ids agree along the parent links.
+        moved_trace = (
+            self._parent_trace(log, parent, start) if key_id == self._trace_key_id else trace
+        )
+        opened = log.open
+        for j in range(i, len(opened)):  # only regions opened after it can be its children
+            k, s, p, b, d, t = opened[j]
+            opened[j] = (k, s, parent if p == seq else p, b, d, moved_trace if t == trace else t)
+        # Its closed children were recorded after it opened, so at the end of the log: ends are
+        # read at close, in order, and the first record that ended before it started stops
+        # the walk (usually at once: a cancelled region rarely has children).
+        for chunk in reversed(log.chunks):
+            for at in range(len(chunk) // FIELDS * FIELDS - FIELDS, -1, -FIELDS):
+                if chunk[at + 4] < start:
+                    return
+                if chunk[at + 2] == seq:
+                    chunk[at + 2] = parent
+                if chunk[at + 6] == trace:
+                    chunk[at + 6] = moved_trace
+
+    def _parent_trace(self, log: ThreadLog, parent: int, start: int) -> int:
+        """The trace ordinal of region ``parent`` (open, or closed after ``start``)."""
+        if parent == NO_PARENT:
+            return NO_TRACE
+        for region in log.open:
+            if region[1] == parent:
+                return region[5]
+        for chunk in reversed(log.chunks):
+            for at in range(len(chunk) // FIELDS * FIELDS - FIELDS, -1, -FIELDS):
+                if chunk[at + 1] == parent:
+                    return chunk[at + 6]
+                if chunk[at + 4] < start:  # cannot happen: it was open when the region opened
+                    return NO_TRACE
+        return NO_TRACE
 
     def set_trace_key(self, key_id: int, on_trace_closed: Callable[[int], object] | None) -> None:
         self._trace_key_id = key_id

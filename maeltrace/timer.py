@@ -561,7 +561,11 @@ class Timer:
         """Forgets the calling thread's open region of ``key`` without recording it.
 
         For a region that turned out not to be one, such as the wait for a batch that never
-        comes after the last one.
+        comes after the last one. A cancelled region is nobody's parent: the regions opened
+        inside it, already closed or still open, move to its parent (its nearest recorded
+        ancestor) or, without one, become roots; in the records, spans and Chrome trace alike.
+        Only regions the exporter already took while it was open (by a `flush`, or, outside
+        epochs, by an epoch's end) keep it as their parent.
 
         Raises:
             RegionError: ``key`` is not open on this thread.

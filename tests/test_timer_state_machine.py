@@ -83,6 +83,7 @@ class ThreadModel:
         self.open: dict[str, ModelRegion] = {}
         self.stack: list[ModelRegion] = []
         self.closed: list[ModelRegion] = []
+        self.moved: list[int] = []  # regions whose parent a cancel changed, until next checked
         self.ident: int | None = None
         self.name: str | None = None
 
@@ -115,6 +116,11 @@ class ThreadModel:
     def cancel_region(self, key: TimeType | str) -> None:
         region = self.open.pop(str(key))
         self.stack.remove(region)
+        # A cancelled region is nobody's parent: its children, closed or open, move to its own.
+        for other in (*self.stack, *self.closed):
+            if other.parent == region.mid:
+                other.parent = region.parent
+                self.moved.append(other.mid)
 
     def reset(self) -> None:
         self.closed.clear()
@@ -424,7 +430,11 @@ class TimerMachine(RuleBasedStateMachine):
         ident = threading.get_ident()
         assert all(records.threads[t].ident == ident for t in records.thread)
         check_thread_records(records, list(range(len(records))), self.model, self.seq_of)
-        # A recorded region never changes while it stays recorded.
+        # A recorded region never changes while it stays recorded, but for its parent moving
+        # when the parent is cancelled.
+        for mid in self.model.moved:
+            self.seen.pop(mid, None)
+        self.model.moved.clear()
         expected = sorted(self.model.closed, key=lambda r: r.mid)
         for i, region in enumerate(expected):
             row = tuple(getattr(records, c)[i] for c in COLUMNS)
