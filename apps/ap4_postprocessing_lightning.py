@@ -18,11 +18,13 @@ the GPU's clock as well.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import ap4_postprocessing_torch as torch_ap4
 import lightning.pytorch as pl
 import torch
-from _harness import App, AppConfig, Progress, Size
+from _harness import AppConfig, Progress
 from ap4_postprocessing_torch import (
     MEMBERS,
     EnsembleCalibrator,
@@ -32,27 +34,15 @@ from ap4_postprocessing_torch import (
 from torch.utils.data import DataLoader
 
 import maeltrace.lightning
-from maeltrace import Timer, TimeType
+from maeltrace import Timer
 
-APP = App(
+APP = dataclasses.replace(
+    torch_ap4.APP,
     name="ap4-postprocessing-lightning",
     title="AP4: U-Net calibrating a 10-member ensemble forecast with a CRPS loss (Lightning)",
     framework="lightning",
-    seed_app="AP4",
-    sizes={
-        "tiny": Size(epochs=2, batches=4, batch_size=8, scale=16),
-        "small": Size(epochs=3, batches=24, batch_size=16, scale=32),
-        "medium": Size(epochs=3, batches=40, batch_size=16, scale=64),
-    },
-    regions=[
-        TimeType.EPOCH,
-        TimeType.IO,
-        TimeType.BATCH,
-        TimeType.FORWARD,
-        TimeType.BACKWARD,
-        "optimizer",
-    ],
 )
+"""The PyTorch AP4's sizes and regions: the callback records the same keys the loop times."""
 
 
 class Calibration(pl.LightningModule):
