@@ -47,6 +47,29 @@ def counts(records: Records) -> dict[str, int]:
     return out
 
 
+def exported_spans(path: Path) -> list[Any]:
+    """Every span of an OTLP JSON lines file (the embedded ``traces.otlp.jsonl``)."""
+    from maeltrace.otel._otlp_json import read_json_lines
+
+    return [
+        span
+        for data in read_json_lines(path)
+        for resource in data.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+
+
+def orphan_names(spans: list[Any]) -> list[str]:
+    """The names of the spans whose parent is not among ``spans``."""
+    ids = {(span.trace_id, span.span_id) for span in spans}
+    return [
+        span.name
+        for span in spans
+        if span.parent_span_id and (span.trace_id, span.parent_span_id) not in ids
+    ]
+
+
 def otlp_json_span(
     trace_id: str, span_id: str, name: str, start_us: int, duration_us: int, parent_id: str = ""
 ) -> dict[str, Any]:

@@ -38,8 +38,7 @@ from maeltrace.integrations.vocabulary import (  # noqa: E402
     VALIDATION,
     VALIDATION_BATCH,
 )
-from maeltrace.otel._otlp_json import read_json_lines  # noqa: E402
-from tests.helpers import counts, parent_keys  # noqa: E402
+from tests.helpers import counts, exported_spans, orphan_names, parent_keys  # noqa: E402
 from tests.lightning_ddp_child import BATCHES_PER_RANK  # noqa: E402
 from tests.lightning_ddp_child import EPOCHS as DDP_EPOCHS  # noqa: E402
 
@@ -99,28 +98,7 @@ class Run:
 
     def spans(self) -> list[Any]:
         """Every span of the embedded OTLP file."""
-        return _spans(self.timer.traces_path)
-
-
-def _spans(path: Path) -> list[Any]:
-    """Every span of an OTLP JSON lines file."""
-    return [
-        span
-        for data in read_json_lines(path)
-        for resource in data.resource_spans
-        for scope in resource.scope_spans
-        for span in scope.spans
-    ]
-
-
-def _orphans(spans: list[Any]) -> list[str]:
-    """The names of the spans whose parent is not among ``spans``."""
-    ids = {(span.trace_id, span.span_id) for span in spans}
-    return [
-        span.name
-        for span in spans
-        if span.parent_span_id and (span.trace_id, span.parent_span_id) not in ids
-    ]
+        return exported_spans(self.timer.traces_path)
 
 
 def _run(name: str, folder: Path, *, accumulate: int, own_timer: bool, gpu: bool = False) -> Run:
@@ -214,7 +192,7 @@ class TestFit:
     def test_every_exported_span_has_its_parent_exported(self, run: Run) -> None:
         spans = run.spans()
         assert {EPOCH, IO, OPTIMIZER, VALIDATION, VALIDATION_BATCH} <= {s.name for s in spans}
-        assert _orphans(spans) == []
+        assert orphan_names(spans) == []
 
     def test_maeltrace_warns_nothing(self, run: Run) -> None:
         assert [w for w in run.warnings if issubclass(w.category, MaeltraceWarning)] == []
@@ -267,7 +245,7 @@ def test_a_step_that_raises_leaves_no_region_open_and_no_orphan_span(tmp_path: P
     assert counts(timer.records())[FORWARD] == BATCHES + 3
     assert counts(timer.records())[EPOCH] == EPOCHS
     timer.close()
-    assert _orphans(_spans(timer.traces_path)) == []
+    assert orphan_names(exported_spans(timer.traces_path)) == []
 
 
 @pytest.mark.parametrize("name", list(CALLBACKS))
@@ -309,10 +287,10 @@ def test_under_ddp_each_rank_records_into_the_run_all_ranks_share(tmp_path: Path
     epoch_traces = []
     for line in lines:
         assert line["traces"].endswith(f"traces.rank{line['rank']}.otlp.jsonl")
-        spans = _spans(Path(line["traces"]))
+        spans = exported_spans(Path(line["traces"]))
         names = [span.name for span in spans]
         assert names.count(BATCH) == names.count(OPTIMIZER) == DDP_EPOCHS * BATCHES_PER_RANK
-        assert _orphans(spans) == []
+        assert orphan_names(spans) == []
         epoch_traces.append({span.trace_id for span in spans if span.name == EPOCH})
     # One trace per epoch, shared by both ranks.
     assert epoch_traces[0] == epoch_traces[1] and len(epoch_traces[0]) == DDP_EPOCHS

@@ -11,23 +11,13 @@ from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from maeltrace import Timer, TimeType
-from maeltrace.otel._otlp_json import read_json_lines
 from maeltrace.records import NO_PARENT
+from tests.helpers import exported_spans
 
 # tests/conftest.py runs every test here against the compiled and the pure-Python recorder.
 BOTH_RECORDERS = True
 
 KEYS = ("epoch", "io", "batch", "forward", "validation")
-
-
-def exported_spans(path: Path) -> list[Span]:
-    return [
-        span
-        for data in read_json_lines(path)
-        for rs in data.resource_spans
-        for ss in rs.scope_spans
-        for span in ss.spans
-    ]
 
 
 def assert_no_orphans(spans: list[Span]) -> None:

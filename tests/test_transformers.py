@@ -31,9 +31,8 @@ from maeltrace.integrations.vocabulary import (  # noqa: E402
     VALIDATION,
     VALIDATION_BATCH,
 )
-from maeltrace.otel._otlp_json import read_json_lines  # noqa: E402
 from maeltrace.transformers import TimerCallback  # noqa: E402
-from tests.helpers import counts, parent_keys  # noqa: E402
+from tests.helpers import counts, exported_spans, orphan_names, parent_keys  # noqa: E402
 
 EPOCHS, BATCHES, VAL_BATCHES, BATCH_SIZE, TOKENS = 2, 4, 2, 2, 16
 
@@ -83,27 +82,6 @@ def _trainer(folder: Path, callback: Any, *, accumulate: int = 1, **options: Any
         eval_dataset=Tokens(VAL_BATCHES * BATCH_SIZE, 1),
         callbacks=[callback],
     )
-
-
-def _spans(path: Path) -> list[Any]:
-    """Every span of an OTLP JSON lines file."""
-    return [
-        span
-        for data in read_json_lines(path)
-        for resource in data.resource_spans
-        for scope in resource.scope_spans
-        for span in scope.spans
-    ]
-
-
-def _orphans(spans: list[Any]) -> list[str]:
-    """The names of the spans whose parent is not among ``spans``."""
-    ids = {(span.trace_id, span.span_id) for span in spans}
-    return [
-        span.name
-        for span in spans
-        if span.parent_span_id and (span.trace_id, span.parent_span_id) not in ids
-    ]
 
 
 @dataclass
@@ -186,9 +164,9 @@ class TestTrain:
         assert parent_keys(run.timer.records()) == EXPECTED_PARENTS
 
     def test_every_exported_span_has_its_parent_exported(self, run: Run) -> None:
-        spans = _spans(run.timer.traces_path)
+        spans = exported_spans(run.timer.traces_path)
         assert set(EXPECTED_PARENTS) <= {s.name for s in spans}
-        assert _orphans(spans) == []
+        assert orphan_names(spans) == []
 
     def test_maeltrace_warns_nothing(self, run: Run) -> None:
         assert [w for w in run.warnings if issubclass(w.category, MaeltraceWarning)] == []
@@ -218,7 +196,7 @@ def test_a_step_that_raises_leaves_no_region_open_and_no_orphan_span(tmp_path: P
     # The failing batch and its forward are kept, inside the second epoch.
     assert recorded[BATCH] == recorded[FORWARD] == BATCHES + 3
     timer.close()
-    assert _orphans(_spans(timer.traces_path)) == []
+    assert orphan_names(exported_spans(timer.traces_path)) == []
 
 
 def test_with_gpu_every_batch_region_has_a_device_time(tmp_path: Path) -> None:
