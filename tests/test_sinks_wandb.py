@@ -18,13 +18,14 @@ from tests.services.wandb_reader import FIRST, LAST, MIDDLE, frames, read_offlin
 wandb = pytest.importorskip("wandb")
 
 from maeltrace.sinks.wandb import ARTIFACT_TYPE, DEFAULT_PROJECT, artifact_name, log_wandb  # noqa: E402
+from tests.fakes.cuda import fake_gpu_clock  # noqa: E402  # after the skip, as above
 
 pytestmark = pytest.mark.slow
 
 
 def make_timer() -> Timer:
     """Batches timed on both clocks (the CPU stand-in for the GPU), forward on the CPU."""
-    tmr = Timer(device="cpu")
+    tmr = Timer(device=fake_gpu_clock)
     for _ in range(4):
         with tmr.region(TimeType.BATCH, gpu=True), tmr.region(TimeType.FORWARD):
             pass
