@@ -31,7 +31,7 @@ def _spans(builder: SpanBuilder, tmr: Timer, incremental: bool = False) -> list[
     last incremental call (the timer's own export reader)."""
     out = builder.new_message()
     records = tmr._read_new()[0] if incremental else tmr.records()
-    builder.add(out, records, tmr.failures(), "cpu-sync")
+    builder.add(out, records, tmr.failures(), "fake-gpu")
     return list(out.scope_spans[0].spans)
 
 

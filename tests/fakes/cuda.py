@@ -112,3 +112,11 @@ class FakeGpuClock:
 def fake_gpu_clock(times: DeviceTimes) -> FakeGpuClock:
     """A device-clock factory for ``Timer(device=fake_gpu_clock)``: `FakeGpuClock`."""
     return FakeGpuClock(times)
+
+
+def fake_cuda_clock(times: DeviceTimes, options: object = None) -> object:
+    """A registry factory (`maeltrace.devices.registry.ClockBuilder`): the CUDA-event clock on
+    a `FakeCudaDevice`, a GPU in use for tests of the clock's choice (imports torch)."""
+    from maeltrace.devices.torch_cuda import CudaEventClock
+
+    return CudaEventClock(times, cuda=FakeCudaDevice())
