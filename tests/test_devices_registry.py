@@ -96,6 +96,8 @@ class TestChoiceByFramework:
             with pytest.MonkeyPatch.context() as patch:
                 for framework in ("toy_framework", "toy_framework2"):
                     patch.setitem(sys.modules, framework, sys.modules[__name__])
+                for real in ("torch", "jax", "tensorflow"):  # whatever this process imported
+                    patch.delitem(sys.modules, real, raising=False)
                 with pytest.warns(DeviceClockWarning) as caught:
                     chosen = registry.make_clock(None, DeviceTimes())
                 assert chosen.name == "toy"  # the first registered of those imported
