@@ -719,7 +719,7 @@ def section_tf(quick: bool, cpu_figures: bool) -> int:
         print(
             f"  {name:<15} {_ms(_median(times[name])):>14} {_pct(ratio - 1):>11} {per_step:>16.2f}"
         )
-        dev = _median(t.get_time("batch", gpu=True))
+        dev = _median(_device_times(t, "batch"))
         cpu = _median(t.get_time("batch"))
         print(f"    region device / CPU time (median): {_ms(dev * 1e9)} / {_ms(cpu * 1e9)}")
     print(f"  clock: {clocks['sync_every=1'].name}: {clocks['sync_every=1'].description}")
