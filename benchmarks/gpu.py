@@ -40,7 +40,8 @@ What it measures:
     neither takes most of the GPU's memory.
 
     On a machine without CUDA the script runs end to end on the CPU (torch device ``cpu``,
-    the ``cpu-sync`` clock, no CUDA profiler activity, no sync-debug mode, smaller sizes) and
+    the ``cpu-sync`` clock, which records no device times, so CPU times stand in for them; no
+    CUDA profiler activity, no sync-debug mode, smaller sizes) and
     prints the same tables, marked "no CUDA device: CPU figures, the targets apply to a GPU";
     there the JAX and TensorFlow children start first and run beside the torch sections, to
     keep the run short, so its step times are noise.
@@ -173,6 +174,14 @@ def _ms(ns: float) -> str:
 
 def _pct(x: float) -> str:
     return f"{x * 100:+.2f}%"
+
+
+def _device_times(tmr: maeltrace.Timer, key: str) -> list[float]:
+    """The device times of ``key``; without a GPU there are none, and its CPU times stand in."""
+    try:
+        return tmr.get_time(key, gpu=True)
+    except KeyError:
+        return tmr.get_time(key)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -369,7 +378,7 @@ def section_matmul(env: TorchEnv, sizes: Sizes, run: Run) -> None:
                 with tmr.region(key, gpu=True):
                     torch.mm(a, b)
             env.sync()
-        region_ns = [s * 1e9 for s in tmr.get_time(key, gpu=True)]
+        region_ns = [s * 1e9 for s in _device_times(tmr, key)]
         ops = sorted(
             (e for e in prof.events() if e.name == "aten::mm"), key=lambda e: e.time_range.start
         )[-iters:]
@@ -438,7 +447,7 @@ def section_steps(env: TorchEnv, sizes: Sizes, run: Run) -> None:
     print(f"  regions, median CPU / device time ({clock.name}):")
     for key in ("batch", "forward", "backward"):
         cpu = _median(tmr.get_time(key))
-        dev = _median(tmr.get_time(key, gpu=True))
+        dev = _median(_device_times(tmr, key))
         print(f"    {key:<9} {_ms(cpu * 1e9):>12} / {_ms(dev * 1e9):>12}")
     run.targets.append(
         Target(
@@ -475,7 +484,7 @@ def section_syncs(env: TorchEnv, sizes: Sizes, run: Run) -> None:
     in_loop = clock.host_syncs - before
     created = getattr(clock, "events_created", None)
     outstanding = getattr(clock, "outstanding", None)
-    count = tmr.get_time_stats("batch", gpu=True).count  # the report: flushes
+    count = len(_device_times(tmr, "batch"))  # the report: flushes
     after = clock.host_syncs - before
     print(f"  steps: {SYNC_STEPS}, each with gpu=True regions batch, forward and backward")
     print(f"  clock: {clock.name}: {clock.description}")
@@ -621,7 +630,7 @@ def section_jax(quick: bool, cpu_figures: bool) -> int:
     compiled = sum(1 for f in records.device_flags if f & FLAG_COMPILED)
     ratio = _ratio(times, "timed", "untimed")
     cpu = _median(tmr.get_time("step"))
-    dev = _median(tmr.get_time("step", gpu=True))
+    dev = _median(_device_times(tmr, "step"))
     print(f"  backend {backend}, jax {jax.__version__}; MLP {d}-{h}-10, batch {batch}")
     print(f"  clock: {clock.name}: {clock.description}")
     print(f"  untimed step, block_until_ready (median)  {_ms(_median(times['untimed'])):>12}")
@@ -710,7 +719,7 @@ def section_tf(quick: bool, cpu_figures: bool) -> int:
         print(
             f"  {name:<15} {_ms(_median(times[name])):>14} {_pct(ratio - 1):>11} {per_step:>16.2f}"
         )
-        dev = _median(t.get_time("batch", gpu=True))
+        dev = _median(_device_times(t, "batch"))
         cpu = _median(t.get_time("batch"))
         print(f"    region device / CPU time (median): {_ms(dev * 1e9)} / {_ms(cpu * 1e9)}")
     print(f"  clock: {clocks['sync_every=1'].name}: {clocks['sync_every=1'].description}")

@@ -14,6 +14,7 @@ __all__ = [
     "LOCAL_RANK",
     "MAELTRACE_APPS_DIR",
     "MAELTRACE_COLLECT_TOKEN",
+    "MAELTRACE_DEVICE",
     "MAELTRACE_DISABLED",
     "MAELTRACE_EXPORT",
     "MAELTRACE_MAX_REQUEST_BYTES",
@@ -73,6 +74,12 @@ MAELTRACE_COLLECT_TOKEN: Final = "MAELTRACE_COLLECT_TOKEN"
 """The bearer token clients of ``maeltrace collect`` must send, when set (safer than
 ``--token``, which ``ps`` shows); default none, every client accepted. Read when the service
 starts."""
+
+MAELTRACE_DEVICE: Final = "MAELTRACE_DEVICE"
+"""The device clock of ``gpu=True`` regions for timers built afterwards that name none, as
+``Timer(device=...)`` takes it (``torch``, ``jax``, ``tensorflow``, ``cpu``...). Default unset:
+the timer chooses at its first gpu region. A name no clock has fails when the timer is built.
+Read when a timer is built."""
 
 MAELTRACE_DISABLED: Final = "MAELTRACE_DISABLED"
 """``1``, ``true``, ``yes`` or ``on`` makes every `Timer` built afterwards a no-op, as if it were

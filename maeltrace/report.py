@@ -245,8 +245,8 @@ class Summary:
 
     def notes(self) -> list[str]:
         """What the tables leave out, one sentence each, as `to_markdown` prints them under the
-        tables: failed regions, the rank of a distributed run, the clock of the GPU rows, and
-        what the first-call rows are."""
+        tables: failed regions, the rank of a distributed run, the clock of the GPU rows (or why
+        there are none: no GPU), and what the first-call rows are."""
         out = []
         failed = {key_label(row.key): row.failed for row in self.rows if row.failed}
         if failed:
@@ -260,6 +260,11 @@ class Summary:
         clock = self.device_clock
         if clock is not None and any(row.device for row in self.rows):
             out.append(f"GPU rows: {clock['name']}: {clock['description']}.")
+        elif clock is not None and clock.get("no_gpu_reason"):
+            out.append(
+                f"No GPU rows: no GPU was found ({clock['no_gpu_reason']}); gpu=True regions "
+                "were timed on the CPU clock only."
+            )
         if any(row.compiled for row in self.rows):
             out.append(
                 "First-call rows: regions during which JAX compiled, kept out of the others."
@@ -447,6 +452,9 @@ def _metadata(check: Checker, value: Any) -> dict[str, Any]:
         for name in ("name", "description"):
             where = at("metadata.device_clock", name)
             check.string(check.field(clock, name, "metadata.device_clock"), where, empty=True)
+        if "no_gpu_reason" in clock:
+            where = at("metadata.device_clock", "no_gpu_reason")
+            check.string(clock["no_gpu_reason"], where, empty=True)
     return dict(meta)
 
 

@@ -32,11 +32,13 @@ from maeltrace._runinfo import new_run_id, rank_suffix, run_id_from_environment
 from maeltrace.devices import registry as clocks
 from maeltrace.devices.base import DeviceClock, DeviceClockFactory, DeviceTimes, block_any
 from maeltrace.environment import (
+    MAELTRACE_DEVICE,
     MAELTRACE_DISABLED,
     MAELTRACE_EXPORT,
     MAELTRACE_PURE_PYTHON,
     MAELTRACE_SIGNALS,
     env_flag,
+    env_str,
 )
 from maeltrace.errors import RegionError
 from maeltrace.keys import Key, TimeType, canonical_key
@@ -121,8 +123,8 @@ class Timer:
         device: the clock of ``gpu=True`` regions: ``torch`` (CUDA events), ``tensorflow``
             (device syncs), ``jax`` (waiting for outputs), ``cpu``, another name registered in
             `maeltrace.devices.registry`, or a factory building a
-            `maeltrace.devices.DeviceClock`; default the framework imported, chosen at the
-            first gpu region.
+            `maeltrace.devices.DeviceClock`; default ``MAELTRACE_DEVICE``, else chosen at the
+            first gpu region (`use_device`). Without a GPU, gpu regions get CPU times only.
         sync_every: with the ``tensorflow`` clock, measure device time of every N-th region of
             each key only (each measurement synchronises the device twice).
         nvtx: also open an NVTX range per region (``torch.cuda.nvtx``), named by the key, so
@@ -200,9 +202,15 @@ class Timer:
     ) -> None:
         self.warmup = _check_warmup(warmup)
         self.trace_key = None if trace_key is None else canonical_key(trace_key)
+        if device is None:
+            device = env_str(MAELTRACE_DEVICE) or None
+            where = f" (from {MAELTRACE_DEVICE})"
+        else:
+            where = ""
         if isinstance(device, str) and not clocks.is_known(device):
+            # Here, where the mistake is made: the clock itself is built at the first gpu region.
             names = ", ".join(clocks.clock_names())
-            raise ValueError(f"unknown device {device!r}; use one of {names}")
+            raise ValueError(f"unknown device {device!r}{where}; use one of {names}")
         if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
             raise ValueError(f"sync_every must be a positive int, not {sync_every!r}")
         self._device = device
@@ -222,6 +230,7 @@ class Timer:
         max_request_bytes = check_max_request_bytes(max_request_bytes)
         self.export = False
         self._clock: DeviceClock | None = None
+        self._blocked: str | None = None  # the clock of the arrays blocked on before the choice
         self._device_times = DeviceTimes()
         self.run_id = run_id or run_id_from_environment() or new_run_id()
         self._files = RunFiles(self.run_id, output_dir)
@@ -320,11 +329,15 @@ class Timer:
     def use_device(self, prefer: str | None = None) -> DeviceClock:
         """The device clock, choosing it now if no gpu region has yet.
 
+        When the timer names no device, the choice follows `maeltrace.devices.registry.choose`:
+        ``prefer``; the framework of the arrays regions blocked on before (`Region.block`); the
+        framework with a GPU in use; the first imported of torch, jax, tensorflow. A choice among
+        several frameworks, or no GPU, gives one `DeviceClockWarning`; it never raises. The
+        first gpu region fixes the choice: its clock must start measuring when it opens, before
+        the arrays it will block on exist.
+
         Args:
             prefer: the framework to use when the timer names none (integrations pass theirs).
-
-        Raises:
-            ValueError: the timer names no device and several frameworks are imported.
         """
         with self._lock:
             if self._clock is None:
@@ -332,7 +345,11 @@ class Timer:
                     self._clock = self._device(self._device_times)
                 else:
                     self._clock = clocks.make_clock(
-                        self._device, self._device_times, prefer=prefer, sync_every=self._sync_every
+                        self._device,
+                        self._device_times,
+                        prefer=prefer,
+                        sync_every=self._sync_every,
+                        blocked=self._blocked,
                     )
             return self._clock
 
@@ -345,6 +362,8 @@ class Timer:
 
     def _device_block(self, handle: object, value: T) -> T:
         if self._clock is None:
+            if self._blocked is None:
+                self._blocked = clocks.framework_of(value)
             return block_any(value)
         return self._clock.block(handle, value)
 
@@ -760,8 +779,10 @@ class Timer:
         if not durations:
             timed = [str(k) for k in self.keys()]
             what = "with a device time " if gpu else ""
+            no_gpu = getattr(self._clock, "no_gpu_reason", None) if gpu else None
+            why = f" (no GPU: {no_gpu}; gpu=True regions have CPU times only)" if no_gpu else ""
             raise KeyError(
-                f"no region was completed {what}under {str(canonical)!r}; "
+                f"no region was completed {what}under {str(canonical)!r}{why}; "
                 f"timed keys: {timed or 'none'}"
             )
         return durations[skip:] if skip else durations
@@ -815,6 +836,9 @@ class Timer:
         metadata = run_metadata(self.anchor, self.run_id)
         if clock is not None:
             metadata["device_clock"] = {"name": clock.name, "description": clock.description}
+            no_gpu = getattr(clock, "no_gpu_reason", None)
+            if no_gpu:
+                metadata["device_clock"]["no_gpu_reason"] = no_gpu
         return Summary.from_records(
             records,
             warmup=skip,

@@ -15,6 +15,7 @@ import pytest
 import maeltrace
 from maeltrace._chrome import chrome_trace, write_chrome_trace
 from maeltrace.records import NO_DEVICE_TIME, Records
+from tests.fakes.cuda import fake_gpu_clock
 
 BOTH_RECORDERS = True
 
@@ -198,7 +199,7 @@ def test_origin_zero_gives_unix_microseconds() -> None:
 
 
 def test_events_come_sorted_metadata_first() -> None:
-    tmr = maeltrace.Timer(device="cpu")
+    tmr = maeltrace.Timer(device=fake_gpu_clock)
     train(tmr, gpu=True)
     events = trace_of(tmr)["traceEvents"]
     phases = [e["ph"] for e in events]
@@ -257,7 +258,7 @@ def test_a_failed_region_has_status_failed_and_its_description() -> None:
 
 
 def test_device_times_get_a_gpu_track() -> None:
-    tmr = maeltrace.Timer(device="cpu")
+    tmr = maeltrace.Timer(device=fake_gpu_clock)
     train(tmr, gpu=True)
     assert tmr.device_clock is not None
     clock = tmr.device_clock.name
@@ -314,7 +315,7 @@ def test_regions_that_overlap_without_nesting_move_to_an_auxiliary_track() -> No
 
 
 def test_the_written_file_is_compact_valid_json(tmp_path: Path) -> None:
-    tmr = maeltrace.Timer(device="cpu")
+    tmr = maeltrace.Timer(device=fake_gpu_clock)
     train(tmr, gpu=True)
     path = tmp_path / "trace.json"
 

@@ -55,6 +55,8 @@ mlflow = pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient  # noqa: E402  # after the skip: mlflow is an optional extra
 
+from tests.fakes.cuda import fake_gpu_clock  # noqa: E402  # after the skip, as above
+
 HOST = "127.0.0.1"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -108,7 +110,7 @@ def run_timer(
         endpoint=endpoint,
         protocol=protocol,
         output_dir=output_dir,
-        device="cpu" if gpu else None,
+        device=fake_gpu_clock if gpu else None,
     )
     for _ in range(2):
         with tmr.region(TimeType.EPOCH):

@@ -12,6 +12,7 @@ from maeltrace import Timer
 from maeltrace.devices import registry
 from maeltrace.devices.base import DeviceTimes
 from maeltrace.devices.registry import ClockEntry, register
+from maeltrace.errors import DeviceClockWarning
 
 TOY_MODULE = "tests.fakes.toy_clock"
 
@@ -49,14 +50,14 @@ class TestRegisteredClock:
         assert Timer(device="toy-device", export=False).use_device().name == "toy"
 
     def test_an_unknown_device_lists_the_registered_clocks(self, toy: ClockEntry) -> None:
-        with pytest.raises(ValueError, match=r"use one of torch, tensorflow, jax, cpu, toy$"):
+        with pytest.raises(ValueError, match=r"use one of torch, jax, tensorflow, cpu, toy$"):
             Timer(device="tpu", export=False)
 
     def test_a_name_or_alias_is_registered_once(self, toy: ClockEntry) -> None:
         for name, aliases in (("toy", ()), ("other", ("cuda",)), ("keras", ())):
             with pytest.raises(ValueError, match="already registered"):
                 register(ClockEntry(name, f"{TOY_MODULE}:make", "again", aliases=aliases))
-        assert registry.clock_names() == ("torch", "tensorflow", "jax", "cpu", "toy")
+        assert registry.clock_names() == ("torch", "jax", "tensorflow", "cpu", "toy")
 
     def test_a_factory_names_its_module_and_attribute(self) -> None:
         with pytest.raises(ValueError, match="'module:attribute'"):
@@ -89,14 +90,21 @@ class TestChoiceByFramework:
         ).stdout
         assert out.split() == ["cpu-sync", "toy"]
 
-    def test_several_imported_frameworks_need_a_name(self, toy: ClockEntry) -> None:
+    def test_several_imported_frameworks_choose_one_and_warn_once(self, toy: ClockEntry) -> None:
         register(ClockEntry("toy2", f"{TOY_MODULE}:make", "again", framework="toy_framework2"))
         try:
             with pytest.MonkeyPatch.context() as patch:
                 for framework in ("toy_framework", "toy_framework2"):
                     patch.setitem(sys.modules, framework, sys.modules[__name__])
-                with pytest.raises(ValueError, match="several frameworks are imported"):
-                    registry.make_clock(None, DeviceTimes())
-                assert registry.make_clock(None, DeviceTimes(), prefer="toy").name == "toy"
+                for real in ("torch", "jax", "tensorflow"):  # whatever this process imported
+                    patch.delitem(sys.modules, real, raising=False)
+                with pytest.warns(DeviceClockWarning) as caught:
+                    chosen = registry.make_clock(None, DeviceTimes())
+                assert chosen.name == "toy"  # the first registered of those imported
+                assert len(caught) == 1
+                message = str(caught[0].message)
+                assert "'toy' device clock" in message and "Timer(device='toy2')" in message
+                assert "MAELTRACE_DEVICE" in message
+                assert registry.make_clock(None, DeviceTimes(), prefer="toy2").name == "toy"
         finally:
             registry.unregister("toy2")

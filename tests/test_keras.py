@@ -71,8 +71,8 @@ class TestKeras3:
             VALIDATION: EPOCHS,
             VALIDATION_BATCH: n,
         }
-        assert tmr.get_time_stats(TimeType.BATCH, gpu=True).count == n
-        assert tmr.get_time_stats(VALIDATION_BATCH, gpu=True).count == n
+        assert tmr.get_time_stats(TimeType.BATCH).count == n
+        assert tmr.get_time_stats(VALIDATION_BATCH).count == n
         assert parent_keys(tmr.records()) == {
             FIT: {None},
             "epoch": {FIT},
@@ -81,15 +81,20 @@ class TestKeras3:
             VALIDATION: {"epoch"},
             VALIDATION_BATCH: {VALIDATION},
         }
+        # No GPU here: no GPU rows, and the report says why.
         clock = tmr.device_clock
-        assert clock is not None and clock.name == "tf-sync"
-        assert clock.host_syncs == 2 * 2 * n  # both ends of every train and test batch
-        assert (
-            "GPU rows: tf-sync: tf.test.experimental.sync_devices()" in tmr.summary().to_markdown()
+        assert clock is not None and clock.name == "cpu-sync"
+        with pytest.raises(KeyError, match="no GPU: TensorFlow sees no GPU"):
+            tmr.get_time(TimeType.BATCH, gpu=True)
+        assert "No GPU rows: no GPU was found (TensorFlow sees no GPU)" in (
+            tmr.summary().to_markdown()
         )
 
-    def test_sync_every_measures_every_nth_batch_only(self) -> None:
-        tmr = Timer(device="tensorflow", sync_every=2)
+    def test_the_tf_sync_clock_syncs_both_ends_of_every_nth_batch(self) -> None:
+        from maeltrace.devices.tensorflow import TfSyncClock
+
+        # Built directly: tf_clock chooses it only where TensorFlow sees a GPU.
+        tmr = Timer(device=lambda times: TfSyncClock(times, sync_every=2))
         x, y = _data()
         _model(keras).fit(
             x,
@@ -102,6 +107,11 @@ class TestKeras3:
         n = EPOCHS * BATCHES
         assert tmr.get_time_stats(TimeType.BATCH).count == n
         assert tmr.get_time_stats(TimeType.BATCH, gpu=True).count == (n + 1) // 2
+        clock = tmr.device_clock
+        assert clock is not None and clock.name == "tf-sync"
+        assert clock.host_syncs == 2 * ((n + 1) // 2)  # both ends of every other batch
+        text = tmr.summary().to_markdown()
+        assert "GPU rows: tf-sync: tf.test.experimental.sync_devices()" in text
 
     def test_evaluate_outside_fit_is_a_test_not_a_validation(self) -> None:
         tmr = Timer()
@@ -149,7 +159,8 @@ class TestTfKeras:
         )  # type: ignore[attr-defined]
         n = EPOCHS * BATCHES
         assert counts(tmr.records()) == {FIT: 1, "epoch": EPOCHS, "io": n, "batch": n}
-        assert tmr.get_time_stats(TimeType.BATCH, gpu=True).count == n
+        assert tmr.get_time_stats(TimeType.BATCH).count == n
+        assert tmr.device_clock is not None and tmr.device_clock.name == "cpu-sync"  # no GPU
 
 
 class TestDeep500Tf:
@@ -165,6 +176,7 @@ class TestDeep500Tf:
             callbacks=[timer.TimerCallback(tmr, gpu=True)]
         )  # fmt: skip
         assert len(tmr.get_time(timer.TimeType.EPOCH)) == EPOCHS
-        assert len(tmr.get_time(timer.TimeType.BATCH, gpu=True)) == EPOCHS * BATCHES
+        assert len(tmr.get_time(timer.TimeType.BATCH)) == EPOCHS * BATCHES
+        assert tmr.get_time(timer.TimeType.BATCH, gpu=True) == []  # no GPU here
         assert tmr.get_time(timer.TimeType.EPOCH, gpu=True) == []
         tmr.print_all_time_stats()

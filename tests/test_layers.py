@@ -149,6 +149,9 @@ LAZY_REFERENCES: dict[str, frozenset[str]] = {
             "maeltrace.devices.tensorflow:tf_clock",
             "maeltrace.devices.jax:jax_clock",
             "maeltrace.devices.base:cpu_clock",
+            "maeltrace.devices._probes:torch_gpu_in_use",
+            "maeltrace.devices._probes:jax_gpu_in_use",
+            "maeltrace.devices._probes:tf_gpu_in_use",
         }
     ),
     "maeltrace.timer": frozenset(

@@ -10,6 +10,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 from maeltrace import Timer, TimeType
 from maeltrace.otel._resource import rank_from_environment, resource
 from maeltrace.otel.spans import SpanBuilder, TraceBudget, run_trace_id, trace_id
+from tests.fakes.cuda import fake_gpu_clock
 
 BOTH_RECORDERS = True
 
@@ -30,7 +31,7 @@ def _spans(builder: SpanBuilder, tmr: Timer, incremental: bool = False) -> list[
     last incremental call (the timer's own export reader)."""
     out = builder.new_message()
     records = tmr._read_new()[0] if incremental else tmr.records()
-    builder.add(out, records, tmr.failures(), "cpu-sync")
+    builder.add(out, records, tmr.failures(), "fake-gpu")
     return list(out.scope_spans[0].spans)
 
 
@@ -141,7 +142,7 @@ class TestSpanContent:
         assert _attrs_of(event) == {"exception.type": "KeyError", "exception.message": "'shard-7'"}
 
     def test_a_gpu_region_gets_a_child_on_the_device_timeline(self) -> None:
-        tmr = Timer(device="cpu")
+        tmr = Timer(device=fake_gpu_clock)
         with tmr.region("step", gpu=True):
             pass
         spans = {s.name: s for s in _spans(_builder(tmr), tmr)}
@@ -149,7 +150,7 @@ class TestSpanContent:
         assert gpu.parent_span_id == step.span_id
         records = tmr.records()
         assert gpu.end_time_unix_nano - gpu.start_time_unix_nano == records.device_ns[0]
-        assert _attrs(step)["maeltrace.gpu.clock"] == "cpu-sync"
+        assert _attrs(step)["maeltrace.gpu.clock"] == "fake-gpu"
         assert _attrs(gpu)["maeltrace.gpu.duration_ns"] == records.device_ns[0]
 
     def test_attributes_carry_key_index_and_thread(self) -> None:

@@ -15,6 +15,7 @@ from maeltrace.otel import _encode as encode
 from maeltrace.otel import semconv
 from maeltrace.otel._otlp_json import read_json_lines
 from maeltrace.otel.spans import TraceBudget
+from tests.fakes.cuda import fake_gpu_clock
 
 # What the timer writes and where: every public string constant of semconv is in exactly one.
 RESOURCE = {
@@ -97,7 +98,7 @@ def test_a_timer_writes_every_name_and_the_summary_reader_finds_them(
         monkeypatch.setenv(variable, value)
     # A small budget so that the epoch's trace is sampled; the cpu clock makes [gpu] children.
     budget = TraceBudget(max_spans=10, first=1, slowest=1)
-    timer = Timer(export=True, output_dir=tmp_path, device="cpu", trace_budget=budget)
+    timer = Timer(export=True, output_dir=tmp_path, device=fake_gpu_clock, trace_budget=budget)
     with timer as tmr, tmr.region(TimeType.EPOCH):
         for _ in range(20):
             with tmr.region(TimeType.BATCH, gpu=True):
@@ -142,7 +143,7 @@ def test_a_timer_writes_every_name_and_the_summary_reader_finds_them(
     assert process["host"] == socket.gethostname()
     assert isinstance(process["pid"], int)
     assert process["service"]
-    assert process["device_clock"] == "cpu-sync"
+    assert process["device_clock"] == "fake-gpu"
     stats = process["stats"]
     assert stats["batch"][semconv.STATS_CPU]["count"] == 20
     assert stats["batch"][semconv.STATS_GPU]["count"] == 20

@@ -27,6 +27,7 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402  # after the skip: mlflow is an optional extra
 
 from maeltrace.sinks.mlflow import ARTIFACT_PATH, EXPERIMENT, log_mlflow, mlflow_metric_name  # noqa: E402
+from tests.fakes.cuda import fake_gpu_clock  # noqa: E402  # after the skip, as above
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,7 +47,7 @@ MLFLOW_ENV = (
 
 def make_timer(**kwargs: Any) -> Timer:
     """Batches timed on both clocks (the CPU stand-in for the GPU), forward on the CPU."""
-    tmr = Timer(device="cpu", **kwargs)
+    tmr = Timer(device=fake_gpu_clock, **kwargs)
     for _ in range(4):
         with tmr.region(TimeType.BATCH, gpu=True), tmr.region(TimeType.FORWARD):
             pass

@@ -24,13 +24,14 @@ from maeltrace.sinks.wandb import (  # noqa: E402
     artifact_name,
     log_wandb,
 )
+from tests.fakes.cuda import fake_gpu_clock  # noqa: E402  # after the skip, as above
 
 pytestmark = pytest.mark.slow
 
 
 def make_timer() -> Timer:
     """Batches timed on both clocks (the CPU stand-in for the GPU), forward on the CPU."""
-    tmr = Timer(device="cpu")
+    tmr = Timer(device=fake_gpu_clock)
     for _ in range(4):
         with tmr.region(TimeType.BATCH, gpu=True), tmr.region(TimeType.FORWARD):
             pass

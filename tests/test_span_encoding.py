@@ -42,6 +42,7 @@ from maeltrace.otel.spans import (
     trace_id,
 )
 from maeltrace.records import NO_DEVICE_TIME, NO_PARENT, NO_TRACE, STATUS_OK, Records
+from tests.fakes.cuda import fake_gpu_clock
 
 try:
     from maeltrace import _spanenc
@@ -154,12 +155,12 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, Any]]] = {
     "epochs": (_epochs, {}),
     "around_epochs": (_around_epochs, {}),
     "no_epochs": (_no_epochs, {}),
-    "gpu": (_gpu, {"device": "cpu"}),
+    "gpu": (_gpu, {"device": fake_gpu_clock}),
     "failures": (_failures, {}),
     "sampled": (_sampled, {"budget": TraceBudget(max_spans=100, first=5, slowest=5)}),
     "sampled_gpu": (
         _sampled_gpu,
-        {"device": "cpu", "budget": TraceBudget(max_spans=60, first=3, slowest=4)},
+        {"device": fake_gpu_clock, "budget": TraceBudget(max_spans=60, first=3, slowest=4)},
     ),
     "threads": (_threads, {}),
     "odd_names": (_odd_names, {}),
@@ -308,7 +309,7 @@ class TestCompiledEqualsPython:
 class TestMergeRecords:
     @pytest.mark.parametrize("name", sorted(ENCODERS))
     def test_the_columns_are_those_of_records_merge(self, name: str) -> None:
-        tmr = Timer(device="cpu")
+        tmr = Timer(device=fake_gpu_clock)
         for _ in _threads(tmr):
             pass
         with tmr.region("gpu", gpu=True), tmr.region("inner"):

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from array import array
 from collections.abc import Callable
-from time import perf_counter_ns
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from maeltrace.errors import DeviceClockWarning
 from maeltrace.records import FLAG_COMPILED
 
 if TYPE_CHECKING:
@@ -105,14 +102,16 @@ DeviceClockFactory = Callable[[DeviceTimes], DeviceClock]
 
 
 class SyncedCpuClock:
-    """The CPU clock standing in for a device clock where no GPU is present.
+    """The stand-in for a device clock where no GPU is present: it records no device times.
 
-    On a CPU device, framework operations run synchronously (or are waited for with
-    `block`), so the CPU clock measures the same work. Reports name this clock.
+    Without a GPU, a device time would only repeat the region's CPU time (framework operations
+    on the CPU run synchronously, or are waited for with `block`), so ``gpu=True`` regions get
+    their CPU time only: no GPU rows, ``[gpu]`` spans or ``/gpu`` metrics. The summary's
+    metadata carries ``no_gpu_reason``, and the report says why in one line.
 
     Args:
-        times: where resolved times go.
-        reason: why no device clock is used, for the report.
+        times: where resolved times would go (nothing goes there).
+        reason: why there is no GPU, in a few words (``torch sees no CUDA device``).
     """
 
     name = "cpu-sync"
@@ -121,14 +120,14 @@ class SyncedCpuClock:
 
     def __init__(self, times: DeviceTimes, reason: str = "no GPU") -> None:
         self._times = times
-        self.description = f"CPU clock ({reason}): time.perf_counter_ns around the region"
+        self.no_gpu_reason = reason
+        self.description = f"no GPU ({reason}): gpu=True regions have CPU times only"
 
     def open(self, key_id: int) -> object:
-        return perf_counter_ns()
+        return None
 
     def close(self, seq: int, handle: object, status: int) -> None:
-        assert isinstance(handle, int)
-        self._times.add(seq, handle, perf_counter_ns() - handle)
+        return None
 
     def block(self, handle: object, value: T) -> T:
         return block_any(value)
@@ -149,15 +148,8 @@ def block_any(value: T) -> T:
 
 
 def cpu_clock(times: DeviceTimes, options: ClockOptions) -> DeviceClock:
-    """The ``cpu`` clock: `SyncedCpuClock`, with one warning that no device clock is used."""
-    clock = SyncedCpuClock(times, "no framework imported")
-    # Stack: here, make_clock, Timer.use_device, the timer's first gpu region.
-    warnings.warn(
-        f"gpu=True regions are timed on the {clock.description}",
-        DeviceClockWarning,
-        stacklevel=4,
-    )
-    return clock
+    """The ``cpu`` clock: `SyncedCpuClock`, recording no device times."""
+    return SyncedCpuClock(times, "no framework imported")
 
 
 # The old import path of the clock choice, which now lives in the registry.

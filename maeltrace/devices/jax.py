@@ -12,6 +12,7 @@ import jax.monitoring
 
 from maeltrace.devices.base import FLAG_COMPILED, DeviceClock, DeviceTimes
 from maeltrace.errors import DeviceClockWarning
+from maeltrace.records import NO_DEVICE_TIME
 
 if TYPE_CHECKING:
     from maeltrace.devices.registry import ClockOptions
@@ -46,21 +47,28 @@ class JaxBlockClock:
     never calls it gets no device time (one warning per key). Regions during which JAX compiled
     (a first call of a jitted function) are flagged and reported apart from the steady state.
 
+    On the CPU backend there is no GPU: the clock still waits and flags compiling regions, but
+    records no device times (``no_gpu_reason`` says so), so regions keep their CPU time only.
+
     Args:
         times: where resolved times go.
+        no_gpu_reason: why there is no GPU, where there is none; None measures device times.
     """
 
     name = "jax-block"
     host_syncs = 0
     host_offset_ns = 0
 
-    def __init__(self, times: DeviceTimes) -> None:
+    def __init__(self, times: DeviceTimes, no_gpu_reason: str | None = None) -> None:
         self._times = times
         self._unblocked: set[int] = set()
+        self.no_gpu_reason = no_gpu_reason
         self.description = (
             "host clock from region start until jax.block_until_ready(outputs) returned "
             f"(backend {jax.default_backend()})"
         )
+        if no_gpu_reason is not None:
+            self.description = f"no GPU ({no_gpu_reason}): gpu=True regions have CPU times only"
 
     def open(self, key_id: int) -> object:
         return [key_id, _compiles.count, perf_counter_ns(), None]
@@ -74,6 +82,10 @@ class JaxBlockClock:
     def close(self, seq: int, handle: object, status: int) -> None:
         assert isinstance(handle, list)
         key_id, compiles, start, ready = handle
+        if self.no_gpu_reason is not None:
+            if _compiles.count != compiles:  # the CPU row still keeps first calls apart
+                self._times.add(seq, start, NO_DEVICE_TIME, FLAG_COMPILED)
+            return
         if ready is None:
             if key_id not in self._unblocked:
                 self._unblocked.add(key_id)
@@ -97,6 +109,8 @@ class JaxBlockClock:
 def jax_clock(times: DeviceTimes, options: ClockOptions | None = None) -> DeviceClock:
     """The JAX clock, on whatever backend JAX runs.
 
-    The ``jax`` entry of `maeltrace.devices.registry`; it takes no options.
+    The ``jax`` entry of `maeltrace.devices.registry`; it takes no options. On the CPU backend
+    it records no device times (`JaxBlockClock`'s ``no_gpu_reason``).
     """
-    return JaxBlockClock(times)
+    backend = jax.default_backend()
+    return JaxBlockClock(times, f"JAX's backend is {backend}" if backend == "cpu" else None)

@@ -10,14 +10,12 @@ every N-th region of each key; the others carry CPU time only.
 
 from __future__ import annotations
 
-import warnings
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, TypeVar
 
 import tensorflow as tf
 
-from maeltrace.devices.base import DeviceClock, DeviceTimes
-from maeltrace.errors import DeviceClockWarning
+from maeltrace.devices.base import DeviceClock, DeviceTimes, SyncedCpuClock
 
 if TYPE_CHECKING:
     from maeltrace.devices.registry import ClockOptions
@@ -52,12 +50,6 @@ class TfSyncClock:
         )
         if not tf.config.list_logical_devices("GPU"):
             self.description += "; no GPU: the CPU clock of synchronous CPU work"
-            # Stack: here, tf_clock, make_clock, Timer.use_device, _device_open, the start.
-            warnings.warn(
-                f"gpu=True regions are timed by {self.description}",
-                DeviceClockWarning,
-                stacklevel=6,
-            )
 
     def _sync(self) -> int:
         tf.test.experimental.sync_devices()
@@ -86,5 +78,8 @@ class TfSyncClock:
 
 
 def tf_clock(times: DeviceTimes, options: ClockOptions) -> DeviceClock:
-    """The ``tensorflow`` entry of `maeltrace.devices.registry`: `TfSyncClock`."""
+    """The ``tensorflow`` entry of `maeltrace.devices.registry`: `TfSyncClock` where TensorFlow
+    sees a GPU; else `SyncedCpuClock`, which records no device times."""
+    if not tf.config.list_logical_devices("GPU"):
+        return SyncedCpuClock(times, "TensorFlow sees no GPU")
     return TfSyncClock(times, sync_every=options.sync_every)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections import deque
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -10,7 +9,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import torch
 
 from maeltrace.devices.base import DeviceClock, DeviceTimes, SyncedCpuClock
-from maeltrace.errors import DeviceClockWarning
 
 if TYPE_CHECKING:
     from maeltrace.devices.registry import ClockOptions
@@ -152,15 +150,10 @@ class CudaEventClock:
 
 
 def torch_clock(times: DeviceTimes, options: ClockOptions | None = None) -> DeviceClock:
-    """CUDA events where torch sees a GPU; else the CPU clock, with one warning.
+    """CUDA events where torch sees a GPU; else `SyncedCpuClock`, which records no device times.
 
     The ``torch`` entry of `maeltrace.devices.registry`; it takes no options.
     """
     if torch.cuda.is_available():
         return CudaEventClock(times)
-    clock = SyncedCpuClock(times, "torch sees no CUDA device; its ops run on the CPU")
-    # Stack: here, make_clock, Timer.use_device, _device_open, the region's start.
-    warnings.warn(
-        f"gpu=True regions are timed on the {clock.description}", DeviceClockWarning, stacklevel=5
-    )
-    return clock
+    return SyncedCpuClock(times, "torch sees no CUDA device")

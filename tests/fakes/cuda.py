@@ -1,4 +1,4 @@
-"""FakeCudaDevice: a fake of ``torch.cuda``'s events for machines without a GPU.
+"""FakeCudaDevice, a fake of ``torch.cuda``'s events, and FakeGpuClock, for machines without a GPU.
 
 The fake models one stream: events complete in the order they were recorded, and only as far
 as the test lets the "GPU" run (`FakeCudaDevice.run`). A blocking call (``synchronize``) runs it
@@ -7,6 +7,13 @@ Event ``i`` (in recording order) completes at ``i`` milliseconds of device time.
 """
 
 from __future__ import annotations
+
+from time import perf_counter_ns
+from typing import TypeVar
+
+from maeltrace.devices.base import DeviceTimes
+
+T = TypeVar("T")
 
 
 class FakeCudaEvent:
@@ -64,3 +71,52 @@ class FakeCudaDevice:
         """Lets the device finish ``events`` more events (all recorded ones by default)."""
         target = self.recorded if events is None else self.completed + events
         self.completed = min(self.recorded, target)
+
+
+class FakeGpuClock:
+    """A fake GPU that runs each region's work as the CPU does: its device time is the region's
+    CPU time, as the CPU stand-in clock measured before it stopped recording device times.
+
+    Tests of what GPU rows become (tables, ``[gpu]`` spans, ``/gpu`` metrics, Chrome tracks) use
+    it where no GPU is present; it measures nothing a real device did.
+
+    Args:
+        times: where resolved times go.
+    """
+
+    name = "fake-gpu"
+    description = "a fake GPU: the region's CPU time, time.perf_counter_ns around it"
+    host_syncs = 0
+    host_offset_ns = 0
+
+    def __init__(self, times: DeviceTimes) -> None:
+        self._times = times
+
+    def open(self, key_id: int) -> object:
+        return perf_counter_ns()
+
+    def close(self, seq: int, handle: object, status: int) -> None:
+        assert isinstance(handle, int)
+        self._times.add(seq, handle, perf_counter_ns() - handle)
+
+    def block(self, handle: object, value: T) -> T:
+        return value
+
+    def poll(self) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+
+def fake_gpu_clock(times: DeviceTimes) -> FakeGpuClock:
+    """A device-clock factory for ``Timer(device=fake_gpu_clock)``: `FakeGpuClock`."""
+    return FakeGpuClock(times)
+
+
+def fake_cuda_clock(times: DeviceTimes, options: object = None) -> object:
+    """A registry factory (`maeltrace.devices.registry.ClockBuilder`): the CUDA-event clock on
+    a `FakeCudaDevice`, a GPU in use for tests of the clock's choice (imports torch)."""
+    from maeltrace.devices.torch_cuda import CudaEventClock
+
+    return CudaEventClock(times, cuda=FakeCudaDevice())

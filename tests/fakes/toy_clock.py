@@ -52,3 +52,13 @@ class ToyClock:
 def make(times: DeviceTimes, options: ClockOptions) -> ToyClock:
     """The factory the tests register as ``tests.fakes.toy_clock:make``."""
     return ToyClock(times, options.sync_every)
+
+
+def gpu_in_use() -> bool:
+    """A ``gpu_probe`` of a framework with a GPU in use."""
+    return True
+
+
+def no_gpu() -> bool:
+    """A ``gpu_probe`` of a framework without one."""
+    return False
