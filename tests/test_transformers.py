@@ -32,6 +32,7 @@ from maeltrace.integrations.vocabulary import (  # noqa: E402
     VALIDATION_BATCH,
 )
 from maeltrace.transformers import TimerCallback  # noqa: E402
+from tests.fakes.cuda import fake_gpu_clock  # noqa: E402
 from tests.helpers import counts, exported_spans, orphan_names, parent_keys  # noqa: E402
 
 EPOCHS, BATCHES, VAL_BATCHES, BATCH_SIZE, TOKENS = 2, 4, 2, 2, 16
@@ -200,16 +201,32 @@ def test_a_step_that_raises_leaves_no_region_open_and_no_orphan_span(tmp_path: P
 
 
 def test_with_gpu_every_batch_region_has_a_device_time(tmp_path: Path) -> None:
-    timer = Timer()
+    # A named fake GPU (no GPU here): which regions the callback opens on the device clock.
+    timer = Timer(device=fake_gpu_clock)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _trainer(tmp_path, TimerCallback(timer, gpu=True), accumulate=2).train()
     expected = {**_expected_counts(2), VALIDATION_BATCH: EPOCHS * VAL_BATCHES}
     for key in (BATCH, FORWARD, BACKWARD, OPTIMIZER, VALIDATION_BATCH):
         assert timer.get_time_stats(key, gpu=True).count == expected[key], key
-    assert timer.device_clock is not None
-    clock_warnings = [w for w in caught if issubclass(w.category, DeviceClockWarning)]
-    assert len(clock_warnings) <= 1
+    for key in (EPOCH, IO):  # the loop's own regions stay on the CPU clock
+        with pytest.raises(KeyError, match="device time"):
+            timer.get_time(key, gpu=True)
+    assert timer.device_clock is not None and timer.device_clock.name == "fake-gpu"
+    assert not [w for w in caught if issubclass(w.category, DeviceClockWarning)]
+
+
+def test_with_gpu_and_no_gpu_there_are_no_gpu_rows(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("checks a machine without a GPU; the GPU machine runs the test above for real")
+    timer = Timer()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(tmp_path, TimerCallback(timer, gpu=True)).train()
+    assert timer.get_time_stats(BATCH).count == EPOCHS * BATCHES
+    with pytest.raises(KeyError, match="no GPU: torch sees no CUDA device"):
+        timer.get_time(BATCH, gpu=True)
+    assert len([w for w in caught if issubclass(w.category, DeviceClockWarning)]) == 1
 
 
 def test_the_epoch_statistics_sit_next_to_the_trainers_metrics_in_mlflow(tmp_path: Path) -> None:
