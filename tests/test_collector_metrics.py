@@ -266,3 +266,25 @@ def test_the_dashboard_uses_prometheus_and_jaeger_data_sources() -> None:
     for path in DASHBOARDS:
         walk(json.loads(path.read_text()))
     assert datasources == {"maeltrace-prometheus", "maeltrace-jaeger"}
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=[path.name for path in DASHBOARDS])
+def test_the_dashboard_is_a_provisionable_grafana_model(path: Path) -> None:
+    """What Grafana needs to load it from a file (no schema is published outside Grafana's own,
+    AGPL, code): a uid and title, unique panel ids, panels inside the 24-column grid, and targets
+    with a refId and a data source."""
+    dashboard = json.loads(path.read_text())
+    assert dashboard["uid"] and dashboard["title"] and "id" not in dashboard
+    panels = dashboard["panels"]
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        refs = [target["refId"] for target in panel.get("targets", [])]
+        assert len(refs) == len(set(refs)), panel["title"]
+        assert all(target.get("datasource") for target in panel.get("targets", []))
+        assert panel["type"] == "row" or panel.get("targets"), panel["title"]
+    names = [variable["name"] for variable in dashboard["templating"]["list"]]
+    used = set(re.findall(r"\$([a-z]+)", json.dumps(panels)))
+    assert used - {"__rate_interval"} <= set(names)
