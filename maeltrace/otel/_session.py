@@ -145,7 +145,10 @@ class ExportSession:
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self.metrics: RegionMetrics | None = None
-        """The region-duration histogram's recorder, once the pipeline is built (or None)."""
+        """The region-duration histogram's recorder, once the export thread built it (or
+        None)."""
+        self._metrics_tried = False
+        self._resource_attributes: Mapping[str, object] = {}
         self._pipeline: SpanPipeline | None = None
         self.offsets: list[int] = []
         """Per thread log, how many regions the pipeline has read."""
@@ -190,7 +193,7 @@ class ExportSession:
         config = self._config
         exporter = self._exporter
         endpoint = type(exporter).__name__
-        self._start_metrics(resource_attributes)
+        self._resource_attributes = resource_attributes
         if exporter is None:
             exporter, endpoint = self._sdk_exporter(resource_attributes, builder.run_span_id)
         # OTLP/JSON bodies are made from the protobuf requests and are up to three times larger.
@@ -278,6 +281,10 @@ class ExportSession:
         from maeltrace.otel._encode import merge_records
 
         records = merge_records(logs, state.keys, state.device_times, state.device_offset_ns)
+        if not self._metrics_tried:
+            # Here, on the export thread: the SDK and its exporter take a second to import.
+            self._metrics_tried = True
+            self._start_metrics(self._resource_attributes)
         if self.metrics is not None:
             self.metrics.record(records)
         return records, state.failures, state.device_clock
