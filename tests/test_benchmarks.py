@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from benchmarks import export, gather_stats, import_time, memory, overhead, report
+from benchmarks import export, gather_stats, import_time, memory, overhead, report, sdk
 
 
 @pytest.mark.parametrize(
@@ -17,6 +17,7 @@ from benchmarks import export, gather_stats, import_time, memory, overhead, repo
         (import_time, ["--quick"], "maeltrace import time", "target"),
         (gather_stats, ["--quick"], "maeltrace gather_stats", "baseline"),
         (report, ["--quick"], "maeltrace report: seconds to draw", "baseline"),
+        (sdk, ["--quick", "--epochs", "2", "--batches", "50"], "maeltrace span paths", "baseline"),
     ],
 )
 def test_each_benchmark_runs_and_prints_its_table(
