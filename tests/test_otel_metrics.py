@@ -194,7 +194,9 @@ service:
 """
 
 
-def _collected(path: Path, timeout_s: float = 30.0) -> tuple[Counter[tuple[str, str]], list[dict]]:
+def _collected(
+    path: Path, expected: dict[tuple[str, str], int], timeout_s: float = 30.0
+) -> tuple[Counter[tuple[str, str]], list[dict]]:
     """The histogram's counts by (key, clock) in the Collector's file, and its resources."""
     import time
 
@@ -218,7 +220,7 @@ def _collected(path: Path, timeout_s: float = 30.0) -> tuple[Counter[tuple[str, 
                             key = (attrs[semconv.MAELTRACE_KEY], attrs[semconv.MAELTRACE_CLOCK])
                             # Cumulative temporality: the last point of a series is its total.
                             counts[key] = max(counts[key], int(point["count"]))
-        if counts or time.monotonic() > deadline:
+        if counts == expected or time.monotonic() > deadline:
             return counts, resources
         time.sleep(0.2)
 
@@ -235,8 +237,9 @@ def test_maeltraces_own_otlp_metrics_reach_a_real_collector(
         tmr = Timer(export=True, output_dir=tmp_path / "run", endpoint=endpoint, protocol=protocol)
         _train_cpu(tmr)
         tmr.close()
-        counts, resources = _collected(tmp_path / "metrics.jsonl")
-    assert counts == {("epoch", "cpu"): 2, ("batch", "cpu"): 6}
+        expected = {("epoch", "cpu"): 2, ("batch", "cpu"): 6}
+        counts, resources = _collected(tmp_path / "metrics.jsonl", expected)
+    assert counts == expected
     ranks = {
         a["value"].get("intValue", a["value"].get("stringValue"))
         for r in resources

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import socket
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -148,6 +150,8 @@ class ExportSession:
         """The region-duration histogram's recorder, once the export thread built it (or
         None)."""
         self._metrics_tried = False
+        self._unmeasured: collections.deque[Records] = collections.deque()
+        self._metrics_lock = threading.Lock()
         self._resource_attributes: Mapping[str, object] = {}
         self._pipeline: SpanPipeline | None = None
         self.offsets: list[int] = []
@@ -160,6 +164,7 @@ class ExportSession:
         if self._pipeline is None and not self._failed:
             try:
                 self._pipeline = self._new_pipeline()
+                self._pipeline.after_build = self.record_metrics
             except Exception as exc:  # never into training
                 self._failed = True
                 warn_safely(
@@ -264,6 +269,21 @@ class ExportSession:
                 stacklevel=6,
             )
 
+    def record_metrics(self) -> None:
+        """Records the histogram's points of the regions read since (on the export thread,
+        after the epoch's spans are stored: an epoch's end never waits for it)."""
+        with self._metrics_lock:
+            if not self._metrics_tried:
+                # Here, not at an epoch's end: the SDK and its exporter take a second to load.
+                self._metrics_tried = True
+                self._start_metrics(self._resource_attributes)
+                if self.metrics is None:
+                    self._unmeasured.clear()
+            while self._unmeasured:
+                records = self._unmeasured.popleft()
+                if self.metrics is not None:
+                    self.metrics.record(records)
+
     def read_new(self) -> tuple[Records, dict[int, str], str | None]:
         """The regions closed since the last call (on the export thread), their failures and
         the device clock's name."""
@@ -281,12 +301,8 @@ class ExportSession:
         from maeltrace.otel._encode import merge_records
 
         records = merge_records(logs, state.keys, state.device_times, state.device_offset_ns)
-        if not self._metrics_tried:
-            # Here, on the export thread: the SDK and its exporter take a second to import.
-            self._metrics_tried = True
-            self._start_metrics(self._resource_attributes)
-        if self.metrics is not None:
-            self.metrics.record(records)
+        if self.metrics is not None or not self._metrics_tried:
+            self._unmeasured.append(records)
         return records, state.failures, state.device_clock
 
     def on_root_open(self, seq: int) -> None:
@@ -306,6 +322,8 @@ class ExportSession:
         pipeline = self.pipeline()
         if pipeline is not None:
             pipeline.request(wait_s=wait_s, stored_s=stored_s)
+            if wait_s is not None:  # a flush: the histogram holds every region after it
+                self.record_metrics()
 
     def close(
         self,
@@ -340,6 +358,7 @@ class ExportSession:
             run_attributes=attributes,
             rescue=rescue,
         )
+        self.record_metrics()
         if self.metrics is not None:
             self.metrics.close(wait_s)
         return pipeline.summary_line()
