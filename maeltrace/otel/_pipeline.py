@@ -342,9 +342,9 @@ class SpanPipeline:
             finally:
                 if done is not None:
                     done.set()
-            if self.after_build is not None:
+            if self.after_build is not None and not self._jobs:
                 # Work that may follow the store (the region-duration histogram), once the
-                # training thread no longer waits for it.
+                # training thread no longer waits for it, and no later build waits either.
                 try:
                     self.after_build()
                 except Exception as exc:  # never into training; counted and warned once
