@@ -40,8 +40,10 @@ __all__ = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_HEADERS",
     "OTEL_EXPORTER_OTLP_INSECURE",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_METRICS_EXPORTER",
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_SDK_DISABLED",
     "OTEL_SERVICE_NAME",
@@ -139,6 +141,15 @@ percent-encoded (the W3C baggage format), e.g. ``api-key=s%3Dcret,x-tenant=ml``;
 
 OTEL_EXPORTER_OTLP_TIMEOUT: Final = "OTEL_EXPORTER_OTLP_TIMEOUT"
 """How long one export attempt may take, in milliseconds; default 10000."""
+
+OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+"""Where maeltrace's own OTLP metrics export sends ``maeltrace.region.duration``; default the
+traces endpoint's receiver (``/v1/metrics`` beside ``/v1/traces`` over HTTP, the same gRPC
+target). Read by OpenTelemetry's metric exporter itself when set (``maeltrace.otel.metrics``)."""
+
+OTEL_METRICS_EXPORTER: Final = "OTEL_METRICS_EXPORTER"
+"""``none`` turns maeltrace's own OTLP metrics export off (spans are still sent); a
+MeterProvider of the user's is used regardless."""
 
 OTEL_EXPORTER_OTLP_COMPRESSION: Final = "OTEL_EXPORTER_OTLP_COMPRESSION"
 """``gzip`` or ``none`` (the default)."""

@@ -52,6 +52,9 @@ from maeltrace.records import STATUS_OK, Records, key_samples
 from maeltrace.stats import TimeStats, compute_stats
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
     from maeltrace import _hotpath
     from maeltrace.distributed import GatheredStats
     from maeltrace.otel._pipeline import PipelineStats
@@ -102,6 +105,18 @@ def _signal_timers() -> list[Timer]:
     """The timers whose files SIGTERM and SIGINT write (`maeltrace._signals`): as at exit,
     unless built with ``handle_signals=False``."""
     return [tmr for tmr in _open_timers() if tmr._handle_signals]
+
+
+def _check_providers(
+    tracer_provider: object, meter_provider: object
+) -> tuple[TracerProvider | None, MeterProvider | None]:
+    """The OpenTelemetry providers given to a Timer, checked (`maeltrace.otel.sdk`)."""
+    if tracer_provider is None and meter_provider is None:
+        return None, None
+    from maeltrace.otel.metrics import check_meter_provider
+    from maeltrace.otel.sdk import check_tracer_provider
+
+    return check_tracer_provider(tracer_provider), check_meter_provider(meter_provider)
 
 
 class Timer:
@@ -159,9 +174,17 @@ class Timer:
             ``max_request_bytes`` (halved when refused for their size). Default: the exporter
             of ``endpoint`` and ``protocol``, else the traces file; given, those two are not
             used (``OTEL_SDK_DISABLED`` still turns export off).
+        tracer_provider: an OpenTelemetry TracerProvider that the spans go through (the SDK
+            path: its resource, sampler, processors and exporters apply); default the global
+            one where you set one, else the fast path above. ``exporter`` wins over it;
+            maeltrace never sets or shuts down a provider (`maeltrace.otel.sdk`).
+        meter_provider: an OpenTelemetry MeterProvider for the ``maeltrace.region.duration``
+            histogram; default the global one where you set one, else maeltrace's own OTLP
+            metrics export where an endpoint is set, else none (`maeltrace.otel.metrics`).
 
     Raises:
-        TypeError: ``exporter`` is not a `maeltrace.otel.exporters.SpanExporter`.
+        TypeError: ``exporter`` is not a `maeltrace.otel.exporters.SpanExporter`, or a
+            provider has no ``get_tracer`` / ``get_meter``.
         ValueError: ``warmup`` is negative, ``MAELTRACE_DISABLED`` holds no yes/no word, or
             ``device``, ``sync_every`` or ``trace_key`` is not one the timer knows.
         maeltrace.otel.export.ExportConfigError: the OTLP endpoint, protocol, headers, timeout
@@ -199,6 +222,8 @@ class Timer:
         max_request_bytes: int | None = None,
         handle_signals: bool | None = None,
         exporter: SpanExporter | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self.warmup = _check_warmup(warmup)
         self.trace_key = None if trace_key is None else canonical_key(trace_key)
@@ -217,6 +242,7 @@ class Timer:
         self._sync_every = sync_every
         self._closed = False
         self._exporter = check_exporter(exporter)
+        providers = _check_providers(tracer_provider, meter_provider)
         self._export: ExportSession | None = None
         export_config: ExportConfig | None = None
         if trace_budget is not None:
@@ -268,6 +294,8 @@ class Timer:
                 suffix=self._file_suffix,
                 snapshot=self._recorder.snapshot,
                 live_state=self._live_state,
+                tracer_provider=providers[0],
+                meter_provider=providers[1],
             )
             self._handle_signals = self.export and (
                 env_flag(MAELTRACE_SIGNALS, default=True)

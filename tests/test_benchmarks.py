@@ -6,7 +6,16 @@ import re
 
 import pytest
 
-from benchmarks import callbacks, export, gather_stats, import_time, memory, overhead, report
+from benchmarks import (
+    callbacks,
+    export,
+    gather_stats,
+    import_time,
+    memory,
+    overhead,
+    report,
+    sdk,
+)
 
 
 @pytest.mark.parametrize(
@@ -18,6 +27,7 @@ from benchmarks import callbacks, export, gather_stats, import_time, memory, ove
         (gather_stats, ["--quick"], "maeltrace gather_stats", "baseline"),
         (report, ["--quick"], "maeltrace report: seconds to draw", "baseline"),
         (callbacks, ["--quick"], "maeltrace callbacks: cost per training step", "baseline"),
+        (sdk, ["--quick", "--epochs", "2", "--batches", "50"], "maeltrace span paths", "baseline"),
     ],
 )
 def test_each_benchmark_runs_and_prints_its_table(

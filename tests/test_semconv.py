@@ -60,6 +60,13 @@ NAMES = {
     "STATS_GPU",
     # Only JAX's compiling calls make first_call rows; test_collect reads them.
     "FIRST_CALL",
+    # The metric and the SDK path's scope: tests/test_otel_metrics.py and test_otel_sdk.py.
+    "SCHEMA_URL",
+    "REGION_DURATION",
+    "REGION_DURATION_UNIT",
+    "MAELTRACE_CLOCK",
+    "MAELTRACE_CLOCK_CPU",
+    "MAELTRACE_CLOCK_GPU",
 }
 
 

@@ -114,6 +114,8 @@ class SpanPipeline:
     ) -> None:
         self.builder = builder
         self._read_new = read_new
+        self.after_build: Callable[[], None] | None = None
+        """Called on the export thread after each build the training thread may wait for."""
         self._exporter = exporter
         self.traces_path = traces_path
         self.endpoint = endpoint or str(traces_path)
@@ -340,6 +342,13 @@ class SpanPipeline:
             finally:
                 if done is not None:
                     done.set()
+            if self.after_build is not None and not self._jobs:
+                # Work that may follow the store (the region-duration histogram), once the
+                # training thread no longer waits for it, and no later build waits either.
+                try:
+                    self.after_build()
+                except Exception as exc:  # never into training; counted and warned once
+                    self._unexpected(exc)
 
     def _build(self, final_perf_ns: int | None) -> None:
         """Encodes the regions closed since the last build (and the run span, once) and stores

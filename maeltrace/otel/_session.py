@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import socket
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -16,10 +18,14 @@ from maeltrace.otel import semconv
 from maeltrace.records import FIELDS, Records
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
     from maeltrace.otel._outbox import Outbox
     from maeltrace.otel._pipeline import PipelineStats, SpanPipeline
     from maeltrace.otel.config import ExportConfig
     from maeltrace.otel.exporters import SpanExporter
+    from maeltrace.otel.metrics import RegionMetrics
     from maeltrace.otel.spans import TraceBudget
 
 __all__ = ["ExportSession", "LiveState", "check_exporter", "check_max_request_bytes"]
@@ -101,6 +107,12 @@ class ExportSession:
         suffix: the rank's file suffix, asked when the pipeline is built.
         snapshot: the recorder's logs from the given offsets on (one per thread log).
         live_state: what the recorder's owner knows beside the logs.
+        tracer_provider: the user's OpenTelemetry TracerProvider (the SDK span path,
+            `maeltrace.otel.sdk`); default the global one where the user set one. An
+            ``exporter`` wins over both.
+        meter_provider: the user's MeterProvider for the region-duration histogram
+            (`maeltrace.otel.metrics`); default the global one where the user set one, else
+            maeltrace's own OTLP metrics export where ``config`` names an endpoint.
     """
 
     def __init__(
@@ -117,6 +129,8 @@ class ExportSession:
         suffix: Callable[[], str],
         snapshot: Callable[[list[int]], Logs],
         live_state: Callable[[], LiveState],
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self._run_id = run_id
         self._owner = owner
@@ -130,6 +144,15 @@ class ExportSession:
         self._snapshot = snapshot
         self._live_state = live_state
         self._failed = False
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self.metrics: RegionMetrics | None = None
+        """The region-duration histogram's recorder, once the export thread built it (or
+        None)."""
+        self._metrics_tried = False
+        self._unmeasured: collections.deque[Records] = collections.deque()
+        self._metrics_lock = threading.Lock()
+        self._resource_attributes: Mapping[str, object] = {}
         self._pipeline: SpanPipeline | None = None
         self.offsets: list[int] = []
         """Per thread log, how many regions the pipeline has read."""
@@ -141,6 +164,7 @@ class ExportSession:
         if self._pipeline is None and not self._failed:
             try:
                 self._pipeline = self._new_pipeline()
+                self._pipeline.after_build = self.record_metrics
             except Exception as exc:  # never into training
                 self._failed = True
                 warn_safely(
@@ -159,11 +183,12 @@ class ExportSession:
         from maeltrace.otel.exporters import make_exporter
         from maeltrace.otel.spans import SpanBuilder
 
+        resource_attributes = resource(self._run_id)
         builder = SpanBuilder(
             run_id=self._run_id,
             process_id=f"{socket.gethostname()}/{os.getpid()}/{self._owner:x}",
             anchor=self._anchor,
-            resource_attributes=resource(self._run_id),
+            resource_attributes=resource_attributes,
             trace_key_id=self._live_state().trace_key_id,
             budget=self._budget,
             user_parents=self.user_parents,
@@ -173,6 +198,9 @@ class ExportSession:
         config = self._config
         exporter = self._exporter
         endpoint = type(exporter).__name__
+        self._resource_attributes = resource_attributes
+        if exporter is None:
+            exporter, endpoint = self._sdk_exporter(resource_attributes, builder.run_span_id)
         # OTLP/JSON bodies are made from the protobuf requests and are up to three times larger.
         factor = 1
         if exporter is None and config is not None:
@@ -209,6 +237,53 @@ class ExportSession:
             max_request_bytes=self._max_request_bytes // factor,
         )
 
+    def _sdk_exporter(
+        self, resource_attributes: Mapping[str, object], run_span_id: bytes
+    ) -> tuple[SpanExporter | None, str]:
+        """The SDK span path's exporter, where the user has a TracerProvider."""
+        from maeltrace.otel.sdk import SdkSpanExporter, user_tracer_provider
+
+        provider = user_tracer_provider(self._tracer_provider)
+        if provider is None:
+            return None, ""
+        roots = {
+            k: resource_attributes[k]
+            for k in (semconv.MAELTRACE_RUN_ID, semconv.MAELTRACE_RANK)
+            if k in resource_attributes
+        }
+        run_span = (run_span_id, self._anchor.wall_time_unix_nano)
+        exporter = SdkSpanExporter(provider, roots, run_span=run_span)
+        return exporter, f"your TracerProvider ({type(provider).__name__})"
+
+    def _start_metrics(self, resource_attributes: Mapping[str, object]) -> None:
+        """Builds the region-duration histogram's recorder, if any (one warning if it fails)."""
+        from maeltrace.otel.metrics import region_metrics
+
+        try:
+            self.metrics = region_metrics(self._meter_provider, self._config, resource_attributes)
+        except Exception as exc:  # never into training
+            warn_safely(
+                f"maeltrace: cannot set up the {semconv.REGION_DURATION} metric: "
+                f"{type(exc).__name__}: {exc}; spans and statistics are not affected",
+                ExportWarning,
+                stacklevel=6,
+            )
+
+    def record_metrics(self) -> None:
+        """Records the histogram's points of the regions read since (on the export thread,
+        after the epoch's spans are stored: an epoch's end never waits for it)."""
+        with self._metrics_lock:
+            if not self._metrics_tried:
+                # Here, not at an epoch's end: the SDK and its exporter take a second to load.
+                self._metrics_tried = True
+                self._start_metrics(self._resource_attributes)
+                if self.metrics is None:
+                    self._unmeasured.clear()
+            while self._unmeasured:
+                records = self._unmeasured.popleft()
+                if self.metrics is not None:
+                    self.metrics.record(records)
+
     def read_new(self) -> tuple[Records, dict[int, str], str | None]:
         """The regions closed since the last call (on the export thread), their failures and
         the device clock's name."""
@@ -226,6 +301,8 @@ class ExportSession:
         from maeltrace.otel._encode import merge_records
 
         records = merge_records(logs, state.keys, state.device_times, state.device_offset_ns)
+        if self.metrics is not None or not self._metrics_tried:
+            self._unmeasured.append(records)
         return records, state.failures, state.device_clock
 
     def on_root_open(self, seq: int) -> None:
@@ -245,6 +322,8 @@ class ExportSession:
         pipeline = self.pipeline()
         if pipeline is not None:
             pipeline.request(wait_s=wait_s, stored_s=stored_s)
+            if wait_s is not None:  # a flush: the histogram holds every region after it
+                self.record_metrics()
 
     def close(
         self,
@@ -279,11 +358,15 @@ class ExportSession:
             run_attributes=attributes,
             rescue=rescue,
         )
+        self.record_metrics()
+        if self.metrics is not None:
+            self.metrics.close(wait_s)
         return pipeline.summary_line()
 
     def forget(self) -> None:
         """Drops the pipeline without closing it (in a forked child, whose threads are gone)."""
         self._pipeline = None
+        self.metrics = None
 
     def outbox_path(self) -> Path | None:
         """The outbox file, once opened."""

@@ -11,6 +11,9 @@ __all__ = [
     "FIRST_CALL",
     "GPU_SUFFIX",
     "HOST_NAME",
+    "MAELTRACE_CLOCK",
+    "MAELTRACE_CLOCK_CPU",
+    "MAELTRACE_CLOCK_GPU",
     "MAELTRACE_CPU_DURATION_NS",
     "MAELTRACE_DEVICE_CLOCK",
     "MAELTRACE_DEVICE_DESCRIPTION",
@@ -30,7 +33,10 @@ __all__ = [
     "PROCESS_PID",
     "PROCESS_RUNTIME_NAME",
     "PROCESS_RUNTIME_VERSION",
+    "REGION_DURATION",
+    "REGION_DURATION_UNIT",
     "RUN_SPAN_NAME",
+    "SCHEMA_URL",
     "SCOPE_NAME",
     "SERVICE_NAME",
     "STATS_CLOCKS",
@@ -50,6 +56,10 @@ __all__ = [
 
 SCOPE_NAME: Final = "maeltrace"
 """Instrumentation scope of every span."""
+
+SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.26.0"
+"""The semantic conventions the names here follow; the schema URL of the SDK path's tracer and
+meter."""
 
 RUN_SPAN_NAME: Final = "run"
 """Name of the span that covers a process's whole run and links its epochs."""
@@ -188,3 +198,22 @@ def framework_version_attribute(framework: str) -> str:
     """The resource attribute holding an imported framework's version:
     ``maeltrace.framework.<framework>.version``."""
     return f"maeltrace.framework.{framework}.version"
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+REGION_DURATION: Final = "maeltrace.region.duration"
+"""The histogram of region durations: one data point per closed region and clock."""
+
+REGION_DURATION_UNIT: Final = "s"
+"""`REGION_DURATION`'s unit (UCUM), seconds as OpenTelemetry's duration metrics use."""
+
+MAELTRACE_CLOCK: Final = "maeltrace.clock"
+"""On `REGION_DURATION`'s points: the clock measured, `MAELTRACE_CLOCK_CPU` or
+`MAELTRACE_CLOCK_GPU` (with `MAELTRACE_KEY`, the only attributes: bounded cardinality)."""
+
+MAELTRACE_CLOCK_CPU: Final = "cpu"
+"""`MAELTRACE_CLOCK` of durations on the CPU's monotonic clock."""
+
+MAELTRACE_CLOCK_GPU: Final = "gpu"
+"""`MAELTRACE_CLOCK` of durations on the device clock."""

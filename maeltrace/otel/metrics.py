@@ -1,0 +1,246 @@
+"""The ``maeltrace.region.duration`` histogram: one point per region, off the training thread."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from maeltrace._version import __version__
+from maeltrace.environment import (
+    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+    OTEL_METRICS_EXPORTER,
+    env_str,
+)
+from maeltrace.errors import ExportWarning, warn_safely
+from maeltrace.otel import semconv
+from maeltrace.records import NO_DEVICE_TIME, STATUS_OK, Records
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Histogram, MeterProvider
+
+    from maeltrace.otel.config import ExportConfig
+
+__all__ = [
+    "DURATION_BUCKETS_S",
+    "RegionMetrics",
+    "check_meter_provider",
+    "region_metrics",
+    "user_meter_provider",
+]
+
+DURATION_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+"""The histogram's bucket boundaries, in seconds, given to the SDK as advice (a View of the
+user's wins): from a 0.1 ms step to an hour's epoch. OpenTelemetry's default boundaries are made
+for milliseconds and would put every step time below 5 s into one bucket."""
+
+_NS_PER_S = 1e9
+
+
+def check_meter_provider(provider: object) -> MeterProvider | None:
+    """``provider`` as an OpenTelemetry MeterProvider, or None.
+
+    Raises:
+        TypeError: it has no callable ``get_meter``, or is a class.
+    """
+    if provider is None:
+        return None
+    if isinstance(provider, type) or not callable(getattr(provider, "get_meter", None)):
+        raise TypeError(
+            "meter_provider must be an OpenTelemetry MeterProvider (with get_meter), not "
+            f"{getattr(provider, '__name__', type(provider).__name__)}"
+        )
+    return provider  # type: ignore[return-value]  # checked structurally just above
+
+
+def user_meter_provider(given: MeterProvider | None = None) -> MeterProvider | None:
+    """``given``, else the global MeterProvider where the user set one (not the default proxy
+    or no-op), else None; reads it only where the user imported OpenTelemetry's metrics API."""
+    if given is not None:
+        return given
+    if "opentelemetry.metrics" not in sys.modules:
+        return None
+    from opentelemetry import metrics
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    provider = metrics.get_meter_provider()
+    # The API's default before a provider is set: a proxy (private class, matched by name).
+    if isinstance(provider, NoOpMeterProvider) or type(provider).__name__ == "_ProxyMeterProvider":
+        return None
+    return provider
+
+
+class RegionMetrics:
+    """Records each closed region's durations in the ``maeltrace.region.duration`` histogram
+    (unit ``s``; attributes ``maeltrace.key`` and ``maeltrace.clock``, ``cpu`` or ``gpu``).
+
+    Failed regions are left out, as the statistics leave them out. `record` never raises: a
+    failure is one `maeltrace.errors.ExportWarning` and a count (`errors`).
+
+    Args:
+        provider: the MeterProvider to record through.
+        owned: maeltrace built ``provider`` (its own OTLP export) and shuts it down at `close`;
+            a user's provider is left alone.
+    """
+
+    def __init__(self, provider: MeterProvider, *, owned: bool = False) -> None:
+        self.provider = provider
+        self.owned = owned
+        meter = provider.get_meter(semconv.SCOPE_NAME, __version__, schema_url=semconv.SCHEMA_URL)
+        self._histogram: Histogram = meter.create_histogram(
+            semconv.REGION_DURATION,
+            unit=semconv.REGION_DURATION_UNIT,
+            description="Duration of each timed region, by key and clock",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
+        )
+        self._attributes: dict[tuple[str, str], dict[str, str]] = {}
+        self.points = 0
+        """Data points recorded."""
+        self.errors = 0
+        """Batches of regions that could not be recorded, and failed shutdowns."""
+        self._warned = False
+
+    def _labels(self, key: str, clock: str) -> dict[str, str]:
+        found = self._attributes.get((key, clock))
+        if found is None:
+            found = {semconv.MAELTRACE_KEY: key, semconv.MAELTRACE_CLOCK: clock}
+            self._attributes[(key, clock)] = found
+        return found
+
+    def record(self, records: Records) -> None:
+        """Records the durations of ``records`` (regions not given before)."""
+        try:
+            record = self._histogram.record
+            names = [str(k) for k in records.keys]
+            start, end, status = records.start_ns, records.end_ns, records.status
+            device, key_id = records.device_ns, records.key_id
+            cpu, gpu = semconv.MAELTRACE_CLOCK_CPU, semconv.MAELTRACE_CLOCK_GPU
+            for i in range(len(records)):
+                if status[i] != STATUS_OK:
+                    continue
+                name = names[key_id[i]]
+                record((end[i] - start[i]) / _NS_PER_S, self._labels(name, cpu))
+                self.points += 1
+                if device[i] != NO_DEVICE_TIME:
+                    record(device[i] / _NS_PER_S, self._labels(name, gpu))
+                    self.points += 1
+        except Exception as exc:  # never into training
+            self._fail(exc)
+
+    def close(self, wait_s: float) -> None:
+        """Sends what is left and stops maeltrace's own provider; a user's is left alone."""
+        if not self.owned:
+            return
+        try:
+            shutdown: Any = self.provider.shutdown  # type: ignore[attr-defined]  # SDK's provider
+            shutdown(timeout_millis=max(1.0, wait_s * 1000))
+        except Exception as exc:  # never into training
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.errors += 1
+        if not self._warned:
+            self._warned = True
+            warn_safely(
+                f"maeltrace: cannot record the {semconv.REGION_DURATION} metric: "
+                f"{type(exc).__name__}: {exc}; later failures are only counted",
+                ExportWarning,
+            )
+
+
+def _metrics_endpoint(config: ExportConfig) -> str | None:
+    """The metrics endpoint next to the traces one, or None to let the exporter read
+    ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` itself."""
+    from maeltrace.otel.config import GRPC
+
+    if env_str(OTEL_EXPORTER_OTLP_METRICS_ENDPOINT):
+        return None
+    if config.protocol == GRPC:
+        return config.endpoint
+    base, sep, _ = config.endpoint.rpartition("/v1/traces")
+    return base + "/v1/metrics" if sep else None
+
+
+def _own_provider(config: ExportConfig, resource_attributes: Mapping[str, object]) -> Any:
+    """A MeterProvider of maeltrace's own, sending by OTLP (the official exporter) where
+    ``config`` sends spans; never global."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+
+    from maeltrace.otel.config import GRPC
+
+    endpoint = _metrics_endpoint(config)
+    headers = dict(config.headers)
+    exporter: Any
+    if config.protocol == GRPC:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        exporter = OTLPMetricExporter(
+            endpoint=endpoint,
+            insecure=not config.secure,
+            headers=headers or None,
+            timeout=config.timeout_s,
+        )
+    else:  # OTLP/JSON has no official Python exporter: metrics go as protobuf
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter as HttpMetricExporter,
+        )
+
+        exporter = HttpMetricExporter(
+            endpoint=endpoint, headers=headers or None, timeout=config.timeout_s
+        )
+    values = {
+        k: v for k, v in resource_attributes.items() if isinstance(v, str | bool | int | float)
+    }
+    reader = PeriodicExportingMetricReader(exporter)
+    return MeterProvider(metric_readers=[reader], resource=Resource(values))
+
+
+def region_metrics(
+    given: MeterProvider | None,
+    config: ExportConfig | None,
+    resource_attributes: Mapping[str, object],
+) -> RegionMetrics | None:
+    """The histogram's recorder: through ``given``, else the user's global MeterProvider, else
+    maeltrace's own OTLP metrics export where ``config`` names an endpoint (and
+    ``OTEL_METRICS_EXPORTER`` is not ``none``, and the ``otel`` extra is installed), else None.
+
+    Raises:
+        Exception: the provider or the exporter could not be built (the caller warns).
+    """
+    provider = user_meter_provider(given)
+    if provider is not None:
+        return RegionMetrics(provider)
+    if config is None or config.disabled:
+        return None
+    if env_str(OTEL_METRICS_EXPORTER, "").strip().lower() == "none":
+        return None
+    from importlib.util import find_spec
+
+    if find_spec("opentelemetry.sdk") is None or find_spec("opentelemetry.exporter") is None:
+        return None  # without the otel extra, spans only, as before
+    return RegionMetrics(_own_provider(config, resource_attributes), owned=True)
