@@ -20,6 +20,7 @@ from maeltrace import Timer, TimeType
 from maeltrace._version import __version__
 from maeltrace.otel import semconv
 from maeltrace.otel.metrics import DURATION_BUCKETS_S
+from tests.fakes.cuda import fake_gpu_clock
 from tests.services.collector import CollectorService
 
 BOTH_RECORDERS = True
@@ -61,7 +62,10 @@ class TestThroughTheUsersMeterProvider:
     def test_one_point_per_region_and_clock(self, tmp_path: Path) -> None:
         reader = InMemoryMetricReader()
         provider = MeterProvider(metric_readers=[reader])
-        tmr = Timer(export=True, output_dir=tmp_path, device="cpu", meter_provider=provider)
+        # The named fake GPU (none here): a device time for each gpu=True region.
+        tmr = Timer(
+            export=True, output_dir=tmp_path, device=fake_gpu_clock, meter_provider=provider
+        )
         _train(tmr)
         tmr.close()
         points = _points(reader)

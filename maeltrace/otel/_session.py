@@ -152,6 +152,9 @@ class ExportSession:
         self._metrics_tried = False
         self._unmeasured: collections.deque[Records] = collections.deque()
         self._metrics_lock = threading.Lock()
+        self._metrics_thread: threading.Thread | None = None
+        self._metrics_wake = threading.Event()
+        self._metrics_stop = False
         self._resource_attributes: Mapping[str, object] = {}
         self._pipeline: SpanPipeline | None = None
         self.offsets: list[int] = []
@@ -164,7 +167,7 @@ class ExportSession:
         if self._pipeline is None and not self._failed:
             try:
                 self._pipeline = self._new_pipeline()
-                self._pipeline.after_build = self.record_metrics
+                self._pipeline.after_build = self._wake_metrics
             except Exception as exc:  # never into training
                 self._failed = True
                 warn_safely(
@@ -269,9 +272,51 @@ class ExportSession:
                 stacklevel=6,
             )
 
+    def _wake_metrics(self) -> None:
+        """Has the histogram's own thread record what the export thread has read (called by
+        the export thread after a build). The histogram costs tens of µs a region in the SDK;
+        on the export thread, a tight loop's next epoch would wait behind it."""
+        if self._metrics_tried and self.metrics is None:
+            return  # no histogram: no thread
+        if self._metrics_thread is None:
+            thread = threading.Thread(
+                target=self._metrics_loop, name="maeltrace-metrics", daemon=True
+            )
+            thread.start()
+            self._metrics_thread = thread  # once started: `_stop_metrics` may join it
+        self._metrics_wake.set()
+
+    def _metrics_loop(self) -> None:
+        """The histogram's thread: records on each wake until `close` (or no histogram)."""
+        warned = False
+        while not self._metrics_stop:
+            self._metrics_wake.wait()
+            self._metrics_wake.clear()
+            try:
+                self.record_metrics()
+            except Exception as exc:  # never into training; once
+                if not warned:
+                    warned = True
+                    warn_safely(
+                        f"maeltrace: the {semconv.REGION_DURATION} metric failed: "
+                        f"{type(exc).__name__}: {exc}; spans and statistics are not affected",
+                        ExportWarning,
+                    )
+            if self._metrics_tried and self.metrics is None:
+                return
+
+    def _stop_metrics(self, wait_s: float) -> None:
+        """Stops the histogram's thread, waiting at most ``wait_s`` for it."""
+        thread = self._metrics_thread
+        self._metrics_stop = True
+        self._metrics_wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(wait_s, 0.0))
+
     def record_metrics(self) -> None:
-        """Records the histogram's points of the regions read since (on the export thread,
-        after the epoch's spans are stored: an epoch's end never waits for it)."""
+        """Records the histogram's points of the regions read since (on the histogram's
+        thread, after the epoch's spans are stored: an epoch's end never waits for it; or on
+        the thread of a `flush` or `close`, which wait for it)."""
         with self._metrics_lock:
             if not self._metrics_tried:
                 # Here, not at an epoch's end: the SDK and its exporter take a second to load.
@@ -358,6 +403,7 @@ class ExportSession:
             run_attributes=attributes,
             rescue=rescue,
         )
+        self._stop_metrics(wait_s)
         self.record_metrics()
         if self.metrics is not None:
             self.metrics.close(wait_s)
@@ -367,6 +413,8 @@ class ExportSession:
         """Drops the pipeline without closing it (in a forked child, whose threads are gone)."""
         self._pipeline = None
         self.metrics = None
+        self._metrics_thread = None  # gone with the fork, and so may the lock's holder be
+        self._metrics_lock = threading.Lock()
 
     def outbox_path(self) -> Path | None:
         """The outbox file, once opened."""
