@@ -1,39 +1,44 @@
-"""AP2 analogue: a transformer encoder reads short weather texts and says whether it rains.
+"""AP2 analogue: a transformer encoder, trained by the Hugging Face Trainer, reads short weather
+texts and says whether it rains.
 
-The seed's Application 2 fine-tunes DeBERTa-v3-small (PyTorch) on about 1.6 million Tweets to
-predict whether it rained at the Tweet's place and time. Here the Tweets are synthetic: short
-texts of whitespace-separated words drawn from a small vocabulary of weather words ("rain",
-"drizzle", "sunny"...), everyday words and a long Zipf tail of rare words (``w0``, ``w1``...),
-between a third of ``scale`` and ``scale`` words long. A signal is planted so that the model has
-something to learn, and a transformer a reason to look at context: rainy texts mention rain
-words more often, and dry texts, when they mention rain, often negate it ("no rain"). About a
-third of the texts are rainy, and one label in twenty is flipped, as real labels from rain
-gauges are noisy.
+The seed's Application 2 fine-tunes DeBERTa-v3-small (PyTorch) with the Hugging Face
+``transformers.Trainer`` on about 1.6 million Tweets to predict whether it rained at the Tweet's
+place and time, timed by a Trainer callback written around Deep500's timer. Here the Tweets are
+synthetic: short texts of whitespace-separated words drawn from a small vocabulary of weather
+words ("rain", "drizzle", "sunny"...), everyday words and a long Zipf tail of rare words
+(``w0``, ``w1``...), between a third of ``scale`` and ``scale`` words long. A signal is planted
+so that the model has something to learn, and a transformer a reason to look at context: rainy
+texts mention rain words more often, and dry texts, when they mention rain, often negate it
+("no rain"). About a third of the texts are rainy, and one label in twenty is flipped, as real
+labels from rain gauges are noisy. The model is a small encoder initialised at random (nothing
+is downloaded), an ``nn.Module`` that returns its loss as a Hugging Face model does.
 
-The loop is the hand-written PyTorch loop of a data-parallel fine-tuning: the
-``torch.utils.data.DataLoader`` tokenises and pads each batch in its ``collate_fn`` (the IO
-region, in the main process, as with a tokenising data collator), and the gradients are
-all-reduced over a ``torch.distributed`` process group before the optimizer steps. The group is
-a gloo group of world size 1 set up through a file in a temporary folder (no network port):
-**at world size 1 the all-reduce moves nothing between processes, so the COMM row measures the
-collective's fixed cost only** (the call, flattening the gradients into one bucket and copying
-them back), not the network time a multi-process run would add.
+The ``transformers.Trainer`` runs the loop and ``maeltrace.transformers.TimerCallback`` times it:
+the Trainer's data loader tokenises and pads each batch in its data collator (the IO region, in
+the main process), and the gradients are all-reduced over a ``torch.distributed`` process group
+before the optimizer steps. The group is a gloo group of world size 1 set up through a file in a
+temporary folder (no network port); the Trainer, on one process, neither sees nor wraps it, so
+the app all-reduces the gradients itself at the end of each step's backward pass, where DDP's
+reducer does it, and times that in a ``comm`` region inside ``backward``. **At world size 1 the
+all-reduce moves nothing between processes, so the COMM row measures the collective's fixed cost
+only** (the call, flattening the gradients into one bucket and copying them back), not the
+network time a multi-process run would add.
 
-Regions, and how they nest::
+Regions, and how they nest (the callback's docstring says what each of its regions holds)::
 
     epoch
     ├── io          one per batch: waiting for the tokenised, padded batch
-    └── batch       one per batch: the training step
-        ├── forward     copying the batch to the device, embedding, encoder, loss
-        ├── backward    loss.backward()
-        ├── comm        all-reduce of the flattened gradients (one bucket)
-        └── optimizer   AdamW step and zeroing the gradients
+    └── batch       one per batch: the training step, the batch's copy to the device included
+        ├── forward     embedding, encoder, loss (the model's forward)
+        ├── backward    loss.backward(), then
+        │   └── comm    all-reduce of the flattened gradients (one bucket)
+        └── optimizer   AdamW step
 
 ``scale`` is the longest text in words (the padded sequence is one longer, for the ``[CLS]``
 token the classifier reads). ``--workers`` is not used: the texts are in memory and
 tokenising a batch takes well under a millisecond, so worker processes would only add their
-start-up. With ``--device cuda`` the model and batches go to the GPU (pinned host memory,
-non-blocking copies) and the gradients are all-reduced by gloo on the GPU tensors.
+start-up. With ``--device cuda`` the model and batches go to the GPU (pinned host memory) and the
+gradients are all-reduced by gloo on the GPU tensors.
 """
 
 from __future__ import annotations
@@ -42,19 +47,24 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
+import transformers
 from _harness import App, AppConfig, Progress, Size
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
 from maeltrace import Timer, TimeType
+from maeltrace.transformers import TimerCallback
 
 APP = App(
     name="ap2-rain-transformer",
-    title="AP2: transformer encoder classifying rain from short weather texts (PyTorch, gloo)",
+    title=(
+        "AP2: transformer encoder classifying rain from short weather texts "
+        "(Hugging Face Trainer, gloo)"
+    ),
     framework="torch",
     seed_app="AP2",
     sizes={
@@ -142,10 +152,9 @@ class Tokenizer:
     def __len__(self) -> int:
         return len(self.vocab)
 
-    def __call__(
-        self, batch: Sequence[tuple[str, int]]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token ids (batch, 1 + longest), the padding mask (True: padding), the labels."""
+    def __call__(self, batch: Sequence[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        """The Trainer's data collator: token ids (batch, 1 + longest), the padding mask (True:
+        padding) and the labels, under the names of the model's arguments."""
         encoded = [
             [self.cls_id, *(self.vocab.get(word, self.unk_id) for word in text.split())]
             for text, _ in batch
@@ -155,7 +164,7 @@ class Tokenizer:
         for row, tokens in enumerate(encoded):
             ids[row, : len(tokens)] = torch.tensor(tokens)
         labels = torch.tensor([label for _, label in batch], dtype=torch.long)
-        return ids, ids == self.pad_id, labels
+        return {"input_ids": ids, "padding_mask": ids == self.pad_id, "labels": labels}
 
 
 class RainClassifier(nn.Module):
@@ -184,12 +193,16 @@ class RainClassifier(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, 2)
 
-    def forward(self, ids: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(ids.shape[1], device=ids.device)
+    def forward(
+        self, input_ids: torch.Tensor, padding_mask: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The loss and the logits, as a Hugging Face model returns them to the Trainer."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         hidden = self.encoder(
-            self.embed(ids) + self.position(positions), src_key_padding_mask=padding
+            self.embed(input_ids) + self.position(positions), src_key_padding_mask=padding_mask
         )
-        return self.head(self.norm(hidden[:, 0]))
+        logits = self.head(self.norm(hidden[:, 0]))
+        return {"loss": F.cross_entropy(logits, labels), "logits": logits}
 
 
 @contextlib.contextmanager
@@ -217,60 +230,123 @@ def all_reduce_gradients(parameters: Sequence[nn.Parameter], world_size: int) ->
         offset += grad.numel()
 
 
+class RainTrainer(transformers.Trainer):
+    """The Trainer, all-reducing the gradients at the end of each step's backward pass and
+    keeping each batch's loss, logits and labels for the results.
+
+    Args:
+        tmr: the timer the ``comm`` regions go to.
+        gpu: time the all-reduce on the device clock as well.
+        **kwargs: the `transformers.Trainer`'s.
+    """
+
+    def __init__(self, tmr: Timer, gpu: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tmr = tmr
+        self.gpu = gpu
+        self.batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # The step's last micro-batch: its backward pass has just finished, and DDP's reducer
+        # would be all-reducing the accumulated gradients now.
+        if self.accelerator.sync_gradients:
+            with self.tmr.region(TimeType.COMM, gpu=self.gpu):
+                parameters = [p for p in model.parameters() if p.requires_grad]
+                all_reduce_gradients(parameters, dist.get_world_size())
+        return loss
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        if model.training:
+            # Kept on the device and read after training, so no step waits for the GPU.
+            self.batches.append((loss.detach(), outputs["logits"].detach(), inputs["labels"]))
+        return (loss, outputs) if return_outputs else loss
+
+
+class BatchProgress(transformers.TrainerCallback):
+    """Reports each micro-batch done to the harness's progress.
+
+    Args:
+        progress: the harness's progress counter.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress()
+
+
 def train(tmr: Timer, config: AppConfig, progress: Progress) -> dict[str, float]:
-    """Fine-tunes the classifier; returns the last epoch's mean loss and accuracy."""
-    device = torch.device(config.device)
+    """Fine-tunes the classifier with the Trainer; returns the last epoch's mean loss and
+    accuracy."""
     texts, labels = make_texts(config.batches * config.batch_size, config.scale, config.seed)
     tokenizer = Tokenizer(
         [*RAIN_WORDS, *DRY_WORDS, *COMMON_WORDS, NEGATION, *(f"w{i}" for i in range(RARE_WORDS))]
     )
-    loader = DataLoader(
-        list(zip(texts, labels.tolist(), strict=True)),
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=tokenizer,
-        generator=torch.Generator().manual_seed(config.seed),
-        pin_memory=config.gpu,
-    )
     torch.manual_seed(config.seed)
     model = RainClassifier(
         len(tokenizer), config.scale + 1, width=64, heads=4, layers=2, pad_id=tokenizer.pad_id
-    ).to(device)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=0.01)
-    gpu = config.gpu
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    with process_group() as world_size:
-        for _ in range(config.epochs):
-            # Summed on the device; read once per epoch, so no step waits for the GPU.
-            loss_sum.zero_()
-            correct.zero_()
-            with tmr.region(TimeType.EPOCH):
-                model.train()
-                for ids, padding, target in tmr.iterate(loader, TimeType.IO):
-                    with tmr.region(TimeType.BATCH, gpu=gpu):
-                        with tmr.region(TimeType.FORWARD, gpu=gpu):
-                            ids = ids.to(device, non_blocking=True)
-                            padding = padding.to(device, non_blocking=True)
-                            target = target.to(device, non_blocking=True)
-                            logits = model(ids, padding)
-                            loss = F.cross_entropy(logits, target)
-                        with tmr.region(TimeType.BACKWARD, gpu=gpu):
-                            loss.backward()
-                        with tmr.region(TimeType.COMM, gpu=gpu):
-                            all_reduce_gradients(parameters, world_size)
-                        with tmr.region("optimizer", gpu=gpu):
-                            optimizer.step()
-                            optimizer.zero_grad(set_to_none=True)
-                    loss_sum += loss.detach()
-                    correct += (logits.argmax(dim=1) == target).sum()
-                    progress()
-    samples = config.batches * config.batch_size
+    )
+    with tempfile.TemporaryDirectory(prefix="ap2-trainer-") as scratch:
+        args = transformers.TrainingArguments(
+            output_dir=scratch,  # nothing is saved; the run's files are the timer's
+            use_cpu=not config.gpu,
+            seed=config.seed,
+            num_train_epochs=config.epochs,
+            per_device_train_batch_size=config.batch_size,
+            # The hand-written loop's optimisation: AdamW at a constant rate, no clipping.
+            optim="adamw_torch",
+            learning_rate=1e-3,
+            weight_decay=0.01,
+            lr_scheduler_type="constant",
+            max_grad_norm=0.0,
+            dataloader_drop_last=True,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=config.gpu,
+            save_strategy="no",
+            logging_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+        )
+        trainer = RainTrainer(
+            tmr,
+            config.gpu,
+            model=model,
+            args=args,
+            train_dataset=list(zip(texts, labels.tolist(), strict=True)),
+            data_collator=tokenizer,
+            callbacks=[TimerCallback(tmr, gpu=config.gpu), BatchProgress(progress)],
+        )
+        # Without tqdm the Trainer prints its logs; the app prints only the timer's table.
+        trainer.remove_callback(transformers.PrinterCallback)
+        # The group starts after the Trainer has chosen its device: on one process the Trainer
+        # neither uses it nor wraps the model, and says so when it finds one already there.
+        with process_group():
+            trainer.train()
+    last_epoch = trainer.batches[-config.batches :]
+    loss_sum = sum(loss.item() for loss, _, _ in last_epoch)
+    correct = sum(int((logits.argmax(dim=1) == target).sum()) for _, logits, target in last_epoch)
     return {
-        "loss": loss_sum.item() / config.batches,
-        "accuracy": correct.item() / samples,
+        "loss": loss_sum / config.batches,
+        "accuracy": correct / (config.batches * config.batch_size),
     }
 
 

@@ -20,6 +20,7 @@ from tests.helpers import (
     app_run_fixture,
     assert_ran_on_the_cpu_and_wrote_its_files,
     assert_times_a_step_per_batch,
+    step_parents,
 )
 
 EPOCHS = 2
@@ -45,17 +46,43 @@ def _assert_ran_on_the_cpu_and_wrote_its_files(
     )
 
 
-AP2_STEP = ("forward", "backward", "comm", "optimizer")
+AP2_STEP = ("forward", "backward", "optimizer")
 AP4_STEP = ("forward", "backward", "optimizer")
 AP6_STEP = ("forward", "sinkhorn", "backward", "optimizer")
 
 
 @pytest.mark.slow
 class TestAp2RainTransformer:
+    def test_the_trainer_callback_times_each_batch_exactly_once(self, ap2: AppRun) -> None:
+        # maeltrace.transformers.TimerCallback's regions, one per batch (no gradient
+        # accumulation: one io and one optimizer step per batch), and the app's all-reduce.
+        steps = EPOCHS * BATCHES
+        assert ap2.counts() == {
+            "epoch": EPOCHS,
+            "io": steps,
+            "batch": steps,
+            "forward": steps,
+            "backward": steps,
+            "comm": steps,
+            "optimizer": steps,
+        }
+        assert ap2.info["regions"] == [
+            "epoch",
+            "io",
+            "batch",
+            "forward",
+            "backward",
+            "comm",
+            "optimizer",
+        ]
+
     def test_each_batch_is_a_data_parallel_step_with_its_all_reduce(self, ap2: AppRun) -> None:
-        # The loader's fetch precedes each step, and the all-reduce sits between the backward
-        # pass and the optimizer, as in data-parallel training.
-        assert_times_a_step_per_batch(ap2, *AP2_STEP, epochs=EPOCHS, batches=BATCHES)
+        # The Trainer fetches each batch before its step; the all-reduce ends the backward pass,
+        # where DDP's reducer runs it, before the optimizer steps.
+        assert ap2.parent_keys() == step_parents(*AP2_STEP) | {"comm": {"backward"}}
+        assert ap2.children_in_order("epoch") == [["io", "batch"] * BATCHES] * EPOCHS
+        assert ap2.children_in_order("batch") == [list(AP2_STEP)] * (EPOCHS * BATCHES)
+        assert ap2.children_in_order("backward") == [["comm"]] * (EPOCHS * BATCHES)
 
     def test_ran_on_the_cpu_wrote_its_files_and_classified(self, ap2: AppRun) -> None:
         _assert_ran_on_the_cpu_and_wrote_its_files(ap2, "ap2-rain-transformer", "AP2")
