@@ -3,7 +3,8 @@
 An app is a script ``apps/apN_<name>.py`` that defines an `App` and a ``train`` function and
 ends with ``raise SystemExit(APP.main(train))``. ``train(tmr, config, progress)`` is the app's
 own training loop, instrumented the way a user instruments theirs (``tmr.region``,
-``tmr.iterate``, the Keras ``TimerCallback``); it calls ``progress()`` after every batch and
+``tmr.iterate``, or a trainer's ``TimerCallback``: Keras's, Lightning's, the Hugging Face
+Trainer's); it calls ``progress()`` after every batch and
 returns a few result values (the final loss, ...). This module is free of any framework;
 what several apps of one framework share is in ``_tf.py`` (TensorFlow and Keras) and
 ``_fields.py`` (synthetic fields in numpy), and never their instrumentation.
