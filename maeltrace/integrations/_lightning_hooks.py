@@ -6,6 +6,7 @@ import warnings
 from typing import Any
 
 from maeltrace.errors import SinkWarning
+from maeltrace.integrations._callback_timer import CallbackTimer
 from maeltrace.integrations._epoch_logs import EpochLog
 from maeltrace.integrations.vocabulary import (
     BACKWARD,
@@ -30,7 +31,7 @@ _TRAIN_STEP = (OPTIMIZER, BACKWARD, FORWARD, BATCH)
 """The regions inside a training batch, innermost first."""
 
 
-class TimerHooks:
+class TimerHooks(CallbackTimer):
     """The callback methods: training epochs, the IO wait before each batch, each batch's
     forward, backward and optimizer step, and validation, test and prediction passes and their
     batches (`maeltrace.integrations.vocabulary` names them).
@@ -62,31 +63,13 @@ class TimerHooks:
     """
 
     def __init__(self, timer: Timer | None = None, *, gpu: bool = False) -> None:
-        if timer is not None and not isinstance(timer, Timer):
-            raise TypeError(f"TimerCallback needs a maeltrace Timer, not {type(timer).__name__}")
+        self._hold(timer)
         super().__init__()
-        self._timer = timer
         self.gpu = bool(gpu)
         self._sanity_checking = False
         self._in_train_epoch = False
         self._epoch_log = EpochLog()
         self._logger_warned = False
-
-    @property
-    def timer(self) -> Timer:
-        """The timer the callback records into (its own, built on first use, when none was
-        given)."""
-        if self._timer is None:
-            self._timer = Timer()
-        return self._timer
-
-    def _own_timer(self) -> None:
-        """Builds the callback's own timer with the run id every rank agrees on."""
-        if self._timer is None:
-            from maeltrace._runinfo import new_run_id
-            from maeltrace.distributed import shared_run_id
-
-            self._timer = Timer(run_id=shared_run_id(new_run_id()))
 
     def _end_open(self, *keys: Key) -> None:
         timer = self.timer

@@ -12,6 +12,7 @@ from typing import Any
 
 import transformers
 
+from maeltrace.integrations._callback_timer import CallbackTimer
 from maeltrace.integrations._epoch_logs import EpochLog
 from maeltrace.integrations.vocabulary import (
     BACKWARD,
@@ -63,7 +64,7 @@ def _calling_trainer(method: str | None = None) -> Any:
     return None
 
 
-class TimerCallback(transformers.TrainerCallback):
+class TimerCallback(CallbackTimer, transformers.TrainerCallback):
     """``transformers.Trainer`` callback recording epochs, each batch's IO wait, forward,
     backward and optimizer step, and evaluation and prediction passes and their batches into a
     `maeltrace.Timer` (`maeltrace.integrations.vocabulary` names the keys).
@@ -109,10 +110,8 @@ class TimerCallback(transformers.TrainerCallback):
     """
 
     def __init__(self, timer: Timer | None = None, *, gpu: bool = False) -> None:
-        if timer is not None and not isinstance(timer, Timer):
-            raise TypeError(f"TimerCallback needs a maeltrace Timer, not {type(timer).__name__}")
+        self._hold(timer)
         super().__init__()
-        self._timer = timer
         self.gpu = bool(gpu)
         self._ready = False
         self._model: Any = None
@@ -126,23 +125,7 @@ class TimerCallback(transformers.TrainerCallback):
         self._epochs = EpochLog()
         self._warned: set[str] = set()
 
-    @property
-    def timer(self) -> Timer:
-        """The timer the callback records into (its own, built on first use, when none was
-        given)."""
-        if self._timer is None:
-            self._timer = Timer()
-        return self._timer
-
     # -- setup -----------------------------------------------------------------------------------
-
-    def _own_timer(self) -> None:
-        """Builds the callback's own timer with the run id every rank agrees on."""
-        if self._timer is None:
-            from maeltrace._runinfo import new_run_id
-            from maeltrace.distributed import shared_run_id
-
-            self._timer = Timer(run_id=shared_run_id(new_run_id()))
 
     def _ready_to_record(self) -> None:
         """Builds the timer and chooses the device clock, once."""
