@@ -53,8 +53,9 @@ __all__ = [
     "versions",
 ]
 
-FRAMEWORKS = ("torch", "tensorflow", "jax")
-"""The frameworks maeltrace knows; device clocks and span resources use this one list."""
+FRAMEWORKS = ("torch", "jax", "tensorflow")
+"""The frameworks maeltrace knows, in the order the device clock is chosen among them (see
+`maeltrace.devices.registry`); device clocks and span resources use this one list."""
 
 VERSIONED_MODULES = (*FRAMEWORKS, "keras", "jaxlib", "numpy")
 """Modules whose versions go into the stats files' metadata when they are imported."""

@@ -26,7 +26,12 @@ from benchmarks import (
         (import_time, ["--quick"], "maeltrace import time", "target"),
         (gather_stats, ["--quick"], "maeltrace gather_stats", "baseline"),
         (report, ["--quick"], "maeltrace report: seconds to draw", "baseline"),
-        (callbacks, ["--quick"], "maeltrace callbacks: cost per training step", "baseline"),
+        (
+            callbacks,
+            ["--quick", "--steps", "4", "--rounds", "1"],
+            "maeltrace callbacks: cost per training step",
+            "baseline",
+        ),
         (sdk, ["--quick", "--epochs", "2", "--batches", "50"], "maeltrace span paths", "baseline"),
     ],
 )

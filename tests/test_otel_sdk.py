@@ -31,6 +31,7 @@ from maeltrace import Timer, TimeType  # noqa: E402
 from maeltrace._version import __version__  # noqa: E402
 from maeltrace.errors import ExportWarning  # noqa: E402
 from maeltrace.otel import semconv  # noqa: E402
+from tests.fakes.cuda import fake_gpu_clock  # noqa: E402  # a named fake GPU: none here
 
 BOTH_RECORDERS = True
 
@@ -62,7 +63,9 @@ class TestSpansThroughTheUsersProvider:
         self, tmp_path: Path
     ) -> None:
         provider, memory = _provider()
-        tmr = Timer(export=True, output_dir=tmp_path, device="cpu", tracer_provider=provider)
+        tmr = Timer(
+            export=True, output_dir=tmp_path, device=fake_gpu_clock, tracer_provider=provider
+        )
         _train(tmr)
         tmr.close()
         names = _by_name(memory.get_finished_spans())
@@ -79,7 +82,9 @@ class TestSpansThroughTheUsersProvider:
 
     def test_parents_are_present_and_each_epoch_is_a_trace(self, tmp_path: Path) -> None:
         provider, memory = _provider()
-        tmr = Timer(export=True, output_dir=tmp_path, device="cpu", tracer_provider=provider)
+        tmr = Timer(
+            export=True, output_dir=tmp_path, device=fake_gpu_clock, tracer_provider=provider
+        )
         _train(tmr)
         with tmr.region("evaluate"):  # outside epochs: under the run span
             pass
@@ -110,7 +115,9 @@ class TestSpansThroughTheUsersProvider:
 
     def test_timestamps_are_the_regions_own_within_a_microsecond(self, tmp_path: Path) -> None:
         provider, memory = _provider()
-        tmr = Timer(export=True, output_dir=tmp_path, device="cpu", tracer_provider=provider)
+        tmr = Timer(
+            export=True, output_dir=tmp_path, device=fake_gpu_clock, tracer_provider=provider
+        )
         _train(tmr, epochs=1, batches=5)
         tmr.close()
         records = tmr.records()
@@ -130,7 +137,9 @@ class TestSpansThroughTheUsersProvider:
 
     def test_the_users_resource_and_the_tracers_scope(self, tmp_path: Path) -> None:
         provider, memory = _provider(resource=Resource.create({"service.name": "my-trainer"}))
-        tmr = Timer(export=True, output_dir=tmp_path, device="cpu", tracer_provider=provider)
+        tmr = Timer(
+            export=True, output_dir=tmp_path, device=fake_gpu_clock, tracer_provider=provider
+        )
         _train(tmr, epochs=1, batches=1)
         tmr.close()
         spans = memory.get_finished_spans()
@@ -147,7 +156,9 @@ class TestSpansThroughTheUsersProvider:
 
     def test_a_failed_region_keeps_its_status_and_exception_event(self, tmp_path: Path) -> None:
         provider, memory = _provider()
-        tmr = Timer(export=True, output_dir=tmp_path, device="cpu", tracer_provider=provider)
+        tmr = Timer(
+            export=True, output_dir=tmp_path, device=fake_gpu_clock, tracer_provider=provider
+        )
         with tmr.region(TimeType.EPOCH), pytest.raises(KeyError), tmr.region("load"):
             raise KeyError("shard-7")
         tmr.close()
@@ -157,7 +168,9 @@ class TestSpansThroughTheUsersProvider:
 
     def test_the_users_sampler_applies(self, tmp_path: Path) -> None:
         provider, memory = _provider(sampler=ALWAYS_OFF)
-        tmr = Timer(export=True, output_dir=tmp_path, device="cpu", tracer_provider=provider)
+        tmr = Timer(
+            export=True, output_dir=tmp_path, device=fake_gpu_clock, tracer_provider=provider
+        )
         _train(tmr)
         tmr.close()
         assert memory.get_finished_spans() == ()
@@ -186,7 +199,9 @@ class TestFaultsInTheUsersPipeline:
         provider = TracerProvider()
         raising = _Raising()
         provider.add_span_processor(SimpleSpanProcessor(raising))
-        tmr = Timer(export=True, output_dir=tmp_path, device="cpu", tracer_provider=provider)
+        tmr = Timer(
+            export=True, output_dir=tmp_path, device=fake_gpu_clock, tracer_provider=provider
+        )
         # Spans go out at each epoch's end, on the export threads: the warning may come then.
         with pytest.warns(ExportWarning, match="collector on fire") as caught:  # noqa: PT031
             _train(tmr, epochs=3)
@@ -198,7 +213,9 @@ class TestFaultsInTheUsersPipeline:
     def test_a_raising_processor_is_one_warning_too(self, tmp_path: Path) -> None:
         provider = TracerProvider()
         provider.add_span_processor(_RaisingProcessor(InMemorySpanExporter()))
-        tmr = Timer(export=True, output_dir=tmp_path, device="cpu", tracer_provider=provider)
+        tmr = Timer(
+            export=True, output_dir=tmp_path, device=fake_gpu_clock, tracer_provider=provider
+        )
         # Spans go out at each epoch's end, on the export threads: the warning may come then.
         with pytest.warns(ExportWarning, match="processor on fire") as caught:  # noqa: PT031
             _train(tmr)

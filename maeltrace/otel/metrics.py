@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -151,9 +152,20 @@ class RegionMetrics:
             self._fail(exc)
 
     def close(self, wait_s: float) -> None:
-        """Sends what is left and stops maeltrace's own provider; a user's is left alone."""
+        """Sends what is left and stops maeltrace's own provider, waiting at most ``wait_s``
+        seconds (an endpoint that never answers must not hold the process's end: the
+        exporter's own timeout and retries may last longer); a user's provider is left alone."""
         if not self.owned:
             return
+        closing = threading.Thread(
+            target=self._shutdown, args=(wait_s,), name="maeltrace-metrics-close", daemon=True
+        )
+        closing.start()
+        closing.join(max(wait_s, 0.0))
+        if closing.is_alive():
+            self._fail(TimeoutError(f"the last points were not sent within {wait_s:g} s"))
+
+    def _shutdown(self, wait_s: float) -> None:
         try:
             shutdown: Any = self.provider.shutdown  # type: ignore[attr-defined]  # SDK's provider
             shutdown(timeout_millis=max(1.0, wait_s * 1000))
