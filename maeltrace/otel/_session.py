@@ -321,8 +321,10 @@ class ExportSession:
         with self._metrics_lock:
             if not self._metrics_tried:
                 # Here, not at an epoch's end: the SDK and its exporter take a second to load.
-                self._metrics_tried = True
+                # Marked tried only once built: until then `read_new` keeps every epoch's
+                # regions for it (the export thread goes on meanwhile).
                 self._start_metrics(self._resource_attributes)
+                self._metrics_tried = True
                 if self.metrics is None:
                     self._unmeasured.clear()
             while self._unmeasured:
