@@ -32,6 +32,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("recorder", RECORDERS, indirect=True)
 
 
+_MLFLOW_URI_MODULE = "mlflow.tracking._tracking_service.utils"
+
+
+@pytest.fixture(autouse=True)
+def mlflow_tracking_uri_restored() -> Iterator[None]:
+    """Puts MLflow's global tracking URI back after each test: trainers' MLflow loggers set it
+    (Lightning's ``MLFlowLogger`` calls ``mlflow.set_tracking_uri``, which also sets
+    ``MLFLOW_TRACKING_URI``), and a later test would find runs in a deleted temporary store."""
+    import sys
+
+    def current() -> str | None:
+        module = sys.modules.get(_MLFLOW_URI_MODULE)
+        return getattr(module, "_tracking_uri", None) if module is not None else None
+
+    before, environ = current(), os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    module = sys.modules.get(_MLFLOW_URI_MODULE)
+    if module is not None and current() != before:
+        module.set_tracking_uri(before)  # None unsets the variable too
+    if os.environ.get("MLFLOW_TRACKING_URI") != environ:
+        if environ is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = environ
+
+
 @pytest.fixture(autouse=True)
 def recorder(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
