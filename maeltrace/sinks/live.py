@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import queue
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -74,12 +75,13 @@ def parse_backends(value: str | Iterable[str] | None) -> tuple[str, ...]:
 def epoch_values(rows: Mapping[tuple[Key, bool], Sequence[float]]) -> dict[str, float]:
     """The mean and count of each row's samples (seconds), named
     ``maeltrace/<key>[/gpu]/epoch/{mean,count}`` (`maeltrace.sinks.base.metric_name`); rows
-    without samples are left out."""
+    without samples are left out. The trainers' loggers (`maeltrace.integrations._epoch_logs`)
+    and the live series share it."""
     values: dict[str, float] = {}
     for (key, gpu), samples in rows.items():
         if samples:
             name = metric_name(key, device=gpu, samples="epoch")
-            values[f"{name}/mean"] = sum(samples) / len(samples)
+            values[f"{name}/mean"] = statistics.fmean(samples)
             values[f"{name}/count"] = float(len(samples))
     return values
 
