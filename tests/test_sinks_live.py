@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from maeltrace.sinks import SinkWarning
 from maeltrace.sinks.live import parse_backends
 from tests.fakes.cuda import fake_gpu_clock
 from tests.services.jaeger import free_port
+from tests.services.mlflow_server import MlflowServer
 
 pytestmark = [
     pytest.mark.slow,
@@ -127,6 +130,18 @@ class TestMlflow:
         assert "maeltrace/batch/all/mean" in run.data.metrics
         assert len(self.history(store, run.info.run_id, "maeltrace/batch/epoch/mean")) == EPOCHS
 
+    def test_a_real_tracking_server_gets_the_series(
+        self, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+        with self.mlflow.start_run() as run:
+            tmr = Timer(live="mlflow")
+            train(tmr)
+            tmr.close()
+        got = self.history(mlflow_server.uri, run.info.run_id, "maeltrace/batch/epoch/mean")
+        assert [step for step, _ in got] == list(range(EPOCHS))
+        assert [v for _, v in got] == pytest.approx(epoch_means(tmr), rel=1e-9)
+
     def test_a_dead_server_never_slows_the_loop_and_warns_once(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -151,6 +166,39 @@ class TestMlflow:
         means = epoch_means(tmr)
         assert [e["metrics"]["maeltrace/batch/epoch/mean"] for e in entries] == pytest.approx(means)
         assert not [t for t in threading.enumerate() if t.name == "maeltrace-live"]
+
+    def test_a_server_that_never_answers_is_left_behind_within_the_bound(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(16)  # connections are accepted by the kernel, never answered
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{silent.getsockname()[1]}")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                tmr = Timer(live="mlflow")
+                started = time.monotonic()
+                train(tmr)
+                loop_s = time.monotonic() - started
+                started = time.monotonic()
+                tmr.close(timeout_s=2.0)
+                close_s = time.monotonic() - started
+        assert loop_s < 1.0, loop_s
+        assert close_s < 4.0, close_s
+        assert [w for w in caught if issubclass(w.category, SinkWarning)]
+        # The epochs behind the hung one went to the pending file from close itself.
+        lines = (tmr.output_dir / "pending-mlflow.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == list(range(1, EPOCHS))
+        # The hung call ends at MLflow's own timeout; then the user's MLflow settings are back.
+        for thread in threading.enumerate():
+            if thread.name == "maeltrace-live":
+                thread.join(timeout=60)
+        assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+        steps = [
+            json.loads(line)["step"]
+            for line in (tmr.output_dir / "pending-mlflow.jsonl").read_text().splitlines()
+        ]
+        assert sorted(steps) == list(range(EPOCHS))
 
 
 def test_wandb_offline_gets_one_row_per_epoch_in_order(

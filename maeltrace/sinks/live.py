@@ -225,20 +225,35 @@ class LiveLog:
 
     def close(self, timeout_s: float = DRAIN_S) -> None:
         """Waits at most ``timeout_s`` for the queued epochs, then ends the runs the trackers
-        started; epochs still queued then go to the pending files unsent. Later calls do
-        nothing."""
+        started; epochs still queued then go to the pending files unsent (written here), and
+        a tracker call still hanging is left to its daemon thread. Later calls do nothing."""
         if self._closed:
             return
         self._closed = True
         deadline = time.monotonic() + timeout_s
         if not self.flush(timeout_s):
+            # A tracker hangs: what waits goes to the pending files from here, now, rather
+            # than from a daemon thread that the interpreter's exit may stop first.
             self._give_up.set()
-        try:
-            self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()) + 0.1)
-        except queue.Full:
-            self._give_up.set()
-            return
-        self._thread.join(max(0.0, deadline - time.monotonic()) + 0.1)
+            self._drain()
+        with contextlib.suppress(queue.Full):  # empty by now, unless an epoch raced the close
+            self._queue.put(None, timeout=0.5)
+        # Ending the runs (W&B's finish uploads what is left) within what remains of the bound.
+        self._thread.join(max(0.5, deadline - time.monotonic()))
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                trace = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if trace is not None:
+                    self._log_epoch(trace)
+            except Exception as exc:  # the rest still goes to the pending files
+                _warn("live", f"epoch {trace}'s statistics were not read", exc, None)
+            finally:
+                self._queue.task_done()
 
     # -- the live thread -----------------------------------------------------------------------
 
