@@ -91,9 +91,13 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _open_timers() -> list[Timer]:
-    """The timers whose files are still to be written: those that export, are open and
-    recorded something."""
-    return [tmr for tmr in list(_TIMERS) if tmr.export and not tmr._closed and tmr.keys()]
+    """The timers whose files or live series are still to be written: those that export or
+    send live series, are open and recorded something."""
+    return [
+        tmr
+        for tmr in list(_TIMERS)
+        if (tmr.export or tmr._live is not None) and not tmr._closed and tmr.keys()
+    ]
 
 
 @atexit.register

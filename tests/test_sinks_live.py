@@ -90,6 +90,8 @@ class TestMlflow:
             monkeypatch.delenv(name, raising=False)
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        # The store's tables first: creating them takes seconds, more than a test should wait.
+        self.mlflow.MlflowClient(tracking_uri=uri).search_experiments()
         yield uri
         while self.mlflow.active_run() is not None:
             self.mlflow.end_run()
@@ -129,6 +131,29 @@ class TestMlflow:
         assert run.info.status == "FINISHED"
         assert "maeltrace/batch/all/mean" in run.data.metrics
         assert len(self.history(store, run.info.run_id, "maeltrace/batch/epoch/mean")) == EPOCHS
+
+    def test_at_exit_the_queued_epochs_are_sent_and_the_run_ended(
+        self, store: str, tmp_path: Path
+    ) -> None:
+        code = (
+            "import maeltrace\n"
+            "tmr = maeltrace.Timer(live='mlflow', export=False)\n"
+            "for _ in range(3):\n"
+            "    with tmr.region('epoch'):\n"
+            "        with tmr.region('batch'): pass\n"
+            "print(tmr.run_id)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True
+        )
+        client = self.mlflow.MlflowClient(tracking_uri=store)
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string=f"tags.`maeltrace.run_id` = '{done.stdout.strip()}'",
+        )
+        assert [r.info.status for r in runs] == ["FINISHED"]
+        got = self.history(store, runs[0].info.run_id, "maeltrace/batch/epoch/count")
+        assert got == [(e, 1.0) for e in range(3)]
 
     def test_a_real_tracking_server_gets_the_series(
         self, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch

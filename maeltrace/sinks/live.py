@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import queue
 import statistics
 import threading
@@ -12,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from maeltrace._imports import require
 from maeltrace.keys import Key
 from maeltrace.records import FLAG_COMPILED, NO_DEVICE_TIME, STATUS_OK, Records
 from maeltrace.sinks.base import (
@@ -136,7 +136,8 @@ class LiveLog:
 
     Raises:
         ValueError: a tracker name is not one of `BACKENDS`, or none is given.
-        ImportError: a tracker's package is not installed; the message names the extra.
+        ImportError: a tracker's package is not installed (or fails to import); the message
+            names the extra.
     """
 
     def __init__(
@@ -153,13 +154,10 @@ class LiveLog:
         if not names:
             raise ValueError("live names no tracker")
         for name in names:
-            # Checked here, where the timer is built; imported on the live thread only.
-            if importlib.util.find_spec(name) is None:
-                raise ImportError(
-                    f"{name} is needed for live={name!r} but is not installed; install it with: "
-                    f"pip install 'maeltrace[{name}]'",
-                    name=name,
-                )
+            # Imported here, where the timer is built (once, off the loop), not on the live
+            # thread: an import there can meet the interpreter's exit, where the trackers'
+            # own atexit registrations fail.
+            require(name, name)
         self._series: list[Series] = []
         for name in names:
             if name == "mlflow":
