@@ -17,6 +17,7 @@ __all__ = [
     "MAELTRACE_DEVICE",
     "MAELTRACE_DISABLED",
     "MAELTRACE_EXPORT",
+    "MAELTRACE_LIVE",
     "MAELTRACE_MAX_REQUEST_BYTES",
     "MAELTRACE_OUTPUT_DIR",
     "MAELTRACE_PURE_PYTHON",
@@ -114,6 +115,11 @@ MAELTRACE_RUN_ID: Final = "MAELTRACE_RUN_ID"
 """The run id, shared by every process of one run. When unset, the launcher's id is used
 (``TORCHELASTIC_RUN_ID``, ``SLURM_JOB_ID`` with ``SLURM_STEP_ID``), else a new one. Read when
 a timer is built."""
+
+MAELTRACE_LIVE: Final = "MAELTRACE_LIVE"
+"""Trackers that get each epoch's statistics while training runs, comma-separated: ``mlflow``,
+``wandb`` or both, as ``Timer(live=...)`` names them (`maeltrace.sinks.live`). Default none.
+Read when a timer that names none is built."""
 
 MAELTRACE_SIGNALS: Final = "MAELTRACE_SIGNALS"
 """``0``, ``false``, ``no`` or ``off`` keeps timers built afterwards from handling SIGTERM and

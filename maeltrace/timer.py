@@ -35,6 +35,7 @@ from maeltrace.environment import (
     MAELTRACE_DEVICE,
     MAELTRACE_DISABLED,
     MAELTRACE_EXPORT,
+    MAELTRACE_LIVE,
     MAELTRACE_PURE_PYTHON,
     MAELTRACE_SIGNALS,
     env_flag,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from maeltrace.otel.exporters import SpanExporter
     from maeltrace.otel.spans import TraceBudget
     from maeltrace.report import Summary
+    from maeltrace.sinks.live import LiveLog
 
 __all__ = ["Region", "Timer"]
 
@@ -73,6 +75,9 @@ T = TypeVar("T")
 STORE_WAIT_S = 1.0
 """The most an epoch's end waits for its spans to be on disk (a millisecond or two for
 thousands of spans; a hung disk costs this once, then is not waited for until it recovers)."""
+
+LIVE_DRAIN_S = 10.0
+"""The most `Timer.close` and the ``log_*_all`` calls wait for the live series' queued epochs."""
 
 _TIMERS: weakref.WeakSet[Timer] = weakref.WeakSet()
 
@@ -86,9 +91,13 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _open_timers() -> list[Timer]:
-    """The timers whose files are still to be written: those that export, are open and
-    recorded something."""
-    return [tmr for tmr in list(_TIMERS) if tmr.export and not tmr._closed and tmr.keys()]
+    """The timers whose files or live series are still to be written: those that export or
+    send live series, are open and recorded something."""
+    return [
+        tmr
+        for tmr in list(_TIMERS)
+        if (tmr.export or tmr._live is not None) and not tmr._closed and tmr.keys()
+    ]
 
 
 @atexit.register
@@ -181,12 +190,18 @@ class Timer:
         meter_provider: an OpenTelemetry MeterProvider for the ``maeltrace.region.duration``
             histogram; default the global one where you set one, else maeltrace's own OTLP
             metrics export where an endpoint is set, else none (`maeltrace.otel.metrics`).
+        live: trackers that get each epoch's statistics while training runs, as a step series
+            (step = the epoch's index): ``"mlflow"``, ``"wandb"``, both (``("mlflow",
+            "wandb")`` or ``"mlflow,wandb"``); default ``MAELTRACE_LIVE``, else none. An epoch is
+            a region of ``trace_key``; a background thread logs it, and ``close`` waits for it
+            (at most 10 s). See `maeltrace.sinks.live.LiveLog`.
 
     Raises:
         TypeError: ``exporter`` is not a `maeltrace.otel.exporters.SpanExporter`, or a
             provider has no ``get_tracer`` / ``get_meter``.
         ValueError: ``warmup`` is negative, ``MAELTRACE_DISABLED`` holds no yes/no word, or
-            ``device``, ``sync_every`` or ``trace_key`` is not one the timer knows.
+            ``device``, ``sync_every``, ``trace_key`` or ``live`` is not one the timer knows.
+        ImportError: ``live`` names a tracker that is not installed.
         maeltrace.otel.export.ExportConfigError: the OTLP endpoint, protocol, headers, timeout
             or compression (arguments or ``OTEL_EXPORTER_OTLP_*``) are malformed; a
             ``ValueError`` too.
@@ -224,6 +239,7 @@ class Timer:
         exporter: SpanExporter | None = None,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        live: str | Sequence[str] | None = None,
     ) -> None:
         self.warmup = _check_warmup(warmup)
         self.trace_key = None if trace_key is None else canonical_key(trace_key)
@@ -269,6 +285,7 @@ class Timer:
         self._gpu_regions: dict[Key, Region] = {}
         self._annotator: Annotator | None = None
         self._failures: dict[int, str] = {}
+        self._live: LiveLog | None = None
         self.implementation = "disabled"
         """Which recorder records: ``compiled``, ``python`` or ``disabled``."""
         if self.enabled:
@@ -315,6 +332,17 @@ class Timer:
                 self._recorder.set_root_hook(self._export.on_root_open, *(otel_span_probe() or ()))
             if nvtx or xprof:
                 self._annotate(annotators(nvtx=nvtx, xprof=xprof))
+            if live is None:
+                live = env_str(MAELTRACE_LIVE) or None
+            if live:
+                # Loaded by name, only when asked for: the timer never imports the sinks.
+                self._live = load("maeltrace.sinks.live:LiveLog")(
+                    live,
+                    read=self._merged_records,
+                    folder=self._files.intended_folder,
+                    suffix=self._file_suffix,
+                    run_id=self.run_id,
+                )
         else:
             self.start = noop  # type: ignore[method-assign]  # bound no-op, chosen at build
             self.end = noop  # type: ignore[method-assign]  # bound no-op, chosen at build
@@ -425,6 +453,8 @@ class Timer:
         if self._closed or not self.enabled:
             return
         self._flush_device()
+        if self._live is not None:
+            self._live.close(min(timeout_s, LIVE_DRAIN_S))
         if not self.export or self._export is None:
             self._closed = True
             return
@@ -539,6 +569,10 @@ class Timer:
         if self.export and not self._closed and self._export is not None:
             self._flush_device()
             self._export.request(stored_s=STORE_WAIT_S)
+        elif self._live is not None:
+            self._flush_device()
+        if self._live is not None:
+            self._live.epoch_ended(ordinal)
 
     def __enter__(self) -> Timer:
         return self
@@ -575,6 +609,7 @@ class Timer:
         if self._export is not None:
             self._export.forget()
         self.export = False
+        self._live = None  # its thread is the parent's
         self._failures.clear()
         self._device_times.clear()
         self._recorder.after_fork()
@@ -771,6 +806,11 @@ class Timer:
             self._flush_device()
         elif self._clock is not None:
             self._clock.poll()
+        return self._merged_records()
+
+    def _merged_records(self) -> Records:
+        """The records as they are, without waiting for or polling the device clock (the live
+        thread reads them so: the epoch's end resolved its device times)."""
         # Regions first, keys second: a key is registered before any of its regions opens, so
         # every region of the snapshot finds its key.
         logs = self._recorder.snapshot()
@@ -964,6 +1004,8 @@ class Timer:
     ) -> dict[str, float]:
         """Hands the summary to ``sink``'s ``log_summary`` (a lazy reference), with the run's
         files as its artifacts; a disabled timer hands None, which only checks the arguments."""
+        if self._live is not None:
+            self._live.flush(LIVE_DRAIN_S)  # the epochs first: the run a live series started
         summary = self.summary() if self.enabled else None
 
         def files() -> list[Path]:  # the stats files, trace and reports, written now

@@ -157,6 +157,7 @@ LAZY_REFERENCES: dict[str, frozenset[str]] = {
     "maeltrace.timer": frozenset(
         {
             "maeltrace.distributed:gather_stats",
+            "maeltrace.sinks.live:LiveLog",
             "maeltrace.sinks.mlflow:log_summary",
             "maeltrace.sinks.wandb:log_summary",
         }

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import statistics
-
 from maeltrace.keys import Key
-from maeltrace.sinks.base import metric_name, warn_failure
+from maeltrace.sinks.base import warn_failure
+from maeltrace.sinks.live import epoch_values
 from maeltrace.timer import Timer
 
 __all__ = ["EpochLog"]
@@ -55,12 +54,7 @@ class EpochLog:
         values: dict[str, float] = {}
         try:
             counts = self._counts(timer)
-            for (key, gpu), samples in counts.items():
-                new = samples[self._seen.get((key, gpu), 0) :]
-                if new:
-                    name = metric_name(key, device=gpu, samples="epoch")
-                    values[f"{name}/mean"] = statistics.fmean(new)
-                    values[f"{name}/count"] = float(len(new))
+            values = epoch_values({row: s[self._seen.get(row, 0) :] for row, s in counts.items()})
             self._seen = {row: len(samples) for row, samples in counts.items()}
         except Exception as exc:  # the loggers never stop training
             warn_failure("trainer loggers", "the epoch's statistics were not read", exc, None)

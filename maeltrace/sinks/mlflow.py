@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,7 @@ __all__ = [
     "ARTIFACT_PATH",
     "BOUNDED_HTTP",
     "EXPERIMENT",
+    "MlflowSeries",
     "bounded_http",
     "log_mlflow",
     "log_summary",
@@ -139,7 +141,7 @@ def log_summary(
         paths = _files(files) if artifacts else []
         delivery = _Delivery(
             mlflow=mlflow,
-            target=_target(mlflow, folder, run_id),
+            target=_target(mlflow, folder, run_id, name),
             metrics=values,
             files=paths,
             run_name=name,
@@ -175,6 +177,79 @@ def log_mlflow(
     return timer.log_mlflow_all(prefix, stats, **options)
 
 
+class MlflowSeries:
+    """Each epoch's statistics as a step series of one MLflow run, for `maeltrace.sinks.live`.
+
+    The run is the one `log_summary` would use: the run active on the training thread at the
+    first epoch's end (`capture`), else ``MLFLOW_RUN_ID``, else a new run named by the
+    maeltrace run id (in the SQLite fallback store where `log_summary` would use it), left
+    running until `close` and then used by the final `log_summary` too. Calls run on the live
+    thread, each bounded by `bounded_http`.
+
+    Args:
+        folder: returns the run's output folder (the SQLite fallback store).
+        run_name: the maeltrace run id.
+        timeout_s: the longest wait for one request to a tracking server.
+    """
+
+    name = SINK
+
+    def __init__(self, folder: Callable[[], Path], run_name: str, timeout_s: float) -> None:
+        self._folder = folder
+        self._run_name = run_name
+        self._timeout_s = timeout_s
+        self._active: str | None = None
+        self._captured = False
+        self._client: Any = None
+        self._run_id: str | None = None
+        self._started: str | None = None
+
+    def capture(self) -> None:
+        """On the training thread: remembers its active run, where MLflow is imported (an
+        active run means it is; maeltrace never imports it there)."""
+        if self._captured:
+            return
+        self._captured = True
+        mlflow = sys.modules.get("mlflow")
+        active = getattr(mlflow, "active_run", None)
+        run = active() if callable(active) else None
+        if run is not None:
+            self._active = str(run.info.run_id)
+
+    def log(self, step: int, values: Mapping[str, float]) -> None:
+        """Logs ``values`` at ``step``, starting the run on the first call.
+
+        Raises:
+            Exception: whatever MLflow raised; the caller keeps the values.
+        """
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        with bounded_http(self._timeout_s):
+            if self._run_id is None:
+                mlflow = require("mlflow", "mlflow")
+                target = _target(mlflow, self._folder(), self._active, self._run_name, active=False)
+                client = MlflowClient(tracking_uri=target.uri)
+                tags = {"maeltrace.run_id": self._run_name, "maeltrace.host": socket.gethostname()}
+                run_id, started = _open_run(mlflow, client, target, self._run_name, tags)
+                self._client, self._run_id, self._started = client, run_id, started
+                if started is not None:
+                    _LIVE_RUNS[self._run_name] = _Target(target.uri, run_id)
+            now_ms = int(time.time() * 1000)
+            metrics = [Metric(k, v, now_ms, step) for k, v in mlflow_metric_names(values).items()]
+            self._client.log_batch(self._run_id, metrics=metrics, synchronous=True)
+
+    def close(self) -> None:
+        """Ends the run it started (``FINISHED``), on the thread that started it; a run that
+        was there stays running."""
+        started, self._started = self._started, None
+        with bounded_http(self._timeout_s):
+            if started == "fluent":
+                require("mlflow", "mlflow").end_run("FINISHED")
+            elif started == "client":
+                self._client.set_terminated(self._run_id, "FINISHED")
+
+
 def _files(files: Callable[[], list[Path]]) -> list[Path]:
     try:
         return files()
@@ -198,16 +273,31 @@ class _Target:
         return self.uri.partition(":")[0].lower() in _LOCAL_SCHEMES
 
 
-def _target(mlflow: ModuleType, folder: Path, run_id: str | None) -> _Target:
+_LIVE_RUNS: dict[str, _Target] = {}
+"""The run each maeltrace run id's live series (`MlflowSeries`) started, by that run id: the
+final summary goes there too, where nothing names a run."""
+
+
+def _target(
+    mlflow: ModuleType, folder: Path, run_id: str | None, run_name: str = "", active: bool = True
+) -> _Target:
+    """The run a call logs to (the one rule of `log_summary` and `MlflowSeries`).
+
+    Args:
+        active: ask for the calling thread's active run (a worker thread has none).
+    """
     uri: str = mlflow.get_tracking_uri()
     if run_id is not None:
         return _Target(uri, run_id)
-    active = mlflow.active_run()
-    if active is not None:
-        return _Target(uri, active.info.run_id)
+    current = mlflow.active_run() if active else None
+    if current is not None:
+        return _Target(uri, current.info.run_id)
     named = env_str(MLFLOW_RUN_ID)  # mlflow.start_run would consume it
     if named:
         return _Target(uri, named)
+    live = _LIVE_RUNS.get(run_name) if run_name else None
+    if live is not None:
+        return live
     if not mlflow.is_tracking_uri_set() and uri.startswith("file:"):
         folder = folder.resolve()
         folder.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
@@ -270,29 +360,9 @@ class _Delivery:
         from mlflow.entities import Metric, RunTag
         from mlflow.tracking import MlflowClient
 
-        mlflow = self.mlflow
         client = MlflowClient(tracking_uri=self.target.uri)
-        started_fluent = started_client = False
-        self.run_id = self.target.run_id
-        if self.run_id is None:
-            if self.target.artifact_root is not None:
-                experiment = client.get_experiment_by_name(EXPERIMENT)
-                experiment_id = (
-                    experiment.experiment_id
-                    if experiment is not None
-                    else client.create_experiment(
-                        EXPERIMENT, artifact_location=self.target.artifact_root.as_uri()
-                    )
-                )
-                run = client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
-                started_client = True
-            else:
-                # The fluent API picks the experiment as the user's own runs would
-                # (mlflow.set_experiment, MLFLOW_EXPERIMENT_NAME/ID); the run is this
-                # thread's, never the caller's active run.
-                run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
-                started_fluent = True
-            self.run_id = run.info.run_id
+        self.run_id, started = _open_run(self.mlflow, client, self.target, self.run_name, self.tags)
+        started_fluent, started_client = started == "fluent", started == "client"
         tags: list[RunTag] = []
         if not (started_fluent or started_client):
             # Someone else's run: add maeltrace's tags where the run has none of that name.
@@ -311,9 +381,37 @@ class _Delivery:
         finally:
             with contextlib.suppress(Exception):  # the error that matters is already raised
                 if started_fluent:
-                    mlflow.end_run(status)
+                    self.mlflow.end_run(status)
                 elif started_client:
                     client.set_terminated(self.run_id, status)
+
+
+def _open_run(
+    mlflow: ModuleType, client: Any, target: _Target, run_name: str, tags: Mapping[str, str]
+) -> tuple[str, str | None]:
+    """The target's run id, starting the run when it names none (on the calling thread).
+
+    Returns:
+        The run id, and how it was started: ``"fluent"`` (``mlflow.start_run``, this thread's
+        active run now), ``"client"`` (the SQLite fallback store) or None (it existed).
+    """
+    if target.run_id is not None:
+        return target.run_id, None
+    if target.artifact_root is not None:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else client.create_experiment(
+                EXPERIMENT, artifact_location=target.artifact_root.as_uri()
+            )
+        )
+        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        return str(run.info.run_id), "client"
+    # The fluent API picks the experiment as the user's own runs would (mlflow.set_experiment,
+    # MLFLOW_EXPERIMENT_NAME/ID); the run is this thread's, never the caller's active run.
+    run = mlflow.start_run(run_name=run_name, tags=dict(tags))
+    return str(run.info.run_id), "fluent"
 
 
 def _keep(

@@ -25,7 +25,16 @@ if TYPE_CHECKING:
     from maeltrace.report import Summary
     from maeltrace.timer import Timer
 
-__all__ = ["ARTIFACT_TYPE", "DEFAULT_PROJECT", "TAG", "log_summary", "log_wandb", "run_config"]
+__all__ = [
+    "ARTIFACT_TYPE",
+    "DEFAULT_PROJECT",
+    "EPOCH_METRIC",
+    "TAG",
+    "WandbSeries",
+    "log_summary",
+    "log_wandb",
+    "run_config",
+]
 
 SINK = "wandb"
 
@@ -169,6 +178,65 @@ def log_summary(
             pending = PendingFile(pending_path(folder, SINK, rank_suffix_of(summary.metadata)))
             _keep(pending, run_id, values, exc, run)
     return values
+
+
+EPOCH_METRIC = "maeltrace/epoch"
+"""The x-axis of the live series (`WandbSeries`): the epoch index, W&B's ``step_metric`` of each
+of its names, so that the run's own steps stay the trainer's."""
+
+
+class WandbSeries:
+    """Each epoch's statistics as a series of the W&B run, for `maeltrace.sinks.live`.
+
+    The run is ``wandb.run``, else a new one as `log_summary` starts (and finished at `close`;
+    the final `log_summary` before it goes to the same run). Each name's ``step_metric`` is
+    `EPOCH_METRIC`, logged with the values: W&B's own step is left to the trainer.
+
+    Args:
+        run_name: the maeltrace run id.
+    """
+
+    name = SINK
+
+    def __init__(self, run_name: str) -> None:
+        self._run_name = run_name
+        self._run: Any = None
+        self._started = False
+        self._defined: set[str] = set()
+
+    def capture(self) -> None:
+        """Nothing to remember on the training thread: ``wandb.run`` is the process's."""
+
+    def log(self, step: int, values: Mapping[str, float]) -> None:
+        """Logs ``values`` at epoch ``step``.
+
+        Raises:
+            Exception: whatever W&B raised; the caller keeps the values.
+        """
+        if self._run is None:
+            wandb = require("wandb", "wandb")
+            run = wandb.run
+            if run is None:
+                config = {"run_id": self._run_name, "host": socket.gethostname()}
+                run = wandb.init(
+                    project=env_str(WANDB_PROJECT, DEFAULT_PROJECT),
+                    name=self._run_name,
+                    config={"maeltrace": config},
+                    tags=[TAG],
+                )
+                self._started = True
+            self._run = run
+        for name in values:
+            if name not in self._defined:
+                self._run.define_metric(name, step_metric=EPOCH_METRIC)
+                self._defined.add(name)
+        self._run.log({EPOCH_METRIC: step, **values})
+
+    def close(self) -> None:
+        """Finishes the run it started; one that was there stays running."""
+        if self._started:
+            self._started = False
+            self._run.finish()
 
 
 def log_wandb(
