@@ -87,6 +87,23 @@ def _module(pl: Any) -> Any:
     return Regression()
 
 
+def _trainer(pl: Any, folder: Path, callback: Any, **options: Any) -> Any:
+    """A quiet Lightning Trainer of the import name ``pl`` on one CPU: `EPOCHS` epochs, no
+    logger, checkpoints, progress bar or model summary unless ``options`` say otherwise."""
+    settings: dict[str, Any] = {
+        "max_epochs": EPOCHS,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": folder,
+        "callbacks": [callback],
+    }
+    return pl.Trainer(**(settings | options))
+
+
 @dataclass
 class Run:
     """What one Lightning run recorded."""
@@ -112,18 +129,7 @@ def _run(name: str, folder: Path, *, accumulate: int, own_timer: bool, gpu: bool
         warnings.simplefilter("always")
         timer = None if own_timer else Timer(export=True)
         callback = callback_class(timer, gpu=gpu)
-        trainer = pl.Trainer(
-            max_epochs=EPOCHS,
-            accelerator="cpu",
-            devices=1,
-            accumulate_grad_batches=accumulate,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=folder,
-            callbacks=[callback],
-        )
+        trainer = _trainer(pl, folder, callback, accumulate_grad_batches=accumulate)
         model = _module(pl)
         trainer.fit(model, _loader(BATCHES, 0), _loader(VAL_BATCHES, 1))
         trainer.test(model, _loader(VAL_BATCHES, 2), verbose=False)
@@ -230,17 +236,7 @@ def test_a_step_that_raises_leaves_no_region_open_and_no_orphan_span(tmp_path: P
             return super().training_step(batch, batch_idx)
 
     timer = Timer(export=True, output_dir=tmp_path / "out")
-    trainer = pl.Trainer(
-        max_epochs=EPOCHS,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        callbacks=[TimerCallback(timer)],
-    )
+    trainer = _trainer(pl, tmp_path, TimerCallback(timer), num_sanity_val_steps=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's advice is not under test
         with pytest.raises(ZeroDivisionError, match="under test"):
@@ -317,17 +313,13 @@ def _fit_with(loggers: list[Any], folder: Path) -> tuple[Timer, list[warnings.Wa
             return loss
 
     timer = Timer(export=None, output_dir=folder / "out")
-    trainer = pl.Trainer(
-        max_epochs=EPOCHS,
-        accelerator="cpu",
+    trainer = _trainer(
+        pl,
+        folder,
+        TimerCallback(timer),
         logger=loggers,
         log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
-        default_root_dir=folder,
-        callbacks=[TimerCallback(timer)],
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

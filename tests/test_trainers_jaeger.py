@@ -19,7 +19,14 @@ pytest.importorskip("lightning", reason="lightning is not installed")
 from maeltrace import Timer  # noqa: E402
 from maeltrace.errors import MaeltraceWarning  # noqa: E402
 from tests.services.jaeger import JaegerService, count_spans  # noqa: E402
-from tests.test_lightning import BATCHES, EPOCHS, VAL_BATCHES, _loader, _module  # noqa: E402
+from tests.test_lightning import (  # noqa: E402
+    BATCHES,
+    EPOCHS,
+    VAL_BATCHES,
+    _loader,
+    _module,
+    _trainer,
+)
 
 # Per epoch: the epoch, its io waits and batches, each batch's forward, backward and optimizer
 # step, and one validation pass with its batches.
@@ -57,18 +64,7 @@ def test_a_lightning_fit_reads_back_from_jaeger_with_one_root_per_epoch(
     timer = Timer(
         export=True, endpoint=jaeger.otlp_grpc_endpoint, protocol="grpc", output_dir=tmp_path
     )
-    trainer = pl.Trainer(
-        max_epochs=EPOCHS,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        callbacks=[TimerCallback(timer)],
-    )
+    trainer = _trainer(pl, tmp_path, TimerCallback(timer), num_sanity_val_steps=0)
     with warnings.catch_warnings(record=True) as caught:
         # Lightning's own advice and deprecations are not under test; maeltrace's warnings are.
         warnings.simplefilter("always")
