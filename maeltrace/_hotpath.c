@@ -630,6 +630,22 @@ Recorder_is_open(Recorder *self, PyObject *arg)
 }
 
 static PyObject *
+Recorder_open_seq(Recorder *self, PyObject *arg)
+{
+    int64_t key_id;
+    if (parse_id(arg, &key_id) < 0) {
+        return NULL;
+    }
+    ThreadState *st = PyThread_tss_get(self->tss);
+    for (Py_ssize_t i = st != NULL ? st->n_open - 1 : -1; i >= 0; i--) {
+        if (st->open[i].key_id == key_id) {
+            return PyLong_FromLongLong(st->open[i].seq);
+        }
+    }
+    return PyLong_FromLong(-1);
+}
+
+static PyObject *
 Recorder_region(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
 {
     int64_t key_id;
@@ -996,6 +1012,8 @@ static PyMethodDef Recorder_methods[] = {
      "Close a region by key id as failed, reporting the exception."},
     {"discard", (PyCFunction)Recorder_discard, METH_O, "Forget an open region unrecorded."},
     {"is_open", (PyCFunction)Recorder_is_open, METH_O, "Whether a key id is open here."},
+    {"open_seq", (PyCFunction)Recorder_open_seq, METH_O,
+     "The sequence number of this thread's open region of a key id, or -1."},
     {"set_root_hook", (PyCFunction)(void (*)(void))Recorder_set_root_hook, METH_FASTCALL,
      "A callable(seq) called before each root region opens (None: no call); with a ContextVar "
      "of dicts and a key, only while the variable's dict holds a value under the key."},

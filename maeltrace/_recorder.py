@@ -348,6 +348,11 @@ class PyRecorder:
     def is_open(self, key_id: int) -> bool:
         return self._find(self._log(), key_id) >= 0
 
+    def open_seq(self, key_id: int) -> int:
+        log = self._log()
+        i = self._find(log, key_id)
+        return int(log.open[i][1]) if i >= 0 else -1
+
     def start(self, key: object, gpu: bool = False) -> None:
         self.open(self._key_id(key), gpu)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -11,7 +12,7 @@ from maeltrace.keys import Key
 if TYPE_CHECKING:
     from maeltrace import _hotpath
 
-__all__ = ["NULL_REGION", "Region", "hotpath_recorder", "noop", "thread_info"]
+__all__ = ["NULL_REGION", "CountedRegion", "Region", "hotpath_recorder", "noop", "thread_info"]
 
 T = TypeVar("T")
 
@@ -73,6 +74,64 @@ class _NullRegion:
 
 NULL_REGION = _NullRegion()
 """What `Timer.region` returns on a disabled timer."""
+
+
+class CountedRegion:
+    """`Timer.region` given a count (``items``, ``tokens``): the key's own region, and, as it
+    opens, the count noted for it by sequence number. Made per call (the count changes from
+    batch to batch); the region it wraps is the key's cached one.
+
+    Args:
+        region: the key's region.
+        key_id: the key's id.
+        open_seq: the recorder's ``open_seq``: the sequence number of this thread's open region
+            of a key id.
+        note: stores ``(seq, items, tokens)``.
+        items: items (samples) the region works on.
+        tokens: tokens the region works on.
+    """
+
+    __slots__ = ("_items", "_key_id", "_note", "_open_seq", "_region", "_tokens")
+
+    def __init__(
+        self,
+        region: Region,
+        key_id: int,
+        open_seq: Callable[[int], int],
+        note: Callable[[int, int, int], None],
+        items: int,
+        tokens: int,
+    ) -> None:
+        self._region = region
+        self._key_id = key_id
+        self._open_seq = open_seq
+        self._note = note
+        self._items = items
+        self._tokens = tokens
+
+    @property
+    def key(self) -> Key:
+        return self._region.key
+
+    @property
+    def gpu(self) -> bool:
+        return self._region.gpu
+
+    def block(self, value: T) -> T:
+        return self._region.block(value)
+
+    def __enter__(self) -> CountedRegion:
+        self._region.__enter__()
+        self._note(self._open_seq(self._key_id), self._items, self._tokens)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._region.__exit__(exc_type, exc, tb)
 
 
 def noop(key: Key, gpu: bool = False) -> None:

@@ -19,7 +19,9 @@ __all__ = [
     "MAELTRACE_EXPORT",
     "MAELTRACE_LIVE",
     "MAELTRACE_MAX_REQUEST_BYTES",
+    "MAELTRACE_MEMORY",
     "MAELTRACE_OUTPUT_DIR",
+    "MAELTRACE_PEAK_FLOPS",
     "MAELTRACE_PURE_PYTHON",
     "MAELTRACE_RECORD_ARGV",
     "MAELTRACE_RUN_ID",
@@ -120,6 +122,16 @@ MAELTRACE_LIVE: Final = "MAELTRACE_LIVE"
 """Trackers that get each epoch's statistics while training runs, comma-separated: ``mlflow``,
 ``wandb`` or both, as ``Timer(live=...)`` names them (`maeltrace.sinks.live`). Default none.
 Read when a timer that names none is built."""
+
+MAELTRACE_MEMORY: Final = "MAELTRACE_MEMORY"
+"""``1``, ``true``, ``yes`` or ``on`` measures the peak device memory of every gpu region where
+the device clock can (torch on a GPU), as ``Timer(memory=True)`` does. Default off. Read when a
+timer that is given no ``memory`` is built."""
+
+MAELTRACE_PEAK_FLOPS: Final = "MAELTRACE_PEAK_FLOPS"
+"""The peak FLOP/s of one device (``989e12`` for an H100's dense BF16), for model FLOPs
+utilisation, as ``Timer(peak_flops=...)`` takes it. Default none. Read when a timer that is given
+no ``peak_flops`` is built."""
 
 MAELTRACE_SIGNALS: Final = "MAELTRACE_SIGNALS"
 """``0``, ``false``, ``no`` or ``off`` keeps timers built afterwards from handling SIGTERM and

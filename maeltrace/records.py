@@ -2,8 +2,10 @@
 
 A recorder (compiled in maeltrace._hotpath, or maeltrace._recorder in pure Python) keeps one
 log per thread: chunks of `CHUNK_REGIONS` regions, each region `FIELDS` int64 values, 56 bytes
-in all. Device times, known only later and for gpu regions only, are kept apart by
-`maeltrace.devices.DeviceTimes`. Reading merges both into columns, off the hot path.
+in all. What only some regions have is kept apart, by sequence number, in a `SeqValues` store:
+device times and peak device memory (known later, for gpu regions only,
+`maeltrace.devices.DeviceTimes`), and the work a region did (`RegionCounts`: items and tokens,
+for regions given a count). Reading merges them into `Records`, off the hot path.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ __all__ = [
     "NO_TRACE",
     "STATUS_FAILED",
     "STATUS_OK",
+    "RegionCounts",
     "Records",
     "Samples",
+    "SeqValues",
     "ThreadInfo",
     "key_samples",
 ]
@@ -66,6 +70,58 @@ FLAG_COMPILED = 1
 reported apart from the key's steady state."""
 
 
+class SeqValues:
+    """A sparse column: values of some regions, by sequence number, appended from any thread.
+
+    One flat ``array('q')`` of (seq, value, ...) tuples of ``1 + width`` values; one ``extend``
+    call per entry keeps a tuple whole under the GIL. A region may be given values more than
+    once: `by_seq` keeps the last, or, with ``summed``, adds them up.
+    """
+
+    __slots__ = ("_values", "_width")
+
+    def __init__(self, width: int) -> None:
+        self._values = array("q")
+        self._width = width
+
+    def add(self, seq: int, *values: int) -> None:
+        """Appends the values of region ``seq`` (``width`` of them)."""
+        self._values.extend((seq, *values))
+
+    def by_seq(self, *, summed: bool = False) -> dict[int, tuple[int, ...]]:
+        """seq -> values, for merging into `Records`."""
+        v = self._values[:]
+        step = self._width + 1
+        out: dict[int, tuple[int, ...]] = {}
+        for i in range(0, len(v) - len(v) % step, step):
+            values = tuple(v[i + 1 : i + step])
+            before = out.get(v[i]) if summed else None
+            out[v[i]] = values if before is None else tuple(map(sum, zip(before, values)))
+        return out
+
+    def clear(self) -> None:
+        """Drops every entry."""
+        del self._values[:]
+
+    def __len__(self) -> int:
+        return len(self._values) // (self._width + 1)
+
+
+class RegionCounts(SeqValues):
+    """The work regions did, as the user gave it (``Timer.region(key, items=, tokens=)``,
+    ``Timer.add_items``): (items, tokens) by sequence number, several counts of one region
+    added up."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def counts(self) -> dict[int, tuple[int, int]]:
+        """seq -> (items, tokens), summed."""
+        return self.by_seq(summed=True)  # type: ignore[return-value]  # width 2
+
+
 @dataclass(slots=True)
 class Samples:
     """Completed regions' durations (ns) per key id, in start order.
@@ -76,6 +132,10 @@ class Samples:
         cpu_compiled: CPU durations of regions flagged `FLAG_COMPILED`, kept apart.
         gpu_compiled: their device durations.
         failed: regions whose body raised, per key id (in no list above).
+        counts: (items, tokens) of each region, aligned with the list of durations of the same
+            (key id, compiled, gpu); only where the records have counts.
+        memory: peak device memory (bytes) of the regions that have one, per (key id,
+            compiled), in start order.
     """
 
     cpu: dict[int, list[int]] = field(default_factory=dict)
@@ -83,6 +143,8 @@ class Samples:
     cpu_compiled: dict[int, list[int]] = field(default_factory=dict)
     gpu_compiled: dict[int, list[int]] = field(default_factory=dict)
     failed: dict[int, int] = field(default_factory=dict)
+    counts: dict[tuple[int, bool, bool], list[tuple[int, int]]] = field(default_factory=dict)
+    memory: dict[tuple[int, bool], list[int]] = field(default_factory=dict)
 
     def cpu_for(self, key_id: int, compiled: bool) -> list[int]:
         return (self.cpu_compiled if compiled else self.cpu).setdefault(key_id, [])
@@ -151,6 +213,8 @@ class Records:
         thread: index into ``threads``.
         keys: the keys, in order of first use.
         threads: the threads that recorded regions.
+        counts: seq -> (items, tokens) of the regions given a count.
+        peak_memory: seq -> peak device memory in bytes, of the regions that have one.
     """
 
     key_id: array[int]
@@ -166,6 +230,8 @@ class Records:
     thread: array[int]
     keys: tuple[Any, ...]
     threads: tuple[ThreadInfo, ...]
+    counts: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    peak_memory: Mapping[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.seq)
@@ -178,7 +244,9 @@ class Records:
         """The durations the statistics use, grouped by key in one pass."""
         out = Samples()
         compiled = FLAG_COMPILED
-        for key_id, start, end, status, device, flags in zip(
+        counts, memory = self.counts, self.peak_memory
+        for seq, key_id, start, end, status, device, flags in zip(
+            self.seq,
             self.key_id,
             self.start_ns,
             self.end_ns,
@@ -194,6 +262,13 @@ class Records:
             out.cpu_for(key_id, first).append(end - start)
             if device != NO_DEVICE_TIME:
                 out.gpu_for(key_id, first).append(device)
+            if counts:
+                count = counts.get(seq, (0, 0))
+                out.counts.setdefault((key_id, first, False), []).append(count)
+                if device != NO_DEVICE_TIME:
+                    out.counts.setdefault((key_id, first, True), []).append(count)
+            if memory and seq in memory:
+                out.memory.setdefault((key_id, first), []).append(memory[seq])
         return out
 
     @classmethod
@@ -203,6 +278,8 @@ class Records:
         keys: tuple[Any, ...],
         device: Mapping[int, tuple[int, int, int]] | None = None,
         device_offset_ns: int = 0,
+        counts: Mapping[int, tuple[int, int]] | None = None,
+        peak_memory: Mapping[int, int] | None = None,
     ) -> Records:
         """Merges per-thread logs into columns sorted by sequence number.
 
@@ -211,6 +288,8 @@ class Records:
             keys: the keys, by id.
             device: seq -> (device start, duration, flags) of the regions that have one.
             device_offset_ns: moves device starts onto the perf_counter clock.
+            counts: seq -> (items, tokens) of the regions given a count.
+            peak_memory: seq -> peak device memory (bytes) of the regions that have one.
         """
         flat = array("q")
         thread = array("q")
@@ -241,4 +320,6 @@ class Records:
             thread=thread,
             keys=keys,
             threads=tuple(ThreadInfo(*info) for info, _ in logs),
+            counts=counts or {},
+            peak_memory=peak_memory or {},
         )

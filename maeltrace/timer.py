@@ -10,6 +10,8 @@ from __future__ import annotations
 import atexit
 import functools
 import inspect
+import math
+import operator
 import os
 import sys
 import threading
@@ -26,7 +28,14 @@ from maeltrace._clock import ClockAnchor
 from maeltrace._imports import load
 from maeltrace._metadata import run_metadata
 from maeltrace._recorder import PyRecorder
-from maeltrace._recording import NULL_REGION, Region, hotpath_recorder, noop, thread_info
+from maeltrace._recording import (
+    NULL_REGION,
+    CountedRegion,
+    Region,
+    hotpath_recorder,
+    noop,
+    thread_info,
+)
 from maeltrace._run_files import RunFiles
 from maeltrace._runinfo import new_run_id, rank_suffix, run_id_from_environment
 from maeltrace.devices import registry as clocks
@@ -36,6 +45,8 @@ from maeltrace.environment import (
     MAELTRACE_DISABLED,
     MAELTRACE_EXPORT,
     MAELTRACE_LIVE,
+    MAELTRACE_MEMORY,
+    MAELTRACE_PEAK_FLOPS,
     MAELTRACE_PURE_PYTHON,
     MAELTRACE_SIGNALS,
     env_flag,
@@ -49,7 +60,7 @@ from maeltrace.otel._session import (
     check_exporter,
     check_max_request_bytes,
 )
-from maeltrace.records import STATUS_OK, Records, key_samples
+from maeltrace.records import STATUS_OK, RegionCounts, Records, key_samples
 from maeltrace.stats import TimeStats, compute_stats
 
 if TYPE_CHECKING:
@@ -195,12 +206,22 @@ class Timer:
             "wandb")`` or ``"mlflow,wandb"``); default ``MAELTRACE_LIVE``, else none. An epoch is
             a region of ``trace_key``; a background thread logs it, and ``close`` waits for it
             (at most 10 s). See `maeltrace.sinks.live.LiveLog`.
+        memory: also measure the peak device memory of each gpu region, where the device clock
+            reads it from the allocator without waiting for the device (torch on a GPU); a
+            span attribute and a table row. Default ``MAELTRACE_MEMORY``, else off.
+        flops_per_item: floating-point operations of one item (sample) of work, for model FLOPs
+            utilisation (MFU) of the keys given ``items``.
+        flops_per_token: the same per token, for the keys given ``tokens`` (about six times the
+            parameter count for a transformer's training step).
+        peak_flops: the device's peak FLOP/s, the denominator of MFU; default
+            ``MAELTRACE_PEAK_FLOPS``, else none (no MFU).
 
     Raises:
         TypeError: ``exporter`` is not a `maeltrace.otel.exporters.SpanExporter`, or a
             provider has no ``get_tracer`` / ``get_meter``.
-        ValueError: ``warmup`` is negative, ``MAELTRACE_DISABLED`` holds no yes/no word, or
-            ``device``, ``sync_every``, ``trace_key`` or ``live`` is not one the timer knows.
+        ValueError: ``warmup`` is negative, ``MAELTRACE_DISABLED`` holds no yes/no word,
+            ``device``, ``sync_every``, ``trace_key`` or ``live`` is not one the timer knows, or
+            a FLOPs figure is not a positive finite number.
         ImportError: ``live`` names a tracker that is not installed.
         maeltrace.otel.export.ExportConfigError: the OTLP endpoint, protocol, headers, timeout
             or compression (arguments or ``OTEL_EXPORTER_OTLP_*``) are malformed; a
@@ -240,8 +261,26 @@ class Timer:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         live: str | Sequence[str] | None = None,
+        memory: bool | None = None,
+        flops_per_item: float | None = None,
+        flops_per_token: float | None = None,
+        peak_flops: float | None = None,
     ) -> None:
         self.warmup = _check_warmup(warmup)
+        if peak_flops is None and env_str(MAELTRACE_PEAK_FLOPS):
+            peak_flops = _positive(env_str(MAELTRACE_PEAK_FLOPS), MAELTRACE_PEAK_FLOPS)
+        self.throughput = {
+            name: _positive(value, name)
+            for name, value in (
+                ("flops_per_item", flops_per_item),
+                ("flops_per_token", flops_per_token),
+                ("peak_flops", peak_flops),
+            )
+            if value is not None
+        }
+        """The FLOPs figures given, for MFU (``flops_per_item``, ``flops_per_token``,
+        ``peak_flops``); the summary's metadata carries them."""
+        self._measure_memory = env_flag(MAELTRACE_MEMORY) if memory is None else bool(memory)
         self.trace_key = None if trace_key is None else canonical_key(trace_key)
         if device is None:
             device = env_str(MAELTRACE_DEVICE) or None
@@ -274,6 +313,7 @@ class Timer:
         self._clock: DeviceClock | None = None
         self._blocked: str | None = None  # the clock of the arrays blocked on before the choice
         self._device_times = DeviceTimes()
+        self._counts = RegionCounts()
         self.run_id = run_id or run_id_from_environment() or new_run_id()
         self._files = RunFiles(self.run_id, output_dir)
         self.enabled = (not env_flag(MAELTRACE_DISABLED)) if enabled is None else bool(enabled)
@@ -406,6 +446,7 @@ class Timer:
                         prefer=prefer,
                         sync_every=self._sync_every,
                         blocked=self._blocked,
+                        memory=self._measure_memory,
                     )
             return self._clock
 
@@ -552,6 +593,8 @@ class Timer:
             keys=keys,
             device_times=self._device_times.by_seq() if len(self._device_times) else {},
             device_offset_ns=clock.host_offset_ns if clock is not None else 0,
+            counts=self._counts.counts() if len(self._counts) else {},
+            peak_memory=self._device_times.memory_by_seq(),
             failures=dict(self._failures),
             device_clock=clock.name if clock is not None else None,
             trace_key_id=trace_key_id,
@@ -612,6 +655,7 @@ class Timer:
         self._live = None  # its thread is the parent's
         self._failures.clear()
         self._device_times.clear()
+        self._counts.clear()
         self._recorder.after_fork()
 
     # -- the public recording API --------------------------------------------------------------
@@ -664,20 +708,38 @@ class Timer:
         key_id = self._key_ids.get(canonical_key(key))
         return key_id is not None and self.enabled and self._recorder.is_open(key_id)
 
-    def region(self, key: Key, gpu: bool = False) -> Region:
+    def region(
+        self, key: Key, gpu: bool = False, *, items: int | None = None, tokens: int | None = None
+    ) -> Region:
         """A context manager timing its body under ``key``.
 
         A body that raises is recorded with a failed status, and the exception propagates.
-        The returned object is cached per key and flag, and may be reused.
+        The returned object is cached per key and flag, and may be reused; one given a count
+        is made per call.
 
         Args:
             key: the region key.
             gpu: also measure the body's device time; see `Region.block` for JAX.
+            items: the items (samples) the body works on, such as the batch size: the key's
+                throughput (items/s) in the statistics, tables, spans, metrics and sinks.
+            tokens: the tokens it works on, for tokens/s (and MFU with ``flops_per_token``).
 
         Raises:
-            TypeError: ``key`` is not a string.
-            ValueError: ``key`` is empty or `TimeType.ALL`.
+            TypeError: ``key`` is not a string, or a count is not a whole number.
+            ValueError: ``key`` is empty or `TimeType.ALL`, or a count is negative.
         """
+        if items is not None or tokens is not None:
+            counts = _counts(items, tokens)
+            region = self.region(key, gpu)
+            if region is NULL_REGION:
+                return region
+            return CountedRegion(
+                region,
+                self._key_ids[canonical_key(key)],
+                self._recorder.open_seq,
+                self._counts.add,
+                *counts,
+            )
         cache = self._gpu_regions if gpu else self._regions
         try:
             return cache[key]
@@ -692,6 +754,27 @@ class Timer:
             region = self._annotator.region(region)
         cache[self._keys[key_id]] = region
         return region
+
+    def add_items(self, key: Key, items: int = 0, tokens: int = 0) -> None:
+        """Adds to the count of the calling thread's open region of ``key``, for work known
+        only inside it (tokens after padding is removed, items of a variable batch); several
+        counts of one region add up. See `region` for what counts give.
+
+        Raises:
+            RegionError: ``key`` is not open on this thread.
+            TypeError: ``key`` is not a string, or a count is not a whole number.
+            ValueError: ``key`` is empty or `TimeType.ALL`, or a count is negative.
+        """
+        counts = _counts(items, tokens)
+        if not self.enabled:
+            canonical_key(key)
+            return
+        seq = self._recorder.open_seq(self._key_id(key))
+        if seq < 0:
+            raise RegionError(
+                f"no region of {canonical_key(key)!r} is open on this thread to count items in"
+            )
+        self._counts.add(seq, *counts)
 
     def timed(self, key: Key) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """A decorator timing every call of the function under ``key``.
@@ -784,6 +867,7 @@ class Timer:
                 self._recorder.clear_records()
                 self._failures.clear()
                 self._device_times.clear()
+                self._counts.clear()
                 if self._export is not None:
                     self._export.offsets.clear()
             # What was freed goes back to the system, not only to the C heap (glibc keeps it).
@@ -817,7 +901,14 @@ class Timer:
         with self._lock:
             keys = tuple(self._keys)
         offset = self._clock.host_offset_ns if self._clock is not None else 0
-        return Records.merge(logs, keys, self._device_times.by_seq(), device_offset_ns=offset)
+        return Records.merge(
+            logs,
+            keys,
+            self._device_times.by_seq(),
+            device_offset_ns=offset,
+            counts=self._counts.counts() if len(self._counts) else None,
+            peak_memory=self._device_times.memory_by_seq(),
+        )
 
     def failures(self) -> dict[int, str]:
         """The exceptions of failed regions, by the region's sequence number."""
@@ -907,6 +998,8 @@ class Timer:
             no_gpu = getattr(clock, "no_gpu_reason", None)
             if no_gpu:
                 metadata["device_clock"]["no_gpu_reason"] = no_gpu
+        if self.throughput:
+            metadata["throughput"] = dict(self.throughput)
         return Summary.from_records(
             records,
             warmup=skip,
@@ -1023,6 +1116,38 @@ class Timer:
     def __repr__(self) -> str:
         state = "enabled" if self.enabled else "disabled"
         return f"<Timer {state}, {len(self._keys)} keys, warmup={self.warmup}>"
+
+
+def _counts(items: int | None, tokens: int | None) -> tuple[int, int]:
+    """``(items, tokens)`` as whole numbers, None as 0 (numpy and torch integers accepted)."""
+    out = []
+    for name, value in (("items", items), ("tokens", tokens)):
+        if value is None:
+            out.append(0)
+            continue
+        if isinstance(value, bool):
+            raise TypeError(f"{name} must be a whole number, not {value!r}")
+        try:
+            count = operator.index(value)
+        except TypeError:
+            raise TypeError(
+                f"{name} must be a whole number, not {type(value).__name__}"
+            ) from None
+        if count < 0:
+            raise ValueError(f"{name} must not be negative, not {count}")
+        out.append(count)
+    return out[0], out[1]
+
+
+def _positive(value: object, name: str) -> float:
+    """A FLOPs figure as a positive finite float."""
+    try:
+        number = float(value)  # type: ignore[arg-type]  # checked below
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, not {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a positive finite number, not {value!r}")
+    return number
 
 
 def _check_warmup(warmup: int) -> int:

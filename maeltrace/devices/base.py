@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import sys
-from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from maeltrace.records import FLAG_COMPILED
+from maeltrace.records import FLAG_COMPILED, SeqValues
 
 if TYPE_CHECKING:
     from maeltrace.devices.registry import ClockOptions
@@ -27,35 +26,41 @@ __all__ = [
 T = TypeVar("T")
 
 
-class DeviceTimes:
-    """Resolved device times, appended by a clock from any thread.
+class DeviceTimes(SeqValues):
+    """Resolved device times, appended by a clock from any thread, and the peak device memory
+    of regions where the clock measures it.
 
-    One flat ``array('q')`` of (seq, start, duration, flags) quadruples, 32 bytes per GPU
-    region; one ``extend`` call per region keeps a quadruple whole under the GIL. ``start`` is
-    on the clock's own time base: `DeviceClock.host_offset_ns` moves it onto the
+    A `maeltrace.records.SeqValues` of (start, duration, flags), 32 bytes per GPU region.
+    ``start`` is on the clock's own time base: `DeviceClock.host_offset_ns` moves it onto the
     `time.perf_counter_ns` clock.
     """
 
-    __slots__ = ("_values",)
+    __slots__ = ("_memory",)
 
     def __init__(self) -> None:
-        self._values = array("q")
+        super().__init__(3)
+        self._memory = SeqValues(1)
 
-    def add(self, seq: int, start_ns: int, duration_ns: int, flags: int = 0) -> None:
+    def add(self, seq: int, start_ns: int, duration_ns: int, flags: int = 0) -> None:  # type: ignore[override]
         """Records the device time of the region with sequence number ``seq``."""
-        self._values.extend((seq, start_ns, duration_ns, flags))
+        super().add(seq, start_ns, duration_ns, flags)
 
-    def by_seq(self) -> dict[int, tuple[int, int, int]]:
+    def by_seq(self, *, summed: bool = False) -> dict[int, tuple[int, int, int]]:  # type: ignore[override]
         """seq -> (start, duration, flags), for merging into `maeltrace.Records`."""
-        v = self._values[:]
-        return {v[i]: (v[i + 1], v[i + 2], v[i + 3]) for i in range(0, len(v) - len(v) % 4, 4)}
+        return super().by_seq(summed=summed)  # type: ignore[return-value]  # width 3
+
+    def add_memory(self, seq: int, peak_bytes: int) -> None:
+        """Records the peak device memory of the region with sequence number ``seq``."""
+        self._memory.add(seq, peak_bytes)
+
+    def memory_by_seq(self) -> dict[int, int]:
+        """seq -> peak device memory in bytes."""
+        return {seq: values[0] for seq, values in self._memory.by_seq().items()}
 
     def clear(self) -> None:
-        """Drops every resolved time."""
-        del self._values[:]
-
-    def __len__(self) -> int:
-        return len(self._values) // 4
+        """Drops every resolved time and memory figure."""
+        super().clear()
+        self._memory.clear()
 
 
 class DeviceClock(Protocol):

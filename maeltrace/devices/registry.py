@@ -37,9 +37,12 @@ class ClockOptions:
 
     Attributes:
         sync_every: measure every N-th region of each key only (the ``tensorflow`` clock).
+        memory: also measure each gpu region's peak device memory, where the clock can read
+            it from the framework's allocator without waiting for the device (``torch``).
     """
 
     sync_every: int = 1
+    memory: bool = False
 
 
 ClockBuilder: TypeAlias = "Callable[[DeviceTimes, ClockOptions], DeviceClock]"
@@ -193,6 +196,7 @@ def make_clock(
     prefer: str | None = None,
     sync_every: int = 1,
     blocked: str | None = None,
+    memory: bool = False,
 ) -> DeviceClock:
     """Builds the device clock for ``device``, or chooses one (`choose`) when it is None.
 
@@ -209,6 +213,7 @@ def make_clock(
         sync_every: for the ``tensorflow`` clock: measure every N-th region of each key.
         blocked: the clock of the arrays regions blocked on so far, used when ``device`` is
             None and that framework is imported.
+        memory: also measure peak device memory per gpu region (`ClockOptions.memory`).
 
     Raises:
         ValueError: ``device`` (or ``prefer``) names no clock; the timer checks ``device`` when
@@ -226,7 +231,7 @@ def make_clock(
             f"unknown device clock {device or prefer!r}; use one of {', '.join(_ENTRIES)}"
         )
     # Called here, not through a helper: the clocks' warnings count their stack levels from it.
-    clock = entry.load()(times, ClockOptions(sync_every=sync_every))
+    clock = entry.load()(times, ClockOptions(sync_every=sync_every, memory=memory))
     no_gpu = getattr(clock, "no_gpu_reason", None)
     if len(imported) > 1 or no_gpu:
         # Stack: here, Timer.use_device, Timer._device_open, the region's start.

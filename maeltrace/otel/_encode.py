@@ -154,12 +154,17 @@ def merge_records(
     device: Mapping[int, tuple[int, int, int]],
     device_offset_ns: int,
     enc: Encoder | None = None,
+    *,
+    counts: Mapping[int, tuple[int, int]] | None = None,
+    peak_memory: Mapping[int, int] | None = None,
 ) -> Records:
     """`maeltrace.Records.merge`, sorting and copying the columns in compiled code (with the
     GIL released) where the compiled encoder is used."""
     merge = getattr(enc or encoder(), "merge", None)
     if merge is None:
-        return Records.merge(logs, keys, device, device_offset_ns)
+        return Records.merge(
+            logs, keys, device, device_offset_ns, counts=counts, peak_memory=peak_memory
+        )
     columns: list[array[int]] = []
     for data in merge([data for _, data in logs], dict(device), device_offset_ns):
         column = array("q")
@@ -180,6 +185,8 @@ def merge_records(
         thread=thread,
         keys=keys,
         threads=tuple(ThreadInfo(*info) for info, _ in logs),
+        counts=counts or {},
+        peak_memory=peak_memory or {},
     )
 
 

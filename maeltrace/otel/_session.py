@@ -45,6 +45,8 @@ class LiveState(NamedTuple):
     failures: dict[int, str]
     device_clock: str | None
     trace_key_id: int | None
+    counts: Mapping[int, tuple[int, int]] = {}
+    peak_memory: Mapping[int, int] = {}
 
 
 def check_exporter(exporter: object) -> SpanExporter | None:
@@ -348,7 +350,14 @@ class ExportSession:
         # in Python they cost the training thread about 2 us per region.
         from maeltrace.otel._encode import merge_records
 
-        records = merge_records(logs, state.keys, state.device_times, state.device_offset_ns)
+        records = merge_records(
+            logs,
+            state.keys,
+            state.device_times,
+            state.device_offset_ns,
+            counts=state.counts,
+            peak_memory=state.peak_memory,
+        )
         if self.metrics is not None or not self._metrics_tried:
             self._unmeasured.append(records)
         return records, state.failures, state.device_clock
