@@ -24,8 +24,8 @@ __all__ = [
     "NO_TRACE",
     "STATUS_FAILED",
     "STATUS_OK",
-    "RegionCounts",
     "Records",
+    "RegionCounts",
     "Samples",
     "SeqValues",
     "ThreadInfo",
@@ -96,7 +96,9 @@ class SeqValues:
         for i in range(0, len(v) - len(v) % step, step):
             values = tuple(v[i + 1 : i + step])
             before = out.get(v[i]) if summed else None
-            out[v[i]] = values if before is None else tuple(map(sum, zip(before, values)))
+            if before is not None:
+                values = tuple(a + b for a, b in zip(before, values, strict=True))
+            out[v[i]] = values
         return out
 
     def clear(self) -> None:
@@ -240,11 +242,31 @@ class Records:
         """Row indices of one key, in start order."""
         return (i for i, k in enumerate(self.key_id) if k == key_id)
 
+    def work(self) -> dict[int, tuple[int, int]]:
+        """seq -> (items, tokens) of every region that did counted work: its own count, or,
+        for a region given none, the sum of its completed children's (an epoch counts the
+        items of its batches). Empty without counts."""
+        own = self.counts
+        if not own:
+            return {}
+        out = dict(own)
+        # Children open after their parent, so a higher sequence number: walking down the
+        # numbers, a region's total is complete before its parent takes it.
+        for seq, parent, status in zip(
+            reversed(self.seq), reversed(self.parent_seq), reversed(self.status), strict=True
+        ):
+            count = out.get(seq)
+            if count is None or parent == NO_PARENT or parent in own or status != STATUS_OK:
+                continue
+            before = out.get(parent)
+            out[parent] = count if before is None else (before[0] + count[0], before[1] + count[1])
+        return out
+
     def samples(self) -> Samples:
         """The durations the statistics use, grouped by key in one pass."""
         out = Samples()
         compiled = FLAG_COMPILED
-        counts, memory = self.counts, self.peak_memory
+        counts, memory = self.work(), self.peak_memory
         for seq, key_id, start, end, status, device, flags in zip(
             self.seq,
             self.key_id,

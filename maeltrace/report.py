@@ -61,6 +61,20 @@ CPU = "cpu"
 
 COLUMNS = ("Metric", "Min [s]", "Mean [s]", "Median [s]", "Max [s]", "Stdev [s]", "Count")
 
+UNITS = ("items", "tokens")
+"""What a region's count counts (`maeltrace.Timer.region`'s ``items`` and ``tokens``)."""
+
+WORK_FIELDS = ("items", "tokens", "items_per_s", "tokens_per_s", "mfu", "peak_memory_bytes")
+"""The throughput and memory figures of a row (`Row.work_values`), as the CSV columns, span
+attributes, metrics and sinks name them."""
+
+THROUGHPUT_COLUMNS = ("Metric", "Items", "Items/s", "Tokens", "Tokens/s", "MFU")
+
+MEMORY_COLUMNS = ("Metric", "Min [MiB]", "Mean [MiB]", "Median [MiB]", "Max [MiB]", "Count")
+
+MAX_BYTES = 2**62
+"""Largest memory figure read, in bytes."""
+
 
 def format_seconds(value: float) -> str:
     """Five decimals like the seed's tables; below a millisecond, three significant digits in
@@ -93,6 +107,13 @@ class Row:
         qualify: name the clock in the label, as the seed's tables do when GPU rows exist.
         samples_ns: the durations the statistics were computed from, in ns, in start order
             (``stats.json`` keeps them, so plots and ``maeltrace compare`` can use them).
+        items: items (samples) the row's regions worked on (`maeltrace.Timer.region`'s
+            ``items``; a region given no count counts its children's); 0 without counts.
+        tokens: tokens, likewise.
+        steady_items: items of the steady-state regions (those ``steady`` covers).
+        steady_tokens: tokens of the steady-state regions.
+        peak_memory: peak device memory of each region, in bytes, in start order (``Timer(
+            memory=True)``); on the device row where there is one, else the CPU row.
     """
 
     key: Key
@@ -103,6 +124,11 @@ class Row:
     compiled: bool = False
     qualify: bool = False
     samples_ns: tuple[int, ...] = ()
+    items: int = 0
+    tokens: int = 0
+    steady_items: int = 0
+    steady_tokens: int = 0
+    peak_memory: tuple[int, ...] = ()
 
     @property
     def device(self) -> bool:
@@ -119,6 +145,71 @@ class Row:
         if self.compiled:
             notes.append("first call")
         return key_label(self.key) + (f" ({', '.join(notes)})" if notes else "")
+
+    def rate(self, unit: str, *, steady: bool = False) -> float | None:
+        """Throughput: ``items`` or ``tokens`` per second of the row's regions (their count over
+        their summed durations), over every sample or the steady state; None without counts.
+
+        Raises:
+            ValueError: ``unit`` is neither ``items`` nor ``tokens``.
+        """
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {', '.join(map(repr, UNITS))}, not {unit!r}")
+        stats = self.steady if steady else self.stats
+        count = getattr(self, f"steady_{unit}" if steady else unit)
+        if stats is None or not count or stats.total <= 0:
+            return None
+        return float(count / stats.total)
+
+    def mfu(self, throughput: Mapping[str, float], *, steady: bool = False) -> float | None:
+        """Model FLOPs utilisation: the FLOP/s the row's counted work implies over
+        ``peak_flops``. The work is tokens/s times ``flops_per_token`` where both are known,
+        else items/s times ``flops_per_item``; None without a peak or such a pair."""
+        peak = throughput.get("peak_flops")
+        if not peak:
+            return None
+        for unit, figure in (("tokens", "flops_per_token"), ("items", "flops_per_item")):
+            per, rate = throughput.get(figure), self.rate(unit, steady=steady)
+            if per and rate:
+                return per * rate / peak
+        return None
+
+    def work_values(
+        self, throughput: Mapping[str, float], *, steady: bool = False
+    ) -> dict[str, float]:
+        """The row's throughput and memory figures, those it has, by the names every output
+        uses (`WORK_FIELDS`): ``items``, ``tokens``, ``items_per_s``, ``tokens_per_s``,
+        ``mfu`` (over every sample or the steady state) and ``peak_memory_bytes`` (the
+        largest peak of any region)."""
+        out: dict[str, float] = {}
+        for unit in UNITS:
+            count = getattr(self, f"steady_{unit}" if steady else unit)
+            rate = self.rate(unit, steady=steady)
+            if rate is not None:
+                out[unit] = count
+                out[f"{unit}_per_s"] = rate
+        mfu = self.mfu(throughput, steady=steady)
+        if mfu is not None:
+            out["mfu"] = mfu
+        if self.peak_memory:
+            out["peak_memory_bytes"] = max(self.peak_memory)
+        return out
+
+    def memory_stats(self) -> dict[str, float] | None:
+        """``min``, ``mean``, ``median`` and ``max`` of `peak_memory` (bytes) and its
+        ``count``; None where no region has a peak."""
+        if not self.peak_memory:
+            return None
+        ordered = sorted(self.peak_memory)
+        n = len(ordered)
+        middle = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+        return {
+            "min": float(ordered[0]),
+            "mean": sum(ordered) / n,
+            "median": float(middle),
+            "max": float(ordered[-1]),
+            "count": n,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +259,12 @@ class Summary:
                 durations = group.get(key_id)
                 if not durations:
                     continue
+                device = clock != CPU
                 steady = durations[warmup:] if warmup else []
+                counts = samples.counts.get((key_id, compiled, device), [])
+                memory = samples.memory.get((key_id, compiled), ())
+                if not device and (samples.gpu_compiled if compiled else samples.gpu).get(key_id):
+                    memory = ()  # on the key's device row
                 rows.append(
                     Row(
                         key=key,
@@ -179,6 +275,11 @@ class Summary:
                         compiled=compiled,
                         qualify=qualify,
                         samples_ns=tuple(durations),
+                        items=sum(c[0] for c in counts),
+                        tokens=sum(c[1] for c in counts),
+                        steady_items=sum(c[0] for c in counts[warmup:]) if steady else 0,
+                        steady_tokens=sum(c[1] for c in counts[warmup:]) if steady else 0,
+                        peak_memory=tuple(memory),
                     )
                 )
         return cls(rows=tuple(rows), warmup=warmup, metadata=metadata or {})
@@ -236,6 +337,13 @@ class Summary:
         return cls.from_dict(read_json(path, max_bytes=MAX_STATS_BYTES), source=source)
 
     @property
+    def throughput(self) -> dict[str, float]:
+        """The FLOPs figures the timer was given, for MFU (``flops_per_item``,
+        ``flops_per_token``, ``peak_flops``); empty where none were."""
+        figures = self.metadata.get("throughput")
+        return dict(figures) if isinstance(figures, dict) else {}
+
+    @property
     def device_clock(self) -> dict[str, str] | None:
         """Name and description of the clock of the GPU rows, if any."""
         clock = self.metadata.get("device_clock")
@@ -278,8 +386,53 @@ class Summary:
             steady = [(row.label, row.steady) for row in self.rows]
             out.append(f"\nSteady state (first {self.warmup} samples of each key skipped):\n\n")
             out.append(_table(steady))
+        throughput = self.throughput_cells()
+        if throughput:
+            which = "steady state" if self.warmup else "every sample"
+            out.append(f"\nThroughput ({which}):\n\n")
+            out.append(_grid(THROUGHPUT_COLUMNS, throughput))
+        memory = self.memory_cells()
+        if memory:
+            out.append("\nPeak device memory per region:\n\n")
+            out.append(_grid(MEMORY_COLUMNS, memory))
         out += [f"\n{note}\n" for note in self.notes()]
         return "".join(out)
+
+    def throughput_cells(self) -> list[list[str]]:
+        """The throughput table's body (`THROUGHPUT_COLUMNS`): a row per row with counted work,
+        over the steady state where the warm-up leaves one, else every sample; empty without
+        counts."""
+        cells = []
+        for row in self.rows:
+            steady = bool(self.warmup) and row.steady is not None
+            items = row.steady_items if steady else row.items
+            tokens = row.steady_tokens if steady else row.tokens
+            if not (row.items or row.tokens):
+                continue
+            rates = [row.rate(unit, steady=steady) for unit in UNITS]
+            mfu = row.mfu(self.throughput, steady=steady)
+            cells.append(
+                [
+                    row.label,
+                    str(items) if row.items else "-",
+                    f"{rates[0]:.1f}" if rates[0] is not None else "-",
+                    str(tokens) if row.tokens else "-",
+                    f"{rates[1]:.1f}" if rates[1] is not None else "-",
+                    f"{mfu:.1%}" if mfu is not None else "-",
+                ]
+            )
+        return cells
+
+    def memory_cells(self) -> list[list[str]]:
+        """The peak-memory table's body (`MEMORY_COLUMNS`, MiB): a row per row with peaks."""
+        cells = []
+        for row in self.rows:
+            stats = row.memory_stats()
+            if stats is None:
+                continue
+            mib = [f"{stats[f] / 2**20:.1f}" for f in ("min", "mean", "median", "max")]
+            cells.append([row.label, *mib, str(stats["count"])])
+        return cells
 
     def to_csv(self) -> str:
         """One line per key and sample set (``all``, and ``steady`` with warm-up)."""
@@ -289,6 +442,7 @@ class Summary:
         writer.writerow(
             ["metric", "key", "clock", "compiled", "samples", "warmup", "count", "failed"]
             + [f"{f}_s" for f in fields]
+            + list(WORK_FIELDS)
         )
         for row in self.rows:
             sets = [("all", 0, row.stats)]
@@ -296,6 +450,8 @@ class Summary:
                 sets.append(("steady", self.warmup, row.steady))
             for name, skipped, stats in sets:
                 values = [repr(getattr(stats, f)) for f in fields]
+                work = row.work_values(self.throughput, steady=name == "steady")
+                values += [repr(work[f]) if f in work else "" for f in WORK_FIELDS]
                 head = [
                     row.label,
                     str(row.key),
@@ -327,6 +483,7 @@ class Summary:
                     "stats": row.stats.to_dict(),
                     "steady": row.steady.to_dict() if row.steady is not None else None,
                     "samples_ns": list(row.samples_ns),
+                    **_work_dict(row),
                 }
                 for row in self.rows
             ],
@@ -335,13 +492,15 @@ class Summary:
     def to_attributes(self) -> dict[str, float | int]:
         """The exact statistics as flat span attributes, as the run span carries them:
         ``maeltrace.stats.<key>.<cpu|gpu>[.first_call].<field>`` for every `TimeStats` field
-        (seconds; ``count`` an int), over all samples (warm-up included)."""
+        (seconds; ``count`` an int), and the row's `WORK_FIELDS` where it has them, over all
+        samples (warm-up included)."""
         out: dict[str, float | int] = {}
         for row in self.rows:
             clock = semconv.STATS_GPU if row.device else semconv.STATS_CPU
             if row.compiled:
                 clock += "." + semconv.FIRST_CALL
-            for field_name, value in row.stats.to_dict().items():
+            values = {**row.stats.to_dict(), **row.work_values(self.throughput)}
+            for field_name, value in values.items():
                 out[semconv.stats_attribute(row.key, clock, field_name)] = value
         return out
 
@@ -371,6 +530,18 @@ class Summary:
         return atomic_write_text(target, text, exist_ok=exist_ok)
 
 
+def _work_dict(row: Row) -> dict[str, Any]:
+    """The row's counts and peaks for ``stats.json``, only those it has (files of runs without
+    them stay as they were)."""
+    out: dict[str, Any] = {}
+    for name in ("items", "tokens", "steady_items", "steady_tokens"):
+        if getattr(row, name):
+            out[name] = getattr(row, name)
+    if row.peak_memory:
+        out["peak_memory_bytes"] = list(row.peak_memory)
+    return out
+
+
 def _row_from_dict(check: Checker, value: Any, where: str) -> Row:
     region = check.object(value, where)
     samples = region.get("samples_ns")
@@ -398,7 +569,27 @@ def _row_from_dict(check: Checker, value: Any, where: str) -> Row:
         ),
         compiled=check.boolean(check.field(region, "compiled", where), at(where, "compiled")),
         samples_ns=checked,
+        items=_count(check, region, "items", where),
+        tokens=_count(check, region, "tokens", where),
+        steady_items=_count(check, region, "steady_items", where),
+        steady_tokens=_count(check, region, "steady_tokens", where),
+        peak_memory=tuple(
+            check.integer(value, at(at(where, "peak_memory_bytes"), index), maximum=MAX_BYTES)
+            for index, value in enumerate(
+                check.list(
+                    region.get("peak_memory_bytes") or [],
+                    at(where, "peak_memory_bytes"),
+                    max_items=MAX_SAMPLES,
+                )
+            )
+        ),
     )
+
+
+def _count(check: Checker, region: Mapping[str, Any], name: str, where: str) -> int:
+    """An optional count of a row (``items``, ``tokens``...): 0 where the file has none."""
+    value = region.get(name)
+    return 0 if value is None else check.integer(value, at(where, name), maximum=MAX_BYTES)
 
 
 def _stats(check: Checker, value: Any, where: str) -> TimeStats:
@@ -491,8 +682,14 @@ def table_cells(rows: Sequence[tuple[str, TimeStats | None]]) -> list[list[str]]
 
 
 def _table(rows: Sequence[tuple[str, TimeStats | None]]) -> str:
-    cells = [list(COLUMNS), *([markdown_cell(c) for c in r] for r in table_cells(rows))]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    """The seed's table of times, as Markdown."""
+    return _grid(COLUMNS, table_cells(rows))
+
+
+def _grid(columns: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A Markdown table: a label column, then right-aligned value columns."""
+    cells = [list(columns), *([markdown_cell(c) for c in r] for r in body)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
 
     def line(values: Sequence[str]) -> str:
         first, *rest = values

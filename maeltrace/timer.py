@@ -60,7 +60,7 @@ from maeltrace.otel._session import (
     check_exporter,
     check_max_request_bytes,
 )
-from maeltrace.records import STATUS_OK, RegionCounts, Records, key_samples
+from maeltrace.records import STATUS_OK, Records, RegionCounts, key_samples
 from maeltrace.stats import TimeStats, compute_stats
 
 if TYPE_CHECKING:
@@ -730,11 +730,11 @@ class Timer:
         """
         if items is not None or tokens is not None:
             counts = _counts(items, tokens)
-            region = self.region(key, gpu)
-            if region is NULL_REGION:
-                return region
+            plain = self.region(key, gpu)
+            if plain is NULL_REGION:
+                return plain
             return CountedRegion(
-                region,
+                plain,
                 self._key_ids[canonical_key(key)],
                 self._recorder.open_seq,
                 self._counts.add,
@@ -772,7 +772,7 @@ class Timer:
         seq = self._recorder.open_seq(self._key_id(key))
         if seq < 0:
             raise RegionError(
-                f"no region of {canonical_key(key)!r} is open on this thread to count items in"
+                f"no region of {str(canonical_key(key))!r} is open on this thread to count items in"
             )
         self._counts.add(seq, *counts)
 
@@ -1130,9 +1130,7 @@ def _counts(items: int | None, tokens: int | None) -> tuple[int, int]:
         try:
             count = operator.index(value)
         except TypeError:
-            raise TypeError(
-                f"{name} must be a whole number, not {type(value).__name__}"
-            ) from None
+            raise TypeError(f"{name} must be a whole number, not {type(value).__name__}") from None
         if count < 0:
             raise ValueError(f"{name} must not be negative, not {count}")
         out.append(count)

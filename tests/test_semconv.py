@@ -48,6 +48,8 @@ SPAN = {
     semconv.MAELTRACE_REGIONS_SAMPLED_OUT,
     semconv.MAELTRACE_DEVICE_CLOCK,
     semconv.MAELTRACE_DEVICE_DESCRIPTION,
+    semconv.MAELTRACE_ITEMS,
+    semconv.MAELTRACE_TOKENS,
 }
 EVENT = {semconv.EXCEPTION_TYPE, semconv.EXCEPTION_MESSAGE}
 NAMES = {
@@ -67,6 +69,12 @@ NAMES = {
     "MAELTRACE_CLOCK",
     "MAELTRACE_CLOCK_CPU",
     "MAELTRACE_CLOCK_GPU",
+    # Counts and peak memory as metrics (tests/test_throughput.py), and the peak on spans,
+    # measured only on a GPU or its fake (tests/test_peak_memory.py).
+    "REGION_ITEMS",
+    "REGION_TOKENS",
+    "REGION_MEMORY_PEAK",
+    "MAELTRACE_GPU_MEMORY_PEAK",
 }
 
 
@@ -110,6 +118,8 @@ def test_a_timer_writes_every_name_and_the_summary_reader_finds_them(
         for _ in range(20):
             with tmr.region(TimeType.BATCH, gpu=True):
                 pass
+        # On the epoch, so that the batches' timing (and which are sampled) stays as it was.
+        tmr.add_items(TimeType.EPOCH, items=80, tokens=1280)
         with pytest.raises(KeyError), tmr.region("load"):
             raise KeyError("shard-7")
 

@@ -116,6 +116,29 @@ class TestMlflow:
         epochs = self.history(store, run_id, "maeltrace/epoch/epoch/count")
         assert epochs == [(e, 1.0) for e in range(EPOCHS)]
 
+    def test_each_epoch_has_its_throughput(self, store: str) -> None:
+        with self.mlflow.start_run() as run:
+            tmr = Timer(live="mlflow")
+            for epoch in range(EPOCHS):
+                with tmr.region(TimeType.EPOCH):
+                    for _ in range(epoch + 2):
+                        with tmr.region(TimeType.BATCH, items=8 * (epoch + 1)):
+                            time.sleep(0.001)
+            tmr.close()
+        records = tmr.records()
+        batch = records.keys.index("batch")
+        expected: dict[int, list[int]] = {}
+        for i in range(len(records)):
+            if records.key_id[i] == batch:
+                got = expected.setdefault(records.trace[i], [0, 0])
+                got[0] += records.counts[records.seq[i]][0]
+                got[1] += records.end_ns[i] - records.start_ns[i]
+        rates = self.history(store, run.info.run_id, "maeltrace/batch/epoch/items_per_s")
+        assert [step for step, _ in rates] == list(range(EPOCHS))
+        assert [v for _, v in rates] == pytest.approx(
+            [n / (ns / 1e9) for n, ns in expected.values()], rel=1e-9
+        )
+
     def test_without_a_run_one_is_started_and_the_summary_goes_there_too(self, store: str) -> None:
         tmr = Timer(live=("mlflow",))
         train(tmr)

@@ -1,4 +1,5 @@
-"""The ``maeltrace.region.duration`` histogram: one point per region, off the training thread."""
+"""maeltrace's metrics, off the training thread: the ``maeltrace.region.duration`` histogram (one
+point per region), the items and tokens counters and the peak-memory gauge."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from maeltrace.otel import semconv
 from maeltrace.records import NO_DEVICE_TIME, STATUS_OK, Records
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Histogram, MeterProvider
+    from opentelemetry.metrics import Counter, Histogram, MeterProvider
 
     from maeltrace.otel.config import ExportConfig
 
@@ -117,6 +118,19 @@ class RegionMetrics:
             description="Duration of each timed region, by key and clock",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
         )
+        self._counters: tuple[Counter, Counter] = (
+            meter.create_counter(
+                semconv.REGION_ITEMS, unit="{item}", description="Items the regions worked on"
+            ),
+            meter.create_counter(
+                semconv.REGION_TOKENS, unit="{token}", description="Tokens the regions worked on"
+            ),
+        )
+        self._memory = meter.create_gauge(
+            semconv.REGION_MEMORY_PEAK,
+            unit="By",
+            description="Largest peak device memory of a key's regions since the last record",
+        )
         self._attributes: dict[tuple[str, str], dict[str, str]] = {}
         self.points = 0
         """Data points recorded."""
@@ -148,8 +162,36 @@ class RegionMetrics:
                 if device[i] != NO_DEVICE_TIME:
                     record(device[i] / _NS_PER_S, self._labels(name, gpu))
                     self.points += 1
+            if records.counts or records.peak_memory:
+                self._record_work(records, names)
         except Exception as exc:  # never into training
             self._fail(exc)
+
+    def _record_work(self, records: Records, names: list[str]) -> None:
+        """Adds the regions' counts to the counters, one add per key and unit, and sets the
+        gauge to each key's largest peak."""
+        totals: dict[int, list[int]] = {}
+        peaks: dict[int, int] = {}
+        work, memory = records.work(), records.peak_memory
+        for seq, key_id, status in zip(records.seq, records.key_id, records.status, strict=True):
+            if status != STATUS_OK:
+                continue
+            count = work.get(seq)
+            if count is not None:
+                total = totals.setdefault(key_id, [0, 0])
+                total[0] += count[0]
+                total[1] += count[1]
+            if seq in memory:
+                peaks[key_id] = max(peaks.get(key_id, 0), memory[seq])
+        for key_id, pair in totals.items():
+            labels = {semconv.MAELTRACE_KEY: names[key_id]}
+            for counter, value in zip(self._counters, pair, strict=True):
+                if value:
+                    counter.add(value, labels)
+                    self.points += 1
+        for key_id, peak in peaks.items():
+            self._memory.set(peak, {semconv.MAELTRACE_KEY: names[key_id]})
+            self.points += 1
 
     def close(self, wait_s: float) -> None:
         """Sends what is left and stops maeltrace's own provider, waiting at most ``wait_s``

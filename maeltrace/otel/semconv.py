@@ -19,7 +19,9 @@ __all__ = [
     "MAELTRACE_DEVICE_DESCRIPTION",
     "MAELTRACE_GPU_CLOCK",
     "MAELTRACE_GPU_DURATION_NS",
+    "MAELTRACE_GPU_MEMORY_PEAK",
     "MAELTRACE_INDEX",
+    "MAELTRACE_ITEMS",
     "MAELTRACE_KEY",
     "MAELTRACE_LOCAL_RANK",
     "MAELTRACE_RANK",
@@ -28,6 +30,7 @@ __all__ = [
     "MAELTRACE_SAMPLING_DROPPED_REGIONS",
     "MAELTRACE_SAMPLING_DROPPED_UNITS",
     "MAELTRACE_SPANS_BUILT",
+    "MAELTRACE_TOKENS",
     "MAELTRACE_TRACE",
     "MAELTRACE_WORLD_SIZE",
     "PROCESS_PID",
@@ -35,6 +38,9 @@ __all__ = [
     "PROCESS_RUNTIME_VERSION",
     "REGION_DURATION",
     "REGION_DURATION_UNIT",
+    "REGION_ITEMS",
+    "REGION_MEMORY_PEAK",
+    "REGION_TOKENS",
     "RUN_SPAN_NAME",
     "SCHEMA_URL",
     "SCOPE_NAME",
@@ -88,6 +94,17 @@ MAELTRACE_GPU_DURATION_NS: Final = "maeltrace.gpu.duration_ns"
 
 MAELTRACE_GPU_CLOCK: Final = "maeltrace.gpu.clock"
 """On a region timed on the device: the device clock's name (``gpu`` when it has none)."""
+
+MAELTRACE_ITEMS: Final = "maeltrace.items"
+"""The items (samples) the region worked on: its own count (``Timer.region(key, items=...)``),
+or, for a region given none, its children's (an epoch's batches)."""
+
+MAELTRACE_TOKENS: Final = "maeltrace.tokens"
+"""The tokens the region worked on, counted as `MAELTRACE_ITEMS` is."""
+
+MAELTRACE_GPU_MEMORY_PEAK: Final = "maeltrace.gpu.memory.peak_bytes"
+"""The most device memory the framework's allocator held during the region, in bytes
+(``Timer(memory=True)``, torch on a GPU)."""
 
 MAELTRACE_TRACE: Final = "maeltrace.trace"
 """On an epoch's root span: the epoch's ordinal, which its trace id is derived from."""
@@ -207,6 +224,17 @@ REGION_DURATION: Final = "maeltrace.region.duration"
 
 REGION_DURATION_UNIT: Final = "s"
 """`REGION_DURATION`'s unit (UCUM), seconds as OpenTelemetry's duration metrics use."""
+
+REGION_ITEMS: Final = "maeltrace.region.items"
+"""The counter of items (samples) the regions of a key worked on (``Timer.region(key,
+items=...)``), attribute `MAELTRACE_KEY`: Prometheus's ``rate()`` of it is items per second."""
+
+REGION_TOKENS: Final = "maeltrace.region.tokens"
+"""The counter of tokens, as `REGION_ITEMS`."""
+
+REGION_MEMORY_PEAK: Final = "maeltrace.region.memory.peak"
+"""The gauge of the largest peak device memory (bytes, unit ``By``) of a key's regions in the
+last batch of regions recorded (``Timer(memory=True)``), attribute `MAELTRACE_KEY`."""
 
 MAELTRACE_CLOCK: Final = "maeltrace.clock"
 """On `REGION_DURATION`'s points: the clock measured, `MAELTRACE_CLOCK_CPU` or

@@ -339,7 +339,9 @@ class SpanBuilder:
         else:
             gpu_clock = _attribute_fields({semconv.MAELTRACE_GPU_CLOCK: clock})
         trace = self._trace_of(ordinal)
-        specials = self._specials(ordinal, trace, rows, failures, sampled, json)
+        specials = self._specials(
+            ordinal, trace, rows, failures, sampled, json, _region_attributes(records)
+        )
         return enc.encode(
             rows,
             json,
@@ -361,18 +363,24 @@ class SpanBuilder:
         failures: Mapping[int, str],
         sampled: tuple[int, int] | None,
         json: bool,
+        extras: Mapping[int, dict[str, object]],
     ) -> list[Special]:
-        """The rows that the encoder's common rules do not cover: epochs, failed regions, and
-        regions under a span of the user's."""
+        """The rows that the encoder's common rules do not cover: epochs, failed regions,
+        regions under a span of the user's, and regions with attributes of their own
+        (``extras``, by sequence number: counts and peak memory)."""
         user_parents, user_traces = self._user_parents, self._user_traces
         trace_key = (
             self.trace_key_id if ordinal != NO_TRACE and self.trace_key_id is not None else -1
         )
         candidates: Sequence[int] = self._encoder.special_rows(rows, trace_key, bool(user_parents))
-        if not candidates and not (ordinal == NO_TRACE and user_traces):
+        if not candidates and not (ordinal == NO_TRACE and user_traces) and not extras:
             return []
         values = array("q")
         values.frombytes(rows)
+        if extras:
+            seqs = values[R_SEQ::ROW_FIELDS]
+            own = {i for i, seq in enumerate(seqs) if seq in extras}
+            candidates = sorted(own.union(candidates))
         if ordinal == NO_TRACE and (
             user_traces or any(values[i * ROW_FIELDS + R_SEQ] in user_parents for i in candidates)
         ):
@@ -386,7 +394,7 @@ class SpanBuilder:
             trace_override: bytes | None = None
             parent_override: bytes | None = None
             links: list[tuple[bytes, bytes]] = []
-            extra: dict[str, object] = {}
+            extra: dict[str, object] = dict(extras.get(seq, ())) if extras else {}
             if ordinal == NO_TRACE and (user is not None or parent in user_traces):
                 # Under a span of the user's: its trace, not the run's.
                 trace_override = user[0] if user is not None else user_traces[parent]
@@ -610,6 +618,21 @@ class SpanBuilder:
     ) -> None:
         """Adds this process's run span (`encode_run_span`) to ``out``."""
         out.scope_spans[0].spans.add().MergeFromString(self.encode_run_span(end_perf_ns, stats))
+
+
+def _region_attributes(records: Records) -> dict[int, dict[str, object]]:
+    """The attributes only some regions have, by sequence number: the work they counted
+    (`maeltrace.Records.work`) and their peak device memory."""
+    out: dict[int, dict[str, object]] = {}
+    for seq, (items, tokens) in records.work().items():
+        values = out.setdefault(seq, {})
+        if items:
+            values[semconv.MAELTRACE_ITEMS] = items
+        if tokens:
+            values[semconv.MAELTRACE_TOKENS] = tokens
+    for seq, peak in records.peak_memory.items():
+        out.setdefault(seq, {})[semconv.MAELTRACE_GPU_MEMORY_PEAK] = peak
+    return {seq: values for seq, values in out.items() if values}
 
 
 def span_field_size(size: int) -> int:

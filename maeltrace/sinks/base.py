@@ -25,7 +25,9 @@ segment           meaning
                   included) or ``epoch`` (every sample of one training epoch, the trainers' loggers)
 ``<field>``       ``stats="mean"``: ``mean``; ``stats="all"``: every field of `STATS_FIELDS`,
                   ``min``, ``mean``, ``median``, ``max``, ``stdev``, ``p95`` (seconds) and
-                  ``count`` (regions)
+                  ``count`` (regions); and, for rows with counted work or peak memory,
+                  ``items_per_s``, ``tokens_per_s``, ``mfu``, ``peak_memory_bytes`` (with
+                  ``stats="all"`` also ``items`` and ``tokens``): `Row.work_values`
 ================  ================================================================================
 
 So ``tmr.log_mlflow_all()`` logs ``maeltrace/batch/steady/mean`` where the warm-up leaves
@@ -286,6 +288,24 @@ def metric_values(
             )
             for rest in fields
         ]
+        if names == "maeltrace":
+            pairs += [
+                (
+                    metric_name(
+                        row.key,
+                        field_name,
+                        prefix=prefix,
+                        device=row.device,
+                        compiled=row.compiled,
+                        samples=samples,
+                    ),
+                    float(value),
+                )
+                for field_name, value in row.work_values(
+                    summary.throughput, steady=samples == "steady"
+                ).items()
+                if stats == "all" or field_name not in ("items", "tokens")
+            ]
         for metric, value in pairs:
             if metric in values:
                 warnings.warn(

@@ -22,7 +22,15 @@ from maeltrace.sinks.base import (
     warn_failure,
 )
 
-__all__ = ["BACKENDS", "DRAIN_S", "QUEUE_EPOCHS", "LiveLog", "epoch_values", "parse_backends"]
+__all__ = [
+    "BACKENDS",
+    "DRAIN_S",
+    "QUEUE_EPOCHS",
+    "LiveLog",
+    "epoch_values",
+    "epoch_work",
+    "parse_backends",
+]
 
 BACKENDS = ("mlflow", "wandb")
 """The trackers a live series goes to (``Timer(live=...)``, ``MAELTRACE_LIVE``)."""
@@ -83,6 +91,49 @@ def epoch_values(rows: Mapping[tuple[Key, bool], Sequence[float]]) -> dict[str, 
             name = metric_name(key, device=gpu, samples="epoch")
             values[f"{name}/mean"] = statistics.fmean(samples)
             values[f"{name}/count"] = float(len(samples))
+    return values
+
+
+def epoch_work(records: Records, trace: int) -> dict[str, float]:
+    """One trace's (an epoch's) throughput and peak memory per key, for the live series:
+    ``maeltrace/<key>/epoch/{items,tokens}_per_s`` (counted work over the summed CPU durations
+    of the regions that counted it, `maeltrace.Records.work`) and
+    ``maeltrace/<key>/gpu/epoch/peak_memory_bytes``; keys without either are left out."""
+    work, memory = records.work(), records.peak_memory
+    if not work and not memory:
+        return {}
+    totals: dict[int, list[int]] = {}  # key id -> [items, tokens, ns of items, ns of tokens]
+    peaks: dict[int, int] = {}
+    for seq, key_id, start, end, status, ordinal, flags in zip(
+        records.seq,
+        records.key_id,
+        records.start_ns,
+        records.end_ns,
+        records.status,
+        records.trace,
+        records.device_flags,
+        strict=True,
+    ):
+        if ordinal != trace or status != STATUS_OK or flags & FLAG_COMPILED:
+            continue
+        count = work.get(seq)
+        if count is not None:
+            total = totals.setdefault(key_id, [0, 0, 0, 0])
+            for column in (0, 1):
+                if count[column]:
+                    total[column] += count[column]
+                    total[column + 2] += end - start
+        if seq in memory:
+            peaks[key_id] = max(peaks.get(key_id, 0), memory[seq])
+    values: dict[str, float] = {}
+    for key_id, (items, tokens, items_ns, tokens_ns) in totals.items():
+        name = metric_name(records.keys[key_id], samples="epoch")
+        for unit, counted, ns in (("items", items, items_ns), ("tokens", tokens, tokens_ns)):
+            if counted and ns > 0:
+                values[f"{name}/{unit}_per_s"] = counted / (ns / 1e9)
+    for key_id, peak in peaks.items():
+        name = metric_name(records.keys[key_id], device=True, samples="epoch")
+        values[f"{name}/peak_memory_bytes"] = float(peak)
     return values
 
 
@@ -270,7 +321,9 @@ class LiveLog:
                 self._queue.task_done()
 
     def _log_epoch(self, trace: int) -> None:
-        values = epoch_values(epoch_rows(self._read(), trace))
+        records = self._read()
+        values = epoch_values(epoch_rows(records, trace))
+        values.update(epoch_work(records, trace))
         if not values:
             return
         ok = True
