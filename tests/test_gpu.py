@@ -250,6 +250,56 @@ def test_the_event_pool_stays_small_when_the_loop_synchronizes_every_10_steps() 
     assert tmr.get_time_stats("step", gpu=True).count == 1000
 
 
+def _peaks(tmr: Timer) -> dict[Any, list[int]]:
+    """Peak allocated bytes of the timer's gpu regions, per key, in start order."""
+    records = tmr.records()
+    return {records.keys[k]: v for (k, _), v in records.samples().memory.items()}
+
+
+def test_peak_memory_covers_the_tensors_of_a_region_and_of_its_inner_regions() -> None:
+    tmr = Timer(device="torch", memory=True)
+    clock = tmr.use_device()
+    mb = 1 << 20
+    torch.cuda.synchronize()
+    with sync_debug_warnings() as log, tmr.region("outer", gpu=True):
+        kept = torch.ones(64 * mb // 4, device="cuda")  # 64 MiB of float32, alive to the end
+        with tmr.region("inner", gpu=True):
+            freed = torch.ones(16 * mb // 4, device="cuda")
+            freed.sum()
+            del freed  # freed before the region ends: its peak stays
+        with tmr.region("inner", gpu=True):
+            pass
+        kept.sum()
+    assert clock.host_syncs == 0  # the peaks are read from the allocator, never waited for
+    assert log.by_maeltrace == []
+    peaks = _peaks(tmr)
+    assert clock.host_syncs == 1  # the report's one flush, as without memory
+    first, second = peaks["inner"]
+    assert first >= 64 * mb + 16 * mb  # the kept tensor was alive while the inner one was
+    assert 64 * mb <= second < first
+    (outer,) = peaks["outer"]
+    assert outer >= first  # the inner regions' resets lost none of the outer's peak
+
+
+def test_peak_memory_in_a_training_loop_makes_no_host_sync() -> None:
+    cnn = _cnn()
+    _trained(5, None, cnn)
+    torch.cuda.synchronize()
+    tmr = Timer(device="torch", memory=True)
+    clock = tmr.use_device()
+    with sync_debug_warnings() as timed:
+        _trained(STEPS, tmr, cnn)
+    assert clock.host_syncs == 0
+    assert timed.by_maeltrace == []
+    peaks = _peaks(tmr)
+    batch, forward, backward = (
+        peaks[k] for k in (TimeType.BATCH, TimeType.FORWARD, TimeType.BACKWARD)
+    )
+    assert len(batch) == len(forward) == len(backward) == STEPS
+    for b, f, w in zip(batch, forward, backward, strict=True):
+        assert b >= max(f, w) > 0  # a batch encloses its forward and backward
+
+
 def test_the_clock_makes_no_event_or_stream_sync_in_the_loop() -> None:
     """Counted by torch itself, not by the clock: Event.synchronize is outside the reach of
     the sync-debug mode. Last of the torch tests: the trace hooks stay active after it."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import deque
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -13,7 +15,7 @@ from maeltrace.devices.base import DeviceClock, DeviceTimes, SyncedCpuClock
 if TYPE_CHECKING:
     from maeltrace.devices.registry import ClockOptions
 
-__all__ = ["DEFAULT_MAX_OUTSTANDING", "CudaEventClock", "torch_clock"]
+__all__ = ["DEFAULT_MAX_OUTSTANDING", "CudaEventClock", "PeakMemory", "torch_clock"]
 
 T = TypeVar("T")
 
@@ -34,9 +36,87 @@ class Event(Protocol):
 
 
 class CudaApi(Protocol):
-    """What the clock needs of ``torch.cuda``; tests pass a fake GPU instead."""
+    """What the clock needs of ``torch.cuda``; tests pass a fake GPU instead.
+
+    The two allocator calls are made only when the clock measures peak memory.
+    """
 
     def Event(self, enable_timing: bool = ...) -> Event: ...  # torch's name
+    def memory_stats_as_nested_dict(self) -> dict[str, Any]: ...
+    def reset_peak_memory_stats(self) -> None: ...
+
+
+class _Frame:
+    """An open gpu region whose peak memory is measured: its start event and its peak so far."""
+
+    __slots__ = ("__weakref__", "peak_bytes", "start")
+
+    def __init__(self, start: Event) -> None:
+        self.start = start
+        self.peak_bytes = 0
+
+
+class PeakMemory:
+    """The peak of the CUDA caching allocator's allocated bytes over each open region, read from
+    its statistics on the host: no host synchronisation.
+
+    The allocator has one peak per device, which `open` resets so a region sees only its own
+    peak. Before resetting, `open` credits the peak so far to every region still open, on any
+    thread, and `close` credits its reading to every open region as well, so an outer region
+    keeps the peaks its inner regions reset. A reset sets the peak to the bytes allocated now
+    (as the caching allocator does), so a region's peak counts the tensors alive when it opened.
+    The allocator counts a tensor when the host asks for it, not when the GPU runs the kernel
+    using it, so the figure is known at the region's end without waiting for the device. With
+    torch's ``cudaMallocAsync`` allocator backend these statistics, and so the peaks, are zero.
+
+    Regions running at the same time on other threads share the one allocator: each region's
+    peak is then the peak of the whole device while it was open. An allocation on another thread
+    between a read and the following reset (a few microseconds) can be missed.
+
+    Per region: a reset at ``open``, preceded by a read when another region is open, and a read at
+    ``close``. A read is ``torch.cuda.memory_stats_as_nested_dict()``, one call into the
+    allocator returning its statistics as a nested dict; ``max_memory_allocated()`` builds the
+    same dict and then flattens and sorts it in Python, which costs more.
+
+    Args:
+        cuda: ``torch.cuda`` or a stand-in with the allocator calls of `CudaApi`.
+    """
+
+    def __init__(self, cuda: CudaApi) -> None:
+        self._cuda = cuda
+        # Weak: a region that is discarded, not closed, drops out with its handle.
+        self._open: weakref.WeakSet[_Frame] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def _read(self) -> int:
+        """The allocator's peak allocated bytes since its last reset; 0 before CUDA starts."""
+        stats = self._cuda.memory_stats_as_nested_dict()
+        try:
+            return int(stats["allocated_bytes"]["all"]["peak"])
+        except KeyError:  # CUDA not initialised yet: the allocator has no statistics
+            return 0
+
+    def _credit(self, peak_bytes: int) -> None:
+        for frame in self._open:
+            if peak_bytes > frame.peak_bytes:
+                frame.peak_bytes = peak_bytes
+
+    def open(self, start: Event) -> _Frame:
+        """Starts measuring a region: credits the open regions, then resets the peak."""
+        frame = _Frame(start)
+        with self._lock:
+            if self._open:
+                self._credit(self._read())
+            self._cuda.reset_peak_memory_stats()
+            self._open.add(frame)
+        return frame
+
+    def close(self, frame: _Frame) -> int:
+        """Ends measuring ``frame``'s region; returns its peak allocated bytes."""
+        with self._lock:
+            self._credit(self._read())
+            self._open.discard(frame)
+        return frame.peak_bytes
 
 
 class CudaEventClock:
@@ -53,10 +133,16 @@ class CudaEventClock:
     Start times are placed on the host clock through a reference event: the first event
     recorded; `flush` measures its host time with one more event after the wait.
 
+    With ``memory``, each region's peak allocated device memory (`PeakMemory`) also goes to
+    ``times`` (`DeviceTimes.add_memory`) when the region closes; without it, the clock makes no
+    allocator call.
+
     Args:
         times: where resolved times go.
-        cuda: ``torch.cuda`` or a stand-in with ``Event``.
+        cuda: ``torch.cuda`` or a stand-in with ``Event`` (and the allocator calls of `CudaApi`
+            when ``memory`` is on).
         max_outstanding: regions that may wait for the GPU before the timer waits.
+        memory: also measure each region's peak device memory.
     """
 
     name = "cuda-event"
@@ -66,12 +152,14 @@ class CudaEventClock:
         times: DeviceTimes,
         cuda: CudaApi | None = None,
         max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
+        memory: bool = False,
     ) -> None:
         if max_outstanding < 1:
             raise ValueError(f"max_outstanding must be at least 1, not {max_outstanding}")
         self._times = times
         self._cuda: Any = cuda if cuda is not None else torch.cuda
         self._max_outstanding = max_outstanding
+        self._peaks = PeakMemory(self._cuda) if memory else None
         self._pool: list[Event] = []
         self._pending: deque[tuple[int, Event, Event]] = deque()
         self._reference: Event | None = None
@@ -82,6 +170,8 @@ class CudaEventClock:
         self.description = "CUDA events (torch.cuda.Event) on the current stream"
         if cuda is None and torch.cuda.is_available():
             self.description += f", {torch.cuda.get_device_name()}"
+        if memory:
+            self.description += "; peak memory from the CUDA caching allocator's statistics"
 
     def _event(self) -> Event:
         if self._pool:
@@ -102,11 +192,17 @@ class CudaEventClock:
             self._reference.record()
         event = self._event()
         event.record()
-        return event
+        if self._peaks is None:
+            return event
+        return self._peaks.open(event)
 
     def close(self, seq: int, handle: object, status: int) -> None:
         end = self._event()
         end.record()
+        if self._peaks is not None:
+            assert isinstance(handle, _Frame)  # our own handle
+            self._times.add_memory(seq, self._peaks.close(handle))
+            handle = handle.start
         self._pending.append((seq, handle, end))  # type: ignore[arg-type]  # our own handle
         self.poll()
         if len(self._pending) > self._max_outstanding:
@@ -152,8 +248,9 @@ class CudaEventClock:
 def torch_clock(times: DeviceTimes, options: ClockOptions | None = None) -> DeviceClock:
     """CUDA events where torch sees a GPU; else `SyncedCpuClock`, which records no device times.
 
-    The ``torch`` entry of `maeltrace.devices.registry`; it takes no options.
+    The ``torch`` entry of `maeltrace.devices.registry`; of its options it reads ``memory``
+    (peak device memory per region, `PeakMemory`).
     """
     if torch.cuda.is_available():
-        return CudaEventClock(times)
+        return CudaEventClock(times, memory=options is not None and options.memory)
     return SyncedCpuClock(times, "torch sees no CUDA device")

@@ -4,14 +4,23 @@ The fake models one stream: events complete in the order they were recorded, and
 as the test lets the "GPU" run (`FakeCudaDevice.run`). A blocking call (``synchronize``) runs it
 up to that event and is counted as a host synchronisation, which is what the tests check.
 Event ``i`` (in recording order) completes at ``i`` milliseconds of device time.
+
+It also fakes the caching allocator's statistics: tests allocate and free bytes
+(`FakeCudaDevice.allocate`, `FakeCudaDevice.free`) and the fake keeps the current and peak
+allocated bytes as torch's allocator does, counting every allocator call the clock makes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter_ns
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from maeltrace.devices.base import DeviceTimes
+
+if TYPE_CHECKING:
+    from maeltrace.devices.registry import ClockOptions
+    from maeltrace.devices.torch_cuda import CudaEventClock
 
 T = TypeVar("T")
 
@@ -41,7 +50,8 @@ class FakeCudaEvent:
 
 
 class FakeCudaDevice:
-    """Stands in for the ``torch.cuda`` module: ``Event`` plus the counters tests read.
+    """Stands in for the ``torch.cuda`` module: ``Event``, the allocator's statistics, and the
+    counters tests read.
 
     Attributes:
         recorded: events recorded so far (the stream's length).
@@ -49,6 +59,9 @@ class FakeCudaDevice:
         host_syncs: blocking waits the host made.
         created: event objects created.
         queries: non-blocking completion queries made.
+        allocated_bytes: bytes allocated now.
+        peak_bytes: most bytes allocated since the last peak reset.
+        allocator_calls: statistics reads and peak resets made.
     """
 
     def __init__(self) -> None:
@@ -57,6 +70,35 @@ class FakeCudaDevice:
         self.host_syncs = 0
         self.created = 0
         self.queries = 0
+        self.allocated_bytes = 0
+        self.peak_bytes = 0
+        self.allocator_calls = 0
+
+    def allocate(self, nbytes: int) -> None:
+        """Allocates ``nbytes``, as creating a tensor does (on the host, before the GPU runs)."""
+        self.allocated_bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.allocated_bytes)
+
+    def free(self, nbytes: int) -> None:
+        """Frees ``nbytes``; the peak stays."""
+        assert nbytes <= self.allocated_bytes
+        self.allocated_bytes -= nbytes
+
+    def memory_stats_as_nested_dict(self) -> dict[str, Any]:
+        """The ``allocated_bytes`` part of torch's nested allocator statistics."""
+        self.allocator_calls += 1
+        return {
+            "allocated_bytes": {"all": {"current": self.allocated_bytes, "peak": self.peak_bytes}}
+        }
+
+    def reset_peak_memory_stats(self) -> None:
+        """Sets the peak to the bytes allocated now, as torch's caching allocator does."""
+        self.allocator_calls += 1
+        self.peak_bytes = self.allocated_bytes
+
+    def max_memory_allocated(self) -> int:
+        """The peak since the last reset, as ``torch.cuda.max_memory_allocated``."""
+        return int(self.memory_stats_as_nested_dict()["allocated_bytes"]["all"]["peak"])
 
     def Event(self, enable_timing: bool = True) -> FakeCudaEvent:  # torch's name
         assert enable_timing
@@ -114,9 +156,25 @@ def fake_gpu_clock(times: DeviceTimes) -> FakeGpuClock:
     return FakeGpuClock(times)
 
 
-def fake_cuda_clock(times: DeviceTimes, options: object = None) -> object:
+def fake_cuda_clock(times: DeviceTimes, options: ClockOptions | None = None) -> CudaEventClock:
     """A registry factory (`maeltrace.devices.registry.ClockBuilder`): the CUDA-event clock on
-    a `FakeCudaDevice`, a GPU in use for tests of the clock's choice (imports torch)."""
+    a new `FakeCudaDevice` (the clock's ``_cuda``), a GPU in use for tests of the clock's choice
+    and of the timer's options; it measures peak memory when ``options.memory`` (imports torch).
+    """
     from maeltrace.devices.torch_cuda import CudaEventClock
 
-    return CudaEventClock(times, cuda=FakeCudaDevice())
+    memory = options is not None and options.memory
+    return CudaEventClock(times, cuda=FakeCudaDevice(), memory=memory)
+
+
+def cuda_clock_on(
+    device: FakeCudaDevice, *, memory: bool = False
+) -> Callable[[DeviceTimes], CudaEventClock]:
+    """A device-clock factory for ``Timer(device=...)``: the CUDA-event clock on ``device``,
+    measuring peak memory when ``memory`` (imports torch)."""
+    from maeltrace.devices.torch_cuda import CudaEventClock
+
+    def factory(times: DeviceTimes) -> CudaEventClock:
+        return CudaEventClock(times, cuda=device, memory=memory)
+
+    return factory
