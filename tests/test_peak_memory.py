@@ -219,3 +219,59 @@ class TestTimerOption:
         on = fake_cuda_clock(DeviceTimes(), ClockOptions(memory=True))
         off = fake_cuda_clock(DeviceTimes(), ClockOptions())
         assert on._peaks is not None and off._peaks is None
+
+
+class TestInTheOutputs:
+    """The peaks in the summary's table and stats.json, on the spans and in the metrics."""
+
+    def test_table_json_spans_and_gauge(self, tmp_path: object) -> None:
+        from pathlib import Path
+
+        metrics = pytest.importorskip("opentelemetry.sdk.metrics", reason="opentelemetry-sdk")
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        from maeltrace import Summary
+        from maeltrace.otel import semconv
+        from tests.helpers import exported_spans
+
+        folder = Path(str(tmp_path))
+        gpu = FakeCudaDevice()
+        reader = InMemoryMetricReader()
+        tmr = Timer(
+            export=True,
+            output_dir=folder,
+            device=cuda_clock_on(gpu, memory=True),
+            meter_provider=metrics.MeterProvider(metric_readers=[reader]),
+        )
+        expected = _epoch(tmr, gpu)
+        tmr.close()
+        summary = tmr.summary()
+        rows = {str(r.key): r for r in summary.rows if r.peak_memory}
+        assert all(row.device for row in rows.values())  # on the GPU rows
+        assert {key: max(row.peak_memory) for key, row in rows.items()} == expected
+        text = summary.to_markdown()
+        table = text[text.index("Peak device memory per region:") :]
+        line = next(x for x in table.splitlines() if x.startswith("| Batch (GPU)"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[4:] == [f"{expected['batch'] / MB:.1f}", "2"]  # max, count
+        loaded = Summary.load(summary.save(folder / "again.json"))
+        assert [r.peak_memory for r in loaded.rows] == [r.peak_memory for r in summary.rows]
+        spans = exported_spans(folder / "traces.otlp.jsonl")
+        peaks = {
+            span.name: a.value.int_value
+            for span in spans
+            for a in span.attributes
+            if a.key == semconv.MAELTRACE_GPU_MEMORY_PEAK
+        }
+        assert peaks["epoch"] == expected["epoch"]
+        data = reader.get_metrics_data()
+        assert data is not None
+        gauge = {
+            str(p.attributes[semconv.MAELTRACE_KEY]): p.value
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == semconv.REGION_MEMORY_PEAK
+            for p in m.data.data_points
+        }
+        assert gauge == expected
