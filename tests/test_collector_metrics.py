@@ -33,7 +33,7 @@ pytest.importorskip("opentelemetry.sdk.metrics", reason="the otel extra is not i
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 
-EPOCHS, BATCHES = 2, 3
+EPOCHS, BATCHES, BATCH_SIZE = 2, 3, 16
 RANKS = (0, 1)
 SCRAPE_TIMEOUT = 60.0
 
@@ -134,7 +134,7 @@ def _train(tmr: Timer) -> None:
     for _ in range(EPOCHS):
         with tmr.region(TimeType.EPOCH):
             for _ in tmr.iterate(range(BATCHES)):
-                with tmr.region(TimeType.BATCH), tmr.region(TimeType.FORWARD):
+                with tmr.region(TimeType.BATCH, items=BATCH_SIZE), tmr.region(TimeType.FORWARD):
                     sum(range(2000))
 
 
@@ -214,6 +214,14 @@ def test_every_metric_the_dashboard_queries_is_scraped_from_the_collector(
         if labels.get("maeltrace_run_id") == run_id
     ]
     assert {"batch", "forward", "epoch"} <= {labels.get("maeltrace_key") for labels in calls}
+    # The items counter holds every batch's count, per rank.
+    items = {
+        (labels["maeltrace_key"], labels["maeltrace_rank"]): value
+        for labels, value in series["maeltrace_region_items_total"]
+        if labels.get("maeltrace_run_id") == run_id
+    }
+    per_rank = float(EPOCHS * BATCHES * BATCH_SIZE)
+    assert items == {(key, str(rank)): per_rank for key in ("batch", "epoch") for rank in RANKS}
 
 
 def test_the_dashboard_uses_prometheus_and_jaeger_data_sources() -> None:
