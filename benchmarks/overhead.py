@@ -8,7 +8,8 @@ What it measures:
       storing a ``(start, end)`` tuple, and a call of an empty function (the call cost that the
       ``@timed`` figure carries on top of its region);
     * maeltrace: ``start``/``end``, ``with tmr.region(key)`` (looked up every time, as users
-      write it, and hoisted out of the loop), the ``@tmr.timed`` decorator on an empty function
+      write it, and hoisted out of the loop), ``with tmr.region(key, items=n)`` (a count, made
+      per call), the ``@tmr.timed`` decorator on an empty function
       (reported as is, call included), ``tmr.iterate`` over a range, and a disabled timer;
     * maeltrace root regions with OpenTelemetry imported: ``start``/``end`` of a root region
       on a timer with export on, built after ``opentelemetry.trace`` was imported (as MLflow
@@ -233,6 +234,17 @@ def _mt_region(n: int) -> Outcome:
     t0 = perf_counter_ns()
     for _ in range(n):
         with tmr.region(key):
+            pass
+    elapsed = perf_counter_ns() - t0
+    return Outcome(elapsed, _recorded(tmr))
+
+
+def _mt_region_items(n: int) -> Outcome:
+    tmr = maeltrace.Timer(enabled=True, export=False)
+    key = KEY
+    t0 = perf_counter_ns()
+    for i in range(n):
+        with tmr.region(key, items=i):
             pass
     elapsed = perf_counter_ns() - t0
     return Outcome(elapsed, _recorded(tmr))
@@ -487,6 +499,7 @@ def build_candidates(stack: ExitStack, *, peers: bool) -> list[Candidate]:
         Candidate(START_END, GROUP_MAELTRACE, _mt_start_end),
         Candidate("maeltrace with tmr.region(k)", GROUP_MAELTRACE, _mt_region),
         Candidate("maeltrace with region (hoisted)", GROUP_MAELTRACE, _mt_region_hoisted),
+        Candidate("maeltrace with tmr.region(k, items=n)", GROUP_MAELTRACE, _mt_region_items),
         Candidate("maeltrace @timed empty function", GROUP_MAELTRACE, _mt_timed),
         Candidate("maeltrace iterate(range)", GROUP_MAELTRACE, _mt_iterate),
         Candidate("maeltrace disabled start/end", GROUP_DISABLED, _mt_disabled, expected=0),

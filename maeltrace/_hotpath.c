@@ -80,6 +80,9 @@ typedef struct {
     PyObject *key;
     int64_t key_id;
     int gpu;
+    PyObject *note;   /* callable((seq, items, tokens)) as the region opens, or NULL */
+    int64_t items;    /* the count given to `note`, for a counted region */
+    int64_t tokens;
 } Region;
 
 static PyTypeObject RecorderType;
@@ -244,7 +247,8 @@ user_span_active(Recorder *self)
     return found;
 }
 
-static int
+/* Returns the opened region's sequence number, or -1 with an exception set. */
+static int64_t
 open_region(Recorder *self, int64_t key_id, int gpu)
 {
     ThreadState *st = state_get(self);
@@ -300,7 +304,7 @@ open_region(Recorder *self, int64_t key_id, int gpu)
                   : st->n_open > 1            ? st->open[st->n_open - 2].trace
                                               : NO_TRACE;
     slot->start = now_ns(); /* last, so the region's own bookkeeping is outside it */
-    return 0;
+    return seq;
 }
 
 /* Returns the closed region's sequence number, or -1 with an exception set. */
@@ -665,6 +669,9 @@ Recorder_region(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     region->key = Py_NewRef(args[0]);
     region->key_id = key_id;
     region->gpu = gpu;
+    region->note = NULL;
+    region->items = 0;
+    region->tokens = 0;
     PyObject_GC_Track(region);
     return (PyObject *)region;
 }
@@ -1050,10 +1057,50 @@ static PyTypeObject RecorderType = {
 static PyObject *
 Region_enter(Region *self, PyObject *Py_UNUSED(ignored))
 {
-    if (open_region(self->recorder, self->key_id, self->gpu) < 0) {
+    int64_t seq = open_region(self->recorder, self->key_id, self->gpu);
+    if (seq < 0) {
         return NULL;
     }
+    if (self->note != NULL) {
+        /* After the start: the note is the region's bookkeeping, inside it, as little as a
+           tuple and a call. A failure (memory) loses the count, never the region. */
+        PyObject *triple = Py_BuildValue("(LLL)", (long long)seq, (long long)self->items,
+                                         (long long)self->tokens);
+        PyObject *r = triple != NULL ? PyObject_CallOneArg(self->note, triple) : NULL;
+        Py_XDECREF(triple);
+        if (r == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+    }
     return Py_NewRef(self);
+}
+
+static PyObject *
+Region_counted(Region *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* counted(items, tokens, note): this region, noting (seq, items, tokens) as it opens. */
+    int64_t items, tokens;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "counted(items, tokens, note)");
+        return NULL;
+    }
+    if (parse_id(args[0], &items) < 0 || parse_id(args[1], &tokens) < 0) {
+        return NULL;
+    }
+    Region *region = PyObject_GC_New(Region, &RegionType);
+    if (region == NULL) {
+        return NULL;
+    }
+    region->recorder = (Recorder *)Py_NewRef(self->recorder);
+    region->key = Py_NewRef(self->key);
+    region->key_id = self->key_id;
+    region->gpu = self->gpu;
+    region->note = Py_NewRef(args[2]);
+    region->items = items;
+    region->tokens = tokens;
+    PyObject_GC_Track(region);
+    return (PyObject *)region;
 }
 
 static PyObject *
@@ -1101,6 +1148,7 @@ Region_traverse(Region *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->recorder);
     Py_VISIT(self->key);
+    Py_VISIT(self->note);
     return 0;
 }
 
@@ -1109,6 +1157,7 @@ Region_clear(Region *self)
 {
     Py_CLEAR(self->recorder);
     Py_CLEAR(self->key);
+    Py_CLEAR(self->note);
     return 0;
 }
 
@@ -1143,6 +1192,8 @@ static PyMethodDef Region_methods[] = {
     {"__exit__", (PyCFunction)(void (*)(void))Region_exit, METH_FASTCALL, NULL},
     {"block", (PyCFunction)Region_block, METH_O,
      "Wait until value (the region's outputs) is computed; returns value."},
+    {"counted", (PyCFunction)(void (*)(void))Region_counted, METH_FASTCALL,
+     "This region with a count: note((seq, items, tokens)) is called as it opens."},
     {NULL, NULL, 0, NULL},
 };
 

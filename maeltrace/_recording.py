@@ -79,50 +79,38 @@ NULL_REGION = _NullRegion()
 class CountedRegion:
     """`Timer.region` given a count (``items``, ``tokens``): the key's own region, and, as it
     opens, the count noted for it by sequence number. Made per call (the count changes from
-    batch to batch); the region it wraps is the key's cached one.
+    batch to batch) from a target the timer keeps per key.
 
     Args:
-        region: the key's region.
-        key_id: the key's id.
-        open_seq: the recorder's ``open_seq``: the sequence number of this thread's open region
-            of a key id.
-        note: stores ``(seq, items, tokens)``.
+        target: the key's region, its key id, the recorder's ``open_seq`` (the sequence number
+            of this thread's open region of a key id) and the ``extend`` of the array that
+            keeps ``(seq, items, tokens)`` triples (`maeltrace.records.RegionCounts`).
         items: items (samples) the region works on.
         tokens: tokens the region works on.
     """
 
-    __slots__ = ("_items", "_key_id", "_note", "_open_seq", "_region", "_tokens")
+    __slots__ = ("_items", "_target", "_tokens")
 
-    def __init__(
-        self,
-        region: Region,
-        key_id: int,
-        open_seq: Callable[[int], int],
-        note: Callable[[int, int, int], None],
-        items: int,
-        tokens: int,
-    ) -> None:
-        self._region = region
-        self._key_id = key_id
-        self._open_seq = open_seq
-        self._note = note
+    def __init__(self, target: CountTarget, items: int, tokens: int) -> None:
+        self._target = target
         self._items = items
         self._tokens = tokens
 
     @property
     def key(self) -> Key:
-        return self._region.key
+        return self._target[0].key
 
     @property
     def gpu(self) -> bool:
-        return self._region.gpu
+        return self._target[0].gpu
 
     def block(self, value: T) -> T:
-        return self._region.block(value)
+        return self._target[0].block(value)
 
     def __enter__(self) -> CountedRegion:
-        self._region.__enter__()
-        self._note(self._open_seq(self._key_id), self._items, self._tokens)
+        region, key_id, open_seq, extend = self._target
+        region.__enter__()
+        extend((open_seq(key_id), self._items, self._tokens))
         return self
 
     def __exit__(
@@ -131,7 +119,11 @@ class CountedRegion:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._region.__exit__(exc_type, exc, tb)
+        self._target[0].__exit__(exc_type, exc, tb)
+
+
+CountTarget = tuple[Region, int, Callable[[int], int], Callable[[tuple[int, int, int]], None]]
+"""What a `CountedRegion` opens and where its count goes (see its ``target`` argument)."""
 
 
 def noop(key: Key, gpu: bool = False) -> None:

@@ -323,6 +323,9 @@ class Timer:
         self._keys: list[Key] = []
         self._regions: dict[Key, Region] = {}
         self._gpu_regions: dict[Key, Region] = {}
+        # Key -> the compiled region's ``counted`` and the counts' ``extend`` (`region`).
+        self._counted: dict[Key, tuple[Callable[..., Region], Callable[..., None]]] = {}
+        self._gpu_counted: dict[Key, tuple[Callable[..., Region], Callable[..., None]]] = {}
         self._annotator: Annotator | None = None
         self._failures: dict[int, str] = {}
         self._live: LiveLog | None = None
@@ -729,17 +732,13 @@ class Timer:
             ValueError: ``key`` is empty or `TimeType.ALL`, or a count is negative.
         """
         if items is not None or tokens is not None:
-            counts = _counts(items, tokens)
-            plain = self.region(key, gpu)
-            if plain is NULL_REGION:
-                return plain
-            return CountedRegion(
-                plain,
-                self._key_ids[canonical_key(key)],
-                self._recorder.open_seq,
-                self._counts.add,
-                *counts,
-            )
+            if type(items) is int and items >= 0 and tokens is None:  # the common case
+                try:
+                    counted, extend = (self._gpu_counted if gpu else self._counted)[key]
+                    return counted(items, 0, extend)
+                except (KeyError, TypeError):
+                    pass
+            return self._counted_region(key, gpu, items, tokens)
         cache = self._gpu_regions if gpu else self._regions
         try:
             return cache[key]
@@ -754,6 +753,22 @@ class Timer:
             region = self._annotator.region(region)
         cache[self._keys[key_id]] = region
         return region
+
+    def _counted_region(self, key: Key, gpu: bool, items: int | None, tokens: int | None) -> Region:
+        """`region` with a count: the compiled region's ``counted`` (cached per key), else the
+        region wrapped in a `CountedRegion` (an annotated or pure-Python one)."""
+        counts = _counts(items, tokens)
+        plain = self.region(key, gpu)
+        if plain is NULL_REGION:
+            return plain
+        key_id = self._key_ids[canonical_key(key)]
+        extend = self._counts.extend
+        counted = getattr(plain, "counted", None)
+        if counted is not None:
+            (self._gpu_counted if gpu else self._counted)[self._keys[key_id]] = (counted, extend)
+            region: Region = counted(*counts, extend)
+            return region
+        return CountedRegion((plain, key_id, self._recorder.open_seq, extend), *counts)
 
     def add_items(self, key: Key, items: int = 0, tokens: int = 0) -> None:
         """Adds to the count of the calling thread's open region of ``key``, for work known
