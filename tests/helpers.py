@@ -47,6 +47,15 @@ def counts(records: Records) -> dict[str, int]:
     return out
 
 
+def work_counts(records: Records) -> dict[str, list[tuple[int, int]]]:
+    """Per key, the (items, tokens) of each region that has a count, in start order."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for seq, key_id in zip(records.seq, records.key_id, strict=True):
+        if seq in records.counts:
+            out.setdefault(str(records.keys[key_id]), []).append(records.counts[seq])
+    return out
+
+
 def exported_spans(path: Path) -> list[Any]:
     """Every span of an OTLP JSON lines file (the embedded ``traces.otlp.jsonl``)."""
     from maeltrace.otel._otlp_json import read_json_lines

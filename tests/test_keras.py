@@ -27,7 +27,7 @@ from maeltrace.keras import (  # noqa: E402
     VALIDATION_BATCH,
     TimerCallback,
 )
-from tests.helpers import counts, parent_keys  # noqa: E402
+from tests.helpers import counts, parent_keys, work_counts  # noqa: E402
 
 EPOCHS, SAMPLES, BATCH = 2, 48, 16
 BATCHES = SAMPLES // BATCH
@@ -140,6 +140,71 @@ class TestKeras3:
     def test_the_callback_needs_a_maeltrace_timer(self) -> None:
         with pytest.raises(TypeError, match="maeltrace Timer"):
             TimerCallback(object())  # type: ignore[arg-type]  # the mistake under test
+        with pytest.raises(ValueError, match="batch_size must be positive"):
+            TimerCallback(Timer(), batch_size=0)
+
+
+class TestKerasItems:
+    """Each batch region counts its samples where Keras knows them, and only there."""
+
+    def test_array_batches_count_their_samples_the_last_smaller_one_too(self) -> None:
+        tmr = Timer()
+        x, y = _data()
+        model = _model(keras)
+        callback = TimerCallback(tmr)
+        # 48 samples in batches of 20: 20, 20 and 8; validation on 30: 20 and 10.
+        model.fit(
+            x, y, batch_size=20, epochs=EPOCHS, verbose=0, callbacks=[callback],
+            validation_data=(x[:30], y[:30]),
+        )  # fmt: skip
+        model.evaluate(x, y, batch_size=32, verbose=0, callbacks=[callback])
+        model.predict(x[:10], batch_size=4, verbose=0, callbacks=[callback])
+        got = work_counts(tmr.records())
+        assert got == {
+            "batch": [(20, 0), (20, 0), (8, 0)] * EPOCHS,
+            VALIDATION_BATCH: [(20, 0), (10, 0)] * EPOCHS,
+            TEST_BATCH: [(32, 0), (16, 0)],
+            PREDICT_BATCH: [(4, 0), (4, 0), (2, 0)],
+        }
+        assert sum(items for items, _ in got["batch"]) == EPOCHS * SAMPLES
+
+    def test_steps_per_execution_counts_every_step_of_a_callback_batch(self) -> None:
+        tmr = Timer()
+        x, y = _data()
+        model = _model(keras)
+        model.compile(optimizer="sgd", loss="mse", steps_per_execution=2)
+        # 48 samples in batches of 10: steps of 10, 10, 10, 10, 8; executions of two steps.
+        model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[TimerCallback(tmr)])
+        got = work_counts(tmr.records())["batch"]
+        assert sum(items for items, _ in got) == SAMPLES
+        assert got[0] == (20, 0)
+
+    def test_a_dataset_with_a_static_batch_size_counts_it(self) -> None:
+        tmr = Timer()
+        x, y = _data()
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH, drop_remainder=True)
+        _model(keras).fit(data, epochs=1, verbose=0, shuffle=False, callbacks=[TimerCallback(tmr)])
+        assert work_counts(tmr.records()) == {"batch": [(BATCH, 0)] * BATCHES}
+
+    def test_a_dataset_of_unknown_batch_size_counts_nothing_unless_told(self) -> None:
+        x, y = _data()
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)  # shape (None, 4)
+        tmr = Timer()
+        _model(keras).fit(data, epochs=1, verbose=0, shuffle=False, callbacks=[TimerCallback(tmr)])
+        assert counts(tmr.records())["batch"] == BATCHES
+        assert work_counts(tmr.records()) == {}  # never a guess
+        told = Timer()
+        callback = TimerCallback(told, batch_size=BATCH)
+        _model(keras).fit(data, epochs=1, verbose=0, shuffle=False, callbacks=[callback])
+        assert work_counts(told.records()) == {"batch": [(BATCH, 0)] * BATCHES}
+
+    def test_a_given_batch_size_never_overrides_what_keras_knows(self) -> None:
+        tmr = Timer()
+        x, y = _data()
+        _model(keras).fit(
+            x, y, batch_size=20, epochs=1, verbose=0, callbacks=[TimerCallback(tmr, batch_size=7)]
+        )
+        assert work_counts(tmr.records()) == {"batch": [(20, 0), (20, 0), (8, 0)]}
 
 
 class TestTfKeras:
@@ -161,6 +226,17 @@ class TestTfKeras:
         assert counts(tmr.records()) == {FIT: 1, "epoch": EPOCHS, "io": n, "batch": n}
         assert tmr.get_time_stats(TimeType.BATCH).count == n
         assert tmr.device_clock is not None and tmr.device_clock.name == "cpu-sync"  # no GPU
+        assert work_counts(tmr.records()) == {}  # tf-keras does not say its batch size
+
+    def test_tf_keras_batches_count_a_given_batch_size(self) -> None:
+        tf_keras = pytest.importorskip("tf_keras", reason="tf-keras is not installed")
+        from maeltrace.tf_keras import TimerCallback as TfKerasCallback
+
+        tmr = Timer()
+        x, y = _data()
+        callback = TfKerasCallback(tmr, batch_size=BATCH)
+        _model(tf_keras).fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[callback])
+        assert work_counts(tmr.records()) == {"batch": [(BATCH, 0)] * BATCHES}
 
 
 class TestDeep500Tf:

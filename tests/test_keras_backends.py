@@ -40,7 +40,17 @@ def rows(device):
             out[str(row.key)] = out.get(str(row.key), 0) + row.stats.count
     return out
 
+def items():
+    # samples counted per batch key
+    records = tmr.records()
+    out = {}
+    for seq, key_id in zip(records.seq, records.key_id):
+        key = str(records.keys[key_id])
+        out[key] = out.get(key, 0) + records.counts.get(seq, (0, 0))[0]
+    return {key: n for key, n in out.items() if n}
+
 print(json.dumps({
+    "items": items(),
     "backend": keras.backend.backend(),
     "clock": tmr.device_clock.name,
     "clock_no_gpu": bool(getattr(tmr.device_clock, "no_gpu_reason", None)),
@@ -76,6 +86,8 @@ COUNTS = {
     "test_batch": BATCHES,
     "predict_batch": BATCHES,
 }
+#: The samples each batch key counts in the script, Keras knowing the arrays' batch size.
+ITEMS = {key: 4 * count for key, count in COUNTS.items()}
 
 
 def test_keras_on_jax_gives_every_batch_a_device_time() -> None:
@@ -85,6 +97,7 @@ def test_keras_on_jax_gives_every_batch_a_device_time() -> None:
     result = fit_on("jax")
     assert result["clock"] == "jax-block"
     assert result["cpu_counts"] == COUNTS
+    assert result["items"] == ITEMS
     messages = [str(message) for message in result["warnings"]]  # type: ignore[union-attr]
     # The callback waits for each step's outputs, so the clock never has to say it could not.
     assert not any("without region.block(outputs)" in message for message in messages), messages
@@ -105,6 +118,7 @@ def test_keras_on_torch_uses_the_torch_clock() -> None:
     result = fit_on("torch")
     assert result["clock"] == "cpu-sync"
     assert result["cpu_counts"] == COUNTS
+    assert result["items"] == ITEMS
     assert result["device_counts"] == {}  # no GPU, no GPU rows
     warnings = result["warnings"]
     assert isinstance(warnings, list)

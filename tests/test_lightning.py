@@ -38,7 +38,13 @@ from maeltrace.integrations.vocabulary import (  # noqa: E402
     VALIDATION,
     VALIDATION_BATCH,
 )
-from tests.helpers import counts, exported_spans, orphan_names, parent_keys  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    counts,
+    exported_spans,
+    orphan_names,
+    parent_keys,
+    work_counts,
+)
 from tests.lightning_ddp_child import BATCHES_PER_RANK  # noqa: E402
 from tests.lightning_ddp_child import EPOCHS as DDP_EPOCHS  # noqa: E402
 
@@ -207,6 +213,63 @@ class TestFit:
         assert isinstance(run.callback.timer, Timer)
         assert run.timer.traces_path.is_file()
 
+    def test_every_batch_region_counts_the_samples_of_its_batch(self, run: Run) -> None:
+        expected = _expected_counts(EPOCHS * BATCHES // run.accumulate)
+        batch_keys = (BATCH, VALIDATION_BATCH, TEST_BATCH, PREDICT_BATCH)
+        assert work_counts(run.timer.records()) == {
+            key: [(BATCH_SIZE, 0)] * expected[key] for key in batch_keys
+        }
+
+
+TOKEN_SAMPLES, SEQUENCE, TOKEN_BATCH = 10, 6, 4
+
+
+class _Tokens(torch.utils.data.Dataset[dict[str, Any]]):
+    """`TOKEN_SAMPLES` padded sequences of `SEQUENCE` token ids, as a tokenizer's dicts."""
+
+    def __len__(self) -> int:
+        return TOKEN_SAMPLES
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ids = torch.arange(SEQUENCE) % 7
+        return {"input_ids": ids, "attention_mask": ids > 2, "labels": torch.tensor(1.0)}
+
+
+def test_dict_batches_count_samples_a_last_smaller_batch_and_padded_tokens(
+    tmp_path: Path,
+) -> None:
+    pl = importlib.import_module("lightning.pytorch")
+    from maeltrace.lightning import TimerCallback
+
+    class Tokens(pl.LightningModule):  # type: ignore[misc]  # untyped base
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.EmbeddingBag(7, 1)
+
+        def training_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
+            out = self.embed(batch["input_ids"]).squeeze(1)
+            return torch.nn.functional.mse_loss(out, batch["labels"])
+
+        def predict_step(self, batch: Any, batch_idx: int) -> Any:
+            return len(batch)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    timer = Timer()
+    trainer = _trainer(pl, tmp_path, TimerCallback(timer, tokens="input_ids"), max_epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice is not under test
+        trainer.fit(Tokens(), torch.utils.data.DataLoader(_Tokens(), batch_size=TOKEN_BATCH))
+        # Batches of plain Python lists: no tensor, so no count, never a guess.
+        words = torch.utils.data.DataLoader(["a", "b", "c"], batch_size=2, collate_fn=list)
+        trainer.predict(Tokens(), words)
+    # 10 samples in batches of 4: 4, 4 and 2; each of 6 (padded) tokens.
+    assert work_counts(timer.records()) == {
+        BATCH: [(4, 4 * SEQUENCE), (4, 4 * SEQUENCE), (2, 2 * SEQUENCE)]
+    }
+    assert counts(timer.records())[PREDICT_BATCH] == 2
+
 
 def test_with_gpu_every_batch_region_has_a_device_time(tmp_path: Path) -> None:
     run = _run("lightning.pytorch", tmp_path, accumulate=2, own_timer=False, gpu=True)
@@ -255,6 +318,8 @@ class TestCallback:
         callback_class = importlib.import_module(CALLBACKS[name]).TimerCallback
         with pytest.raises(TypeError, match="maeltrace Timer"):
             callback_class(object())
+        with pytest.raises(TypeError, match="tokens must name a batch entry"):
+            callback_class(Timer(), tokens=1)
 
     def test_the_callback_is_a_callback_of_its_import_name(self, name: str) -> None:
         callback_class = importlib.import_module(CALLBACKS[name]).TimerCallback

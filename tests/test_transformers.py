@@ -33,7 +33,13 @@ from maeltrace.integrations.vocabulary import (  # noqa: E402
 )
 from maeltrace.transformers import TimerCallback  # noqa: E402
 from tests.fakes.cuda import fake_gpu_clock  # noqa: E402
-from tests.helpers import counts, exported_spans, orphan_names, parent_keys  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    counts,
+    exported_spans,
+    orphan_names,
+    parent_keys,
+    work_counts,
+)
 
 EPOCHS, BATCHES, VAL_BATCHES, BATCH_SIZE, TOKENS = 2, 4, 2, 2, 16
 
@@ -174,6 +180,31 @@ class TestTrain:
 
     def test_nothing_is_left_open(self, run: Run) -> None:
         assert not any(run.timer.is_open(key) for key in EXPECTED_PARENTS)
+
+    def test_every_batch_region_counts_the_samples_of_its_batch(self, run: Run) -> None:
+        expected = _expected_counts(run.accumulate)
+        batch_keys = (BATCH, VALIDATION_BATCH, PREDICT_BATCH)
+        # The Trainer counts no tokens unless told to (include_num_input_tokens_seen).
+        assert work_counts(run.timer.records()) == {
+            key: [(BATCH_SIZE, 0)] * expected[key] for key in batch_keys
+        }
+
+
+def test_a_last_smaller_batch_counts_its_samples_and_the_trainers_tokens(tmp_path: Path) -> None:
+    timer = Timer()
+    trainer = _trainer(
+        tmp_path, TimerCallback(timer), accumulate=2, include_num_input_tokens_seen="all"
+    )
+    # 7 samples in micro-batches of 2: 2, 2, 2 and 1, in optimizer steps of two micro-batches.
+    trainer.train_dataset = Tokens(7, 0)
+    trainer.eval_dataset = Tokens(3, 1)
+    trainer.train()
+    per_epoch = [(size, size * TOKENS) for size in (2, 2, 2, 1)]
+    assert work_counts(timer.records()) == {
+        BATCH: per_epoch * EPOCHS,
+        VALIDATION_BATCH: [(2, 0), (1, 0)] * EPOCHS,
+    }
+    assert trainer.state.num_input_tokens_seen == EPOCHS * 7 * TOKENS
 
 
 def test_a_step_that_raises_leaves_no_region_open_and_no_orphan_span(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import warnings
 from typing import Any
 
 from maeltrace.errors import SinkWarning
+from maeltrace.integrations._batch_size import leading_size, numel_of
 from maeltrace.integrations._callback_timer import CallbackTimer
 from maeltrace.integrations._epoch_logs import EpochLog
 from maeltrace.integrations.vocabulary import (
@@ -56,16 +57,30 @@ class TimerHooks(CallbackTimer):
     ``epoch`` or the module's metrics. A logger that fails gives one `maeltrace.SinkWarning`
     per callback; training goes on.
 
+    Each batch region (train, validation, test and predict) counts its items
+    (``Timer.add_items``): the leading dimension of the first torch tensor in the batch (a
+    tensor, or tuples, lists and dicts of them), the epoch's last, smaller batch at its size; a
+    batch with no tensor counts nothing. Only shapes are read, never values: counting never
+    waits for the GPU.
+
     Args:
         timer: the timer to record into; default one of the callback's own.
         gpu: also measure batches, forward, backward and optimizer steps on the device clock
             (torch's, unless the timer names another).
+        tokens: the entry of a dict batch whose tensor's elements each batch counts as its
+            tokens, such as ``"input_ids"``: padded tokens, since the attention mask's sum
+            would wait for the GPU. Default: no tokens.
     """
 
-    def __init__(self, timer: Timer | None = None, *, gpu: bool = False) -> None:
+    def __init__(
+        self, timer: Timer | None = None, *, gpu: bool = False, tokens: str | None = None
+    ) -> None:
         self._hold(timer)
         super().__init__()
         self.gpu = bool(gpu)
+        if tokens is not None and not isinstance(tokens, str):
+            raise TypeError(f"tokens must name a batch entry, not {type(tokens).__name__}")
+        self.tokens = tokens
         self._sanity_checking = False
         self._in_train_epoch = False
         self._epoch_log = EpochLog()
@@ -76,6 +91,15 @@ class TimerHooks(CallbackTimer):
         for key in keys:
             if timer.is_open(key):
                 timer.end(key)
+
+    def _start_batch(self, key: Key, batch: Any) -> None:
+        """Opens the batch region ``key`` with the batch's items and tokens."""
+        timer = self.timer
+        timer.start(key, gpu=self.gpu)
+        items = leading_size(batch)
+        tokens = numel_of(batch, self.tokens) if self.tokens is not None else None
+        if items or tokens:
+            timer.add_items(key, items=items or 0, tokens=tokens or 0)
 
     def _cancel_io(self) -> None:
         if self.timer.is_open(IO):
@@ -141,7 +165,7 @@ class TimerHooks(CallbackTimer):
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
     ) -> None:
         self._end_open(IO)
-        self.timer.start(BATCH, gpu=self.gpu)
+        self._start_batch(BATCH, batch)
         self.timer.start(FORWARD, gpu=self.gpu)
 
     def on_before_zero_grad(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
@@ -186,7 +210,7 @@ class TimerHooks(CallbackTimer):
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         if not self._sanity_checking:
-            self.timer.start(VALIDATION_BATCH, gpu=self.gpu)
+            self._start_batch(VALIDATION_BATCH, batch)
 
     def on_validation_batch_end(
         self,
@@ -209,7 +233,7 @@ class TimerHooks(CallbackTimer):
     def on_test_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self.timer.start(TEST_BATCH, gpu=self.gpu)
+        self._start_batch(TEST_BATCH, batch)
 
     def on_test_batch_end(
         self,
@@ -231,7 +255,7 @@ class TimerHooks(CallbackTimer):
     def on_predict_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self.timer.start(PREDICT_BATCH, gpu=self.gpu)
+        self._start_batch(PREDICT_BATCH, batch)
 
     def on_predict_batch_end(
         self,

@@ -12,6 +12,7 @@ from typing import Any
 
 import transformers
 
+from maeltrace.integrations._batch_size import leading_size
 from maeltrace.integrations._callback_timer import CallbackTimer
 from maeltrace.integrations._epoch_logs import EpochLog
 from maeltrace.integrations.vocabulary import (
@@ -88,6 +89,13 @@ class TimerCallback(CallbackTimer, transformers.TrainerCallback):
       an epoch's end is inside that epoch, which closes when the evaluation does.
     - ``predict`` and ``predict_batch``: each ``Trainer.predict`` pass and its batches.
 
+    Each ``batch``, ``validation_batch`` and ``predict_batch`` counts its items
+    (``Timer.add_items``): the leading dimension of the first tensor the model is called with,
+    so a last, smaller batch counts its true size (per process: each rank counts its own).
+    A ``batch`` also counts the tokens the Trainer counts when ``include_num_input_tokens_seen``
+    is on (all tokens, or the non-padding ones), as the growth of ``num_input_tokens_seen``
+    over the micro-batch; not under several processes, where that count is every process's.
+
     Each epoch's statistics (`EpochLog`) go, at the epoch's end, to the Trainer's ``report_to``
     integrations that are active: MLflow (the active run, at ``state.global_step``) and W&B
     (``wandb.run``, into the step the Trainer commits next). A failure there gives one
@@ -121,6 +129,8 @@ class TimerCallback(CallbackTimer, transformers.TrainerCallback):
         self._in_epoch = False
         self._epoch_waits_for_evaluation = False
         self._forwarded = False
+        self._state: Any = None  # the Trainer's state, when it counts input tokens
+        self._tokens_before = 0
         self._pass: tuple[Key, Key] | None = None
         self._epochs = EpochLog()
         self._warned: set[str] = set()
@@ -143,7 +153,7 @@ class TimerCallback(CallbackTimer, transformers.TrainerCallback):
             handle.remove()
         self._model = model
         self._hooks = [
-            model.register_forward_pre_hook(self._forward_begins),
+            model.register_forward_pre_hook(self._forward_begins, with_kwargs=True),
             model.register_forward_hook(self._forward_ends),
         ]
 
@@ -192,6 +202,10 @@ class TimerCallback(CallbackTimer, transformers.TrainerCallback):
         self._guard(_calling_trainer("train"))  # added after the Trainer: guards later calls
         self._watch(kwargs.get("model"))
         self._in_train = True
+        counting = getattr(args, "include_num_input_tokens_seen", "no") not in ("no", False)
+        # Under several processes the Trainer's count is all processes' tokens, not this one's.
+        alone = getattr(args, "world_size", 1) == 1
+        self._state = state if counting and alone else None
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._end_open()
@@ -251,20 +265,28 @@ class TimerCallback(CallbackTimer, transformers.TrainerCallback):
 
     def _start_batch(self) -> None:
         self._forwarded = False
+        if self._state is not None:
+            self._tokens_before = self._state.num_input_tokens_seen
         self.timer.start(BATCH, gpu=self.gpu)
 
     def _end_step(self) -> None:
         timer = self.timer
+        if self._state is not None and timer.is_open(BATCH):
+            # The Trainer adds the micro-batch's tokens after its backward, before this hook.
+            tokens = self._state.num_input_tokens_seen - self._tokens_before
+            if tokens > 0:
+                timer.add_items(BATCH, tokens=tokens)
         for key in (OPTIMIZER, BACKWARD, FORWARD, BATCH):
             if timer.is_open(key):
                 timer.end(key)
 
-    def _forward_begins(self, module: Any, inputs: Any) -> None:
+    def _forward_begins(self, module: Any, args: Any, kwargs: Any) -> None:
         timer = self.timer
         if module.training:
             # Only the micro-batch's first call, and never outside a batch (a callback's own).
             if not self._forwarded and timer.is_open(BATCH):
                 self._forwarded = True
+                self._count_items(BATCH, args, kwargs)
                 timer.start(FORWARD, gpu=self.gpu)
             return
         if self._pass is None and not self._begin_pass():
@@ -273,6 +295,13 @@ class TimerCallback(CallbackTimer, transformers.TrainerCallback):
         batch_key = self._pass[1]
         if not timer.is_open(batch_key):
             timer.start(batch_key, gpu=self.gpu)
+            self._count_items(batch_key, args, kwargs)
+
+    def _count_items(self, key: Key, args: Any, kwargs: Any) -> None:
+        """Counts the batch the model is called with (the Trainer passes it by keyword)."""
+        items = leading_size((kwargs, args))
+        if items:
+            self.timer.add_items(key, items=items)
 
     def _forward_ends(self, module: Any, inputs: Any, outputs: Any) -> None:
         timer = self.timer
