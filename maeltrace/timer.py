@@ -780,16 +780,21 @@ class Timer:
             TypeError: ``key`` is not a string, or a count is not a whole number.
             ValueError: ``key`` is empty or `TimeType.ALL`, or a count is negative.
         """
-        counts = _counts(items, tokens)
+        if not (type(items) is int and type(tokens) is int and items >= 0 and tokens >= 0):
+            items, tokens = _counts(items, tokens)
         if not self.enabled:
             canonical_key(key)
             return
-        seq = self._recorder.open_seq(self._key_id(key))
+        try:
+            key_id = self._key_ids[key]  # a key in use: no lock, no check
+        except (KeyError, TypeError):
+            key_id = self._key_id(key)
+        seq = self._recorder.open_seq(key_id)
         if seq < 0:
             raise RegionError(
                 f"no region of {str(canonical_key(key))!r} is open on this thread to count items in"
             )
-        self._counts.add(seq, *counts)
+        self._counts.add(seq, items, tokens)
 
     def timed(self, key: Key) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """A decorator timing every call of the function under ``key``.
