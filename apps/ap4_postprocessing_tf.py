@@ -161,7 +161,7 @@ def train(tmr: Timer, config: AppConfig, progress: Progress) -> dict[str, float]
         loss_sum = tf.constant(0.0)  # a tensor: no device sync per batch to read it
         with tmr.region(TimeType.EPOCH):
             for inputs, truth in tmr.iterate(iter(dataset), TimeType.IO):
-                with tmr.region(TimeType.BATCH, gpu=config.gpu):
+                with tmr.region(TimeType.BATCH, gpu=config.gpu, items=int(inputs.shape[0])):
                     with (
                         tmr.region(TimeType.FORWARD, gpu=config.gpu),
                         tf.GradientTape() as tape,

@@ -227,7 +227,7 @@ def train(tmr: Timer, config: AppConfig, progress: Progress) -> dict[str, float]
         with tmr.region(TimeType.EPOCH):
             model.train()
             for inputs, truth_k in tmr.iterate(loader, TimeType.IO):
-                with tmr.region(TimeType.BATCH, gpu=gpu):
+                with tmr.region(TimeType.BATCH, gpu=gpu, items=len(inputs)):
                     with tmr.region(TimeType.FORWARD, gpu=gpu):
                         inputs = inputs.to(device, non_blocking=True)
                         truth_k = truth_k.to(device, non_blocking=True)

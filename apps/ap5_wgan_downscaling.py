@@ -197,7 +197,7 @@ def train(tmr: Timer, config: AppConfig, progress: Progress) -> dict[str, float]
     for _ in range(config.epochs):
         with tmr.region(TimeType.EPOCH):
             for x, y in tmr.iterate(iter(dataset), TimeType.IO):
-                with tmr.region(TimeType.BATCH, gpu=config.gpu):
+                with tmr.region(TimeType.BATCH, gpu=config.gpu, items=int(x.shape[0])):
                     with tmr.region(CRITIC, gpu=config.gpu):
                         for _ in range(N_CRITIC):
                             with tmr.region(CRITIC_STEP, gpu=config.gpu):

@@ -346,7 +346,7 @@ def train(tmr: Timer, config: AppConfig, progress: Progress) -> dict[str, float]
             with tmr.region(TimeType.EPOCH):
                 model.train()
                 for views in tmr.iterate(loader, TimeType.IO):
-                    with tmr.region(TimeType.BATCH, gpu=gpu):
+                    with tmr.region(TimeType.BATCH, gpu=gpu, items=len(views[0])):
                         with tmr.region(TimeType.FORWARD, gpu=gpu):
                             views = [view.to(device, non_blocking=True) for view in views]
                             model.normalize_prototypes()

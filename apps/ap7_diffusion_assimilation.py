@@ -392,7 +392,9 @@ def train(tmr: Timer, config: AppConfig, progress: Progress) -> dict[str, float]
         with tmr.region(TimeType.EPOCH):
             loader = batches(truth, background, config.batch_size, config.batches, rng, device)
             for batch in tmr.iterate(loader, TimeType.IO):
-                with tmr.region(TimeType.BATCH, gpu=config.gpu) as in_batch:
+                with tmr.region(
+                    TimeType.BATCH, gpu=config.gpu, items=config.batch_size
+                ) as in_batch:
                     with tmr.region(TimeType.FORWARD, gpu=config.gpu) as r:
                         loss, pullback = r.block(forward(params, batch, keys[1], step))
                     with tmr.region(TimeType.BACKWARD, gpu=config.gpu) as r:
