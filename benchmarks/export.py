@@ -22,7 +22,14 @@ What it measures:
        * ``embedded default``: export on, no endpoint (files in ``MAELTRACE_OUTPUT_DIR``);
        * ``OTLP/HTTP -> Jaeger`` and ``OTLP/gRPC -> Jaeger``: ``OTEL_EXPORTER_OTLP_ENDPOINT``
          and ``..._PROTOCOL`` pointing at a Jaeger v2 that the script starts
-         (``tests/services/jaeger.py``), one ``OTEL_SERVICE_NAME`` per process.
+         (``tests/services/jaeger.py``), one ``OTEL_SERVICE_NAME`` per process;
+       * ``SDK TracerProvider -> Jaeger``: the SDK span path, as a user who configured
+         OpenTelemetry has it: the same OTLP/HTTP environment, and the child builds an SDK
+         ``TracerProvider`` (its resource from the environment) with a ``BatchSpanProcessor``
+         and the official ``OTLPSpanExporter`` (HTTP protobuf, reading the endpoint from the
+         environment), before importing maeltrace, and passes it as
+         ``Timer(tracer_provider=tp)``; the provider's own exit handler, registered first,
+         runs after the timer's and flushes what the timer gave it.
 
        Each measurement is its own fresh process; the arms run round-robin for ``--rounds``
        rounds (default 10) after one untimed warm-up round, in an order rotated each round.
@@ -147,6 +154,7 @@ AA = "export off (A/A)"
 EMBEDDED = "embedded default"
 OTLP_HTTP = "OTLP/HTTP -> Jaeger"
 OTLP_GRPC = "OTLP/gRPC -> Jaeger"
+SDK_HTTP = "SDK TracerProvider -> Jaeger"
 
 _CLEARED_PREFIXES = ("OTEL_",)
 _CLEARED = ("MAELTRACE_EXPORT", "MAELTRACE_OUTPUT_DIR", "MAELTRACE_RUN_ID", "MAELTRACE_DISABLED")
@@ -188,18 +196,39 @@ def _loader(steps: int, units: int) -> Iterator[int]:
         yield step
 
 
+def _sdk_tracer_provider() -> Any:
+    """An OpenTelemetry SDK TracerProvider as a user builds one: the resource from the
+    environment (``OTEL_SERVICE_NAME``), a ``BatchSpanProcessor`` and the official OTLP/HTTP
+    exporter, which reads ``OTEL_EXPORTER_OTLP_ENDPOINT`` itself. Never made global; built
+    before maeltrace is imported, so that its exit handler runs after maeltrace's and flushes
+    what the timer's close gave it."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create())
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
 def loop_child(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The training loop of one measurement (in a child process); returns its figures.
 
     Args:
-        spec: ``epochs``, ``steps`` and the work units ``io``, ``forward`` and ``backward``.
+        spec: ``epochs``, ``steps`` and the work units ``io``, ``forward`` and ``backward``;
+            ``sdk``: true to give the timer an SDK TracerProvider (`_sdk_tracer_provider`).
     """
+    # The provider first: its exit handler (atexit, registered as it is built) must run after
+    # maeltrace's (registered as maeltrace is imported), which hands it the last spans; built
+    # after the import, it shuts down first and drops what the timer's close gives it.
+    provider = _sdk_tracer_provider() if spec.get("sdk") else None
     started = monotonic_ns()
     import maeltrace
     from maeltrace import TimeType
 
     imported = monotonic_ns()
-    tmr = maeltrace.Timer()
+    tmr = maeltrace.Timer() if provider is None else maeltrace.Timer(tracer_provider=provider)
     epochs, steps = int(spec["epochs"]), int(spec["steps"])
     io_units, forward_units, backward_units = (
         int(spec["io"]),
@@ -258,6 +287,7 @@ class Arm:
             OpenTelemetry's own).
         exports: whether export is meant to be on (the header checks the child agreed).
         jaeger: whether its spans go to Jaeger (checked there afterwards).
+        sdk: whether its child gives the timer an SDK TracerProvider (the SDK span path).
         loop_s, process_s, after_s, startup_s: seconds, by timed round (a failed round is
             missing, so ratios pair the rounds both arms completed).
         epoch_end_us: every timed epoch's end, microseconds.
@@ -272,6 +302,7 @@ class Arm:
     env: dict[str, str]
     exports: bool
     jaeger: bool = False
+    sdk: bool = False
     loop_s: dict[int, float] = field(default_factory=dict)
     other_cpu_pct: list[float] = field(default_factory=list)
     process_s: dict[int, float] = field(default_factory=dict)
@@ -287,7 +318,7 @@ class Arm:
 
 
 def make_arms(http_endpoint: str | None, grpc_endpoint: str | None) -> list[Arm]:
-    """The five arms; the Jaeger ones only when Jaeger runs."""
+    """The six arms; the Jaeger ones only when Jaeger runs (the SDK one with OTLP/HTTP)."""
     arms = [
         Arm(OFF, {"MAELTRACE_EXPORT": "0"}, exports=False),
         Arm(AA, {"MAELTRACE_EXPORT": "0"}, exports=False),
@@ -304,6 +335,13 @@ def make_arms(http_endpoint: str | None, grpc_endpoint: str | None) -> list[Arm]
                 "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             }
             arms.append(Arm(name, env, exports=True, jaeger=True))
+    if http_endpoint is not None:
+        env = {
+            "MAELTRACE_EXPORT": "1",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": http_endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": HTTP,
+        }
+        arms.append(Arm(SDK_HTTP, env, exports=True, jaeger=True, sdk=True))
     return arms
 
 
@@ -331,6 +369,7 @@ def run_child(arm: Arm, spec: Mapping[str, Any], folder: Path, service: str) -> 
         RuntimeError: the child failed or printed no figures.
     """
     output_dir = folder / service
+    spec = {**spec, "sdk": arm.sdk}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     spawned = monotonic_ns()
     done = subprocess.run(

@@ -55,15 +55,22 @@ def test_export_benchmark_prints_every_configuration_and_a_verdict_per_target(
     out = capsys.readouterr().out
     assert out.startswith("maeltrace export: what export costs a CPU-bound loop")
     loop_table = out.split("Training loop:", 1)[1].split("A/A band", 1)[0]
-    for arm in (export.OFF, export.AA, export.EMBEDDED, export.OTLP_HTTP, export.OTLP_GRPC):
+    for arm in (
+        export.OFF,
+        export.AA,
+        export.EMBEDDED,
+        export.OTLP_HTTP,
+        export.OTLP_GRPC,
+        export.SDK_HTTP,
+    ):
         assert re.search(rf"^{re.escape(arm)}  ", loop_table, re.MULTILINE), arm
     assert "1 (baseline)" in loop_table
     assert re.search(r"^A/A band \(export off against itself\): \+-[0-9.]+ %", out, re.MULTILINE)
     assert "OpenTelemetry SDK -> Jaeger" in out.split("Throughput:", 1)[1]
     targets = out.split("Targets (issue 11):", 1)[1].strip().splitlines()[2:]
     rows = [line for line in targets if line.startswith(("loop, ", "maeltrace -> "))]
-    # Three export arms x (target, goal) x (wall ratio, CPU-share bound), two throughput rows.
-    assert len(rows) == 3 * 2 * 2 + 2
+    # Four export arms x (target, goal) x (wall ratio, CPU-share bound), two throughput rows.
+    assert len(rows) == 4 * 2 * 2 + 2
     for row in rows:
         # "met" is only ever yes when the run could resolve it; otherwise it says why not.
         assert re.search(r"  (yes|NO|n/a|not resolved: .+)$", row), row

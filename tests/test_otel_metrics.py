@@ -272,3 +272,61 @@ def test_otel_metrics_exporter_none_turns_the_own_export_off(
     tmr.flush(timeout_s=2.0)
     assert tmr._export.metrics is None
     tmr.close(timeout_s=0.1)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_own_metrics_to_a_closed_port_are_one_warning_and_a_count(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    protocol: str,
+) -> None:
+    import logging
+    import time
+    import warnings
+
+    from maeltrace.errors import ExportWarning
+    from tests.services.process import free_port
+
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")  # ms: an export every epoch
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "500")  # ms: each export gives up fast
+    port = free_port()  # bound and released: nothing listens, connections are refused
+    endpoint = f"http://127.0.0.1:{port}" + ("" if protocol == "grpc" else "/v1/traces")
+    caplog.set_level(logging.DEBUG, logger="opentelemetry")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tmr = Timer(export=True, output_dir=tmp_path, endpoint=endpoint, protocol=protocol)
+        done = 0
+        for _ in range(5):
+            with tmr.region(TimeType.EPOCH):
+                for _ in range(3):
+                    with tmr.region(TimeType.BATCH):
+                        time.sleep(0.05)
+                    done += 1
+        assert tmr._export is not None
+        tmr.flush(timeout_s=2.0)
+        metrics = tmr._export.metrics
+        assert metrics is not None and metrics.owned
+        deadline = time.monotonic() + 10.0
+        while metrics.errors < 2 and time.monotonic() < deadline:  # several intervals failed
+            time.sleep(0.05)
+        began = time.monotonic()
+        tmr.close(timeout_s=2.0)
+        closing_s = time.monotonic() - began
+    assert done == 15  # training went on
+    assert metrics.errors >= 2
+    about_metrics = [
+        w
+        for w in caught
+        if issubclass(w.category, ExportWarning) and "metrics were not sent" in str(w.message)
+    ]
+    assert len(about_metrics) == 1, [str(w.message) for w in caught]
+    assert "later failures are only counted" in str(about_metrics[0].message)
+    # Debug records stay: a user who turned them on asked for them.
+    escaped = [
+        r
+        for r in caplog.records
+        if r.name.startswith("opentelemetry") and r.levelno >= logging.WARNING
+    ]
+    assert escaped == [], [(r.name, r.getMessage()) for r in escaped]
+    assert closing_s < 2.0 + 1.0

@@ -115,6 +115,30 @@ class TestPendingFile:
         pending.replace({})
         assert not pending.path.exists()
 
+    def test_resend_stops_at_the_first_failure_and_keeps_what_it_did_not_select(
+        self, tmp_path: Path
+    ) -> None:
+        pending = PendingFile(tmp_path / "pending-mlflow.jsonl")
+        for step in range(4):
+            pending.add(pending_entry("mlflow", "run", "down", metrics={"x": 1.0}, step=step))
+        pending.add(pending_entry("mlflow", "run", "down", metrics={"x": 9.0}))  # a summary's
+        sent: list[int] = []
+
+        def send(entry: dict[str, object]) -> bool:
+            if entry["step"] == 2:  # down again: 2 and 3 wait for the next round
+                pending.add(pending_entry("mlflow", "run", "down", metrics={}, step=4))
+                return False
+            sent.append(int(entry["step"]))  # type: ignore[call-overload]
+            return True
+
+        assert pending.resend(send, lambda entry: "step" in entry) == 2
+        assert sent == [0, 1]
+        left = pending.entries()
+        # Not sent, not selected, and appended while it ran: all kept, in order.
+        assert [e.get("step") for e in left] == [2, 3, None, 4]
+        assert pending.resend(lambda entry: True, lambda entry: "step" in entry) == 3
+        assert [e.get("step") for e in pending.entries()] == [None]
+
     def test_the_rank_suffix_follows_the_rank_rule(self) -> None:
         def info(source: str, rank: int, size: int) -> dict[str, object]:
             return {"rank": {"rank": rank, "world_size": size, "source": source}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,7 +20,7 @@ import pytest
 from maeltrace import Timer, TimeType
 from maeltrace.records import STATUS_OK
 from maeltrace.sinks import SinkWarning
-from maeltrace.sinks.live import parse_backends
+from maeltrace.sinks.live import QUEUE_EPOCHS, parse_backends
 from tests.fakes.cuda import fake_gpu_clock
 from tests.services.jaeger import free_port
 from tests.services.mlflow_server import MlflowServer
@@ -247,6 +248,122 @@ class TestMlflow:
             for line in (tmr.output_dir / "pending-mlflow.jsonl").read_text().splitlines()
         ]
         assert sorted(steps) == list(range(EPOCHS))
+
+    def test_a_tracker_slower_than_the_loop_loses_the_newest_epochs_never_the_loop(
+        self, store: str
+    ) -> None:
+        epochs = 4 * QUEUE_EPOCHS  # far faster than MLflow starts a run and logs to SQLite
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tmr = Timer(live="mlflow", export=False)
+            longest = 0.0
+            started = time.monotonic()
+            for _ in range(epochs):
+                began = time.monotonic()
+                with tmr.region(TimeType.EPOCH), tmr.region(TimeType.BATCH):
+                    pass
+                longest = max(longest, time.monotonic() - began)
+            loop_s = time.monotonic() - started
+            live = tmr._live
+            assert live is not None
+            tmr.close()
+        assert loop_s < 2.0 and longest < 0.25, (loop_s, longest)  # nothing waited
+        assert live.dropped > 0
+        dropped = [w for w in caught if issubclass(w.category, SinkWarning)]
+        assert len(dropped) == 1 and "dropped" in str(dropped[0].message), dropped
+        client = self.mlflow.MlflowClient(tracking_uri=store)
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string=f"tags.`maeltrace.run_id` = '{tmr.run_id}'",
+        )
+        steps = [
+            step
+            for step, _ in self.history(store, runs[0].info.run_id, "maeltrace/batch/epoch/count")
+        ]
+        # The newest epochs are the ones dropped: the oldest all arrive, in order, once each.
+        assert steps == sorted(set(steps))
+        assert steps[:QUEUE_EPOCHS] == list(range(QUEUE_EPOCHS))
+        assert len(steps) + live.dropped == epochs
+        assert live.logged == len(steps)
+        assert not (tmr.output_dir / "pending-mlflow.jsonl").exists()  # dropped, not kept
+
+    def test_epochs_kept_while_the_server_was_down_are_sent_when_it_is_up(
+        self, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        port = free_port()  # nothing listens yet: the tracking server is down
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        down, up = 2, 2
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tmr = Timer(live="mlflow", export=False)
+            live = tmr._live
+            assert live is not None
+            for epoch in range(down):
+                with tmr.region(TimeType.EPOCH), tmr.region(TimeType.BATCH):
+                    time.sleep(0.001 * (epoch + 1))
+            deadline = time.monotonic() + 60.0
+            while live.failures < down and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert live.failures == down
+            with _Forwarder(port, mlflow_server.port):  # the server comes up at that address
+                for epoch in range(down, down + up):
+                    with tmr.region(TimeType.EPOCH), tmr.region(TimeType.BATCH):
+                        time.sleep(0.001 * (epoch + 1))
+                tmr.close()
+        assert len([w for w in caught if issubclass(w.category, SinkWarning)]) == 1
+        assert live.resent == down
+        client = self.mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            filter_string=f"tags.`maeltrace.run_id` = '{tmr.run_id}'",
+        )
+        assert len(runs) == 1
+        got = self.history(mlflow_server.uri, runs[0].info.run_id, "maeltrace/batch/epoch/mean")
+        assert sorted(step for step, _ in got) == list(range(down + up))  # each once
+        assert [v for _, v in sorted(got)] == pytest.approx(epoch_means(tmr), rel=1e-9)
+        pending = tmr.output_dir / "pending-mlflow.jsonl"
+        assert not pending.exists() or not pending.read_text().strip()
+
+
+class _Forwarder:
+    """A loopback port that forwards each connection to another port: a server that comes up
+    at an address where nothing listened before."""
+
+    def __init__(self, port: int, target: int | None) -> None:
+        assert target is not None
+        self._target = target
+        self._listener = socket.create_server(("127.0.0.1", port))
+        self._stop = threading.Event()
+
+    def __enter__(self) -> _Forwarder:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._target))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
 
 
 def test_wandb_offline_gets_one_row_per_epoch_in_order(

@@ -3,9 +3,10 @@ point per region), the items and tokens counters and the peak-memory gauge."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from maeltrace._version import __version__
@@ -16,6 +17,7 @@ from maeltrace.environment import (
 )
 from maeltrace.errors import ExportWarning, warn_safely
 from maeltrace.otel import semconv
+from maeltrace.otel._sdk_logs import sdk_logs_counted
 from maeltrace.records import NO_DEVICE_TIME, STATUS_OK, Records
 
 if TYPE_CHECKING:
@@ -61,6 +63,17 @@ for milliseconds and would put every step time below 5 s into one bucket."""
 
 _NS_PER_S = 1e9
 
+_EXPORT_LOGGERS = (
+    "opentelemetry.sdk.metrics._internal.export",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.exporter.otlp.proto.http._common",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+)
+"""The loggers through which the SDK's metric reader and the official OTLP metric exporters
+(HTTP, gRPC; the names of recent and older releases) report a failed or retried export."""
+
 
 def check_meter_provider(provider: object) -> MeterProvider | None:
     """``provider`` as an OpenTelemetry MeterProvider, or None.
@@ -100,7 +113,9 @@ class RegionMetrics:
     (unit ``s``; attributes ``maeltrace.key`` and ``maeltrace.clock``, ``cpu`` or ``gpu``).
 
     Failed regions are left out, as the statistics leave them out. `record` never raises: a
-    failure is one `maeltrace.errors.ExportWarning` and a count (`errors`).
+    failure is one `maeltrace.errors.ExportWarning` and a count (`errors`). So is each export of
+    maeltrace's own provider that failed (an endpoint down): the SDK's log records of it are
+    counted and silenced, not printed every interval.
 
     Args:
         provider: the MeterProvider to record through.
@@ -135,7 +150,8 @@ class RegionMetrics:
         self.points = 0
         """Data points recorded."""
         self.errors = 0
-        """Batches of regions that could not be recorded, and failed shutdowns."""
+        """Batches of regions that could not be recorded, failed exports of maeltrace's own
+        provider, and failed shutdowns."""
         self._warned = False
 
     def _labels(self, key: str, clock: str) -> dict[str, str]:
@@ -215,14 +231,20 @@ class RegionMetrics:
             self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
+        self._count(
+            f"cannot record the {semconv.REGION_DURATION} metric: {type(exc).__name__}: {exc}"
+        )
+
+    def export_failed(self, cause: str) -> None:
+        """Counts one failed export of maeltrace's own provider (called on the SDK's export
+        thread) and warns about the first."""
+        self._count(f"the metrics were not sent: {cause.rstrip('. ')}")
+
+    def _count(self, what: str) -> None:
         self.errors += 1
         if not self._warned:
             self._warned = True
-            warn_safely(
-                f"maeltrace: cannot record the {semconv.REGION_DURATION} metric: "
-                f"{type(exc).__name__}: {exc}; later failures are only counted",
-                ExportWarning,
-            )
+            warn_safely(f"maeltrace: {what}; later failures are only counted", ExportWarning)
 
 
 def _metrics_endpoint(config: ExportConfig) -> str | None:
@@ -238,9 +260,40 @@ def _metrics_endpoint(config: ExportConfig) -> str | None:
     return base + "/v1/metrics" if sep else None
 
 
-def _own_provider(config: ExportConfig, resource_attributes: Mapping[str, object]) -> Any:
-    """A MeterProvider of maeltrace's own, sending by OTLP (the official exporter) where
-    ``config`` sends spans; never global."""
+def _counted(exporter_class: Any) -> Any:
+    """``exporter_class`` (an official OTLP metric exporter) whose exports turn the SDK's log
+    records of a failure into one call of its ``failed(cause)`` each (`sdk_logs_counted`)."""
+    from opentelemetry.sdk.metrics.export import MetricExportResult
+
+    class CountedMetricExporter(exporter_class):  # type: ignore[misc]  # the SDK is untyped
+        failed: Callable[[str], None] = staticmethod(lambda cause: None)
+        """Set to `RegionMetrics.export_failed` once the provider's recorder exists."""
+
+        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
+            causes: list[str] = []
+
+            def logged(exc: BaseException | None, message: str | None) -> None:
+                causes.append(message or f"{type(exc).__name__}: {exc}")
+
+            result: Any = MetricExportResult.FAILURE
+            with sdk_logs_counted(_EXPORT_LOGGERS, logged, silence=logging.WARNING):
+                try:
+                    result = super().export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+                except Exception as exc:  # never into the SDK's log, nor training
+                    logged(exc, None)
+            if result != MetricExportResult.SUCCESS or causes:
+                self.failed(causes[0] if causes else "the exporter reported a failure")
+            return result
+
+    return CountedMetricExporter
+
+
+def _own_provider(
+    config: ExportConfig, resource_attributes: Mapping[str, object]
+) -> tuple[Any, Any]:
+    """A MeterProvider of maeltrace's own, sending by OTLP (the official exporter, `_counted`)
+    where ``config`` sends spans, never global; and its exporter, whose ``failed`` the caller
+    points at the recorder."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
@@ -253,7 +306,7 @@ def _own_provider(config: ExportConfig, resource_attributes: Mapping[str, object
     if config.protocol == GRPC:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        exporter = OTLPMetricExporter(
+        exporter = _counted(OTLPMetricExporter)(
             endpoint=endpoint,
             insecure=not config.secure,
             headers=headers or None,
@@ -264,14 +317,14 @@ def _own_provider(config: ExportConfig, resource_attributes: Mapping[str, object
             OTLPMetricExporter as HttpMetricExporter,
         )
 
-        exporter = HttpMetricExporter(
+        exporter = _counted(HttpMetricExporter)(
             endpoint=endpoint, headers=headers or None, timeout=config.timeout_s
         )
     values = {
         k: v for k, v in resource_attributes.items() if isinstance(v, str | bool | int | float)
     }
     reader = PeriodicExportingMetricReader(exporter)
-    return MeterProvider(metric_readers=[reader], resource=Resource(values))
+    return MeterProvider(metric_readers=[reader], resource=Resource(values)), exporter
 
 
 def region_metrics(
@@ -297,4 +350,8 @@ def region_metrics(
 
     if find_spec("opentelemetry.sdk") is None or find_spec("opentelemetry.exporter") is None:
         return None  # without the otel extra, spans only, as before
-    return RegionMetrics(_own_provider(config, resource_attributes), owned=True)
+    provider, exporter = _own_provider(config, resource_attributes)
+    metrics = RegionMetrics(provider, owned=True)
+    # Before the reader's first export (one interval away): failures count from the start.
+    exporter.failed = metrics.export_failed
+    return metrics

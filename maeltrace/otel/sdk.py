@@ -18,16 +18,15 @@ ids; a parent that is the user's own span (a region opened inside it) keeps that
 from __future__ import annotations
 
 import collections
-import logging
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from maeltrace._version import __version__
 from maeltrace.errors import ExportWarning, warn_safely
 from maeltrace.otel import semconv
+from maeltrace.otel._sdk_logs import sdk_logs_counted
 from maeltrace.otel.exporters.base import Request, request_message
 
 if TYPE_CHECKING:
@@ -267,22 +266,7 @@ class SdkSpanExporter:
             ExportWarning,
         )
 
-    @contextmanager
-    def _sdk_logs_counted(self) -> Iterator[None]:
+    def _sdk_logs_counted(self) -> AbstractContextManager[None]:
         """While spans are replayed on this thread, the SDK's log of an exporter failing (one
         record per span under its SimpleSpanProcessor) becomes one warning and a count."""
-        logger = logging.getLogger(_SDK_EXPORT_LOGGER)
-        thread = threading.get_ident()
-
-        def counted(record: logging.LogRecord) -> bool:
-            if record.thread != thread or record.levelno < logging.ERROR:
-                return True
-            exc = record.exc_info[1] if record.exc_info else None
-            self._fail(exc, None if exc is not None else record.getMessage())
-            return False
-
-        logger.addFilter(counted)
-        try:
-            yield
-        finally:
-            logger.removeFilter(counted)
+        return sdk_logs_counted((_SDK_EXPORT_LOGGER,), self._fail)

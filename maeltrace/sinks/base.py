@@ -456,6 +456,38 @@ class PendingFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, b"".join(_line(e) + b"\n" for e in entries.values()))
 
+    def resend(
+        self,
+        send: Callable[[dict[str, Any]], bool],
+        which: Callable[[Mapping[str, Any]], bool] = lambda entry: True,
+    ) -> int:
+        """Gives the entries that ``which`` selects to ``send``, in the file's order, stopping
+        at the first it returns False for (the place is still down: that one and the later
+        ones stay); the entries it returned True for (sent, or given up) leave the file, and
+        every entry not selected stays. Entries appended meanwhile are kept. The one resend
+        mechanism: `Publisher.resend` (summaries) and `maeltrace.sinks.live.LiveLog` (epochs).
+
+        Returns:
+            How many entries left the file.
+
+        Raises:
+            OSError: the file cannot be rewritten; it is left as it was (done entries in it).
+        """
+        before = self.entries()
+        done: set[int] = set()
+        for i, entry in enumerate(before):
+            if not which(entry):
+                continue
+            if not send(entry):
+                break
+            done.add(i)
+        if done:
+            # Lines only ever get appended: those past the first read came meanwhile.
+            added = self.entries()[len(before) :]
+            left = [e for i, e in enumerate(before) if i not in done] + added
+            self.replace({str(i): e for i, e in enumerate(left)})
+        return len(done)
+
     def __len__(self) -> int:
         return len(self.load())
 
@@ -584,8 +616,9 @@ class Publisher:
         return "logged"
 
     def resend(self, skip: str | None = None) -> int:
-        """Sends the pending summaries again, one try each, stopping at the first that fails
-        as the sink is down; what is left stays pending.
+        """Sends the pending summaries again (the latest of each run id), one try each,
+        stopping at the first that fails as the sink is down; what is left stays pending
+        (`PendingFile.resend`).
 
         Args:
             skip: a run id whose newer summary was just logged: its pending one is dropped.
@@ -595,28 +628,32 @@ class Publisher:
         """
         if self.pending is None:
             return 0
-        waiting = self.pending.load()
-        if not waiting:
+        # The position of each run's latest entry (every entry is given to send, in order).
+        latest = {str(e["run_id"]): i for i, e in enumerate(self.pending.entries())}
+        if not latest:
             return 0
-        left = dict(waiting)
-        left.pop(skip or "", None)
         sent = 0
-        for run_id, entry in waiting.items():
-            if run_id not in left:
-                continue
+        position = -1
+
+        def send(entry: dict[str, Any]) -> bool:
+            nonlocal sent, position
+            position += 1
+            run_id = str(entry["run_id"])
+            if latest.get(run_id, position) > position or run_id == skip:
+                return True  # an older summary of a run, or one just logged: superseded
             try:
                 self._try(_summary_of(entry), 1)
             except SinkError as err:
                 if err.retryable:
-                    break  # still down: keep this one and the rest for the next round
+                    return False  # still down: keep this one and the rest for the next round
                 _log.error("%s refused the pending summary of %s: %s", self.sink.name, run_id, err)
                 self.states[run_id] = f"failed: {err}"
             else:
                 self.states[run_id] = "logged"
                 sent += 1
-            left.pop(run_id)
-        if left != waiting:
-            self.pending.replace(left)
+            return True
+
+        self.pending.resend(send)
         if sent:
             _log.info("%s: sent %d pending summaries", self.sink.name, sent)
         return sent

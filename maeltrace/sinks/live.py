@@ -175,7 +175,12 @@ class LiveLog:
     `epoch_values` to each tracker. A tracker that fails gives one `maeltrace.SinkWarning`
     (later failures are counted in `failures`), and the values go to its pending file
     (``pending-<tracker><rank>.jsonl``, entries with a ``step``), as the sinks keep theirs.
-    An epoch that finds `QUEUE_EPOCHS` waiting is dropped and counted (`dropped`).
+    After the tracker's next successful epoch, the live thread sends those entries again, in
+    order, one try each (`maeltrace.sinks.base.PendingFile.resend`; counted in `resent`): a
+    tracker that was down for some epochs gets the whole series. What is still pending at
+    close stays in the file. The newest epoch, the one that finds `QUEUE_EPOCHS` waiting, is
+    dropped (never kept) and counted (`dropped`), with one warning: the training thread
+    never waits.
 
     Args:
         backends: tracker names (`parse_backends`).
@@ -234,6 +239,9 @@ class LiveLog:
         """Failed tracker calls (each epoch's values kept in the tracker's pending file)."""
         self.dropped = 0
         """Epochs dropped because `QUEUE_EPOCHS` were waiting."""
+        self.resent = 0
+        """Epochs sent from the pending files after their tracker came back."""
+        self._pending: set[str] = set()  # trackers with epochs of this run in a pending file
         self._thread = threading.Thread(target=self._work, name="maeltrace-live", daemon=True)
         self._thread.start()
 
@@ -337,8 +345,43 @@ class LiveLog:
             except Exception as exc:  # a tracker never stops training
                 self._keep(series.name, trace, values, f"{type(exc).__name__}: {exc}", True)
                 ok = False
+            else:
+                if series.name in self._pending:
+                    self._resend(series)
         if ok:
             self.logged += 1
+
+    def _resend(self, series: Series) -> None:
+        """Sends this run's epochs that wait in ``series``' pending file again, oldest first,
+        one try each, stopping at the first failure (the rest wait for the next success)."""
+        stopped = False
+
+        def ours(entry: Mapping[str, object]) -> bool:
+            return (
+                entry.get("sink") == series.name
+                and entry.get("run_id") == self._run_id
+                and isinstance(entry.get("step"), int)
+                and isinstance(entry.get("metrics"), dict)
+            )
+
+        def send(entry: dict[str, object]) -> bool:
+            nonlocal stopped
+            step, metrics = entry["step"], entry["metrics"]
+            assert isinstance(step, int) and isinstance(metrics, dict)  # checked by ours
+            try:
+                series.log(step, metrics)
+            except Exception:  # already counted and warned about when it was kept
+                stopped = True
+                return False
+            return True
+
+        try:
+            pending = PendingFile(pending_path(self._folder(), series.name, self._suffix()))
+            self.resent += pending.resend(send, ours)
+        except OSError:  # the file stays as it was: the entries are tried again next epoch
+            return
+        if not stopped:
+            self._pending.discard(series.name)
 
     def _keep(
         self, sink: str, step: int, values: Mapping[str, float], error: str, failed: bool
@@ -350,6 +393,7 @@ class LiveLog:
             pending = PendingFile(pending_path(self._folder(), sink, self._suffix()))
             pending.add(pending_entry(sink, self._run_id, error, metrics=dict(values), step=step))
             kept = pending.path
+            self._pending.add(sink)
         except OSError as exc:
             error += f" (and the pending file could not be written: {exc})"
         if sink not in self._warned:
