@@ -363,6 +363,11 @@ class Timer:
                 else bool(handle_signals)
             )
             _TIMERS.add(self)
+            # Exit handlers run newest first: closing at exit comes before those of what was
+            # set up before this timer (an SDK provider shuts itself down at exit, a tracker
+            # ends its run), which the timer's last spans and series still need.
+            atexit.unregister(_close_at_exit)
+            atexit.register(_close_at_exit)
             if self._handle_signals:
                 _signals.install(_signal_timers)
             if self.export and "opentelemetry.trace" in sys.modules:

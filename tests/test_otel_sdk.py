@@ -263,6 +263,35 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith("opentelemetry.sd
 """
 
 
+_EXIT_CHILD = """
+import json, sys
+import maeltrace  # first, as most scripts do: its exit handler is older than the provider's
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+
+
+class Lines:  # writes each span's name as it gets it: what reached the exporter before exit
+    def export(self, spans):
+        with open(sys.argv[2], "a") as f:
+            f.writelines(s.name + "\\n" for s in spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self):
+        pass
+
+
+provider = TracerProvider()  # shuts itself down at exit (shutdown_on_exit)
+provider.add_span_processor(SimpleSpanProcessor(Lines()))
+tmr = maeltrace.Timer(output_dir=sys.argv[1], tracer_provider=provider)
+for _ in range(2):
+    with tmr.region("epoch"):
+        for _ in range(3):
+            with tmr.region("batch"):
+                pass
+print(json.dumps("left open"))  # closed at exit, not here
+"""
+
+
 def _child(code: str, *args: str) -> object:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env["MAELTRACE_EXPORT"] = "1"
@@ -293,6 +322,16 @@ class TestTheGlobalProvider:
 
     def test_maeltrace_imports_no_sdk_the_user_did_not(self, tmp_path: Path) -> None:
         assert _child(_UNTOUCHED_CHILD, str(tmp_path)) == []
+
+    def test_at_exit_every_span_reaches_a_provider_built_after_the_import(
+        self, tmp_path: Path
+    ) -> None:
+        # The provider's own exit handler shuts it down; maeltrace's must run before it, or
+        # the spans of the epochs still in the outbox are dropped by a provider shut down.
+        lines = tmp_path / "spans.txt"
+        assert _child(_EXIT_CHILD, str(tmp_path / "out"), str(lines)) == "left open"
+        names = sorted(lines.read_text().split())
+        assert names == sorted(["epoch"] * 2 + ["batch"] * 6 + ["run"])
 
 
 def test_without_a_provider_the_fast_path_is_unchanged(tmp_path: Path) -> None:
