@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,12 +41,15 @@ from maeltrace.collect._mlflow_out import (
 )
 from maeltrace.collect._summaries import (
     FIELDS,
+    MAX_RATE,
+    WORK_FIELDS,
     RunSummaries,
     stats_from_attributes,
 )
 from maeltrace.collect.service import CollectConfig, CollectServer
 from maeltrace.otel._otlp_json import traces_to_json_line
 from maeltrace.otel.spans import attributes
+from maeltrace.report import MAX_BYTES, Row
 from maeltrace.sinks.base import STATS_FIELDS
 from maeltrace.stats import compute_stats
 from tests.services.mlflow_server import MlflowServer
@@ -55,7 +58,11 @@ mlflow = pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient  # noqa: E402  # after the skip: mlflow is an optional extra
 
-from tests.fakes.cuda import fake_gpu_clock  # noqa: E402  # after the skip, as above
+from tests.fakes.cuda import (  # noqa: E402  # after the skip, as above
+    FakeCudaDevice,
+    cuda_clock_on,
+    fake_gpu_clock,
+)
 
 HOST = "127.0.0.1"
 PROTOBUF = "application/x-protobuf"
@@ -160,8 +167,10 @@ def run_span_request(
     world_size: int | None = None,
     durations_ns: tuple[int, ...] = (1_000_000, 2_000_000, 4_000_000),
     pid: int = 4242,
+    work: Mapping[str, object] | None = None,
 ) -> ExportTraceServiceRequest:
-    """An export request holding one process's run span, as a timer would send it."""
+    """An export request holding one process's run span, as a timer would send it, with
+    ``work`` (`WORK_FIELDS` to values) beside the statistics of ``batch``."""
     resource: dict[str, object] = {
         "service.name": "train",
         "host.name": "node-a",
@@ -175,6 +184,7 @@ def run_span_request(
     stats = compute_stats(list(durations_ns)).to_dict()
     span_attributes: dict[str, object] = {"maeltrace.run_id": run_id}
     span_attributes.update({f"maeltrace.stats.batch.cpu.{k}": v for k, v in stats.items()})
+    span_attributes.update({f"maeltrace.stats.batch.cpu.{k}": v for k, v in (work or {}).items()})
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
     resource_spans.resource.attributes.extend(attributes(resource))
@@ -290,6 +300,125 @@ def test_one_process_over_json_logs_every_field(
     assert len(metrics) == 3 * len(STATS_FIELDS)  # batch, batch/gpu and epoch
     assert not any("rank" in name or "skew" in name for name in metrics)
     assert logged.info.status == "FINISHED"
+
+
+MB = 1 << 20
+FLOPS = {"flops_per_item": 1e6, "peak_flops": 1e12}
+"""Each item a MFLOP on a TFLOP/s device: MFU = items/s / 1e6 (`Timer` arguments)."""
+
+
+def run_work_timer(
+    endpoint: str,
+    protocol: str,
+    output_dir: Path,
+    *,
+    items: int,
+    tokens: int | None = None,
+    gpu: FakeCudaDevice | None = None,
+    sleep_s: float = 0.0,
+) -> Timer:
+    """1 epoch of 4 batches counting ``items`` (and ``tokens``) each, exported to ``endpoint``;
+    on ``gpu`` (a fake CUDA device, peak memory measured) batch i allocates i + 1 MiB."""
+    tmr = Timer(
+        export=True,
+        endpoint=endpoint,
+        protocol=protocol,
+        output_dir=output_dir,
+        device=cuda_clock_on(gpu, memory=True) if gpu is not None else None,
+        flops_per_item=FLOPS["flops_per_item"],
+        peak_flops=FLOPS["peak_flops"],
+    )
+    with tmr.region(TimeType.EPOCH):
+        for i in range(4):
+            with tmr.region(TimeType.BATCH, gpu=gpu is not None, items=items, tokens=tokens):
+                if gpu is not None:
+                    gpu.allocate((i + 1) * MB)
+                    gpu.free((i + 1) * MB)
+                if sleep_s:
+                    time.sleep(sleep_s)
+            if gpu is not None:
+                gpu.run()
+    tmr.close()
+    return tmr
+
+
+def row_of(tmr: Timer, key: str, *, device: bool = False) -> Row:
+    (row,) = (r for r in tmr.summary().rows if str(r.key) == key and r.device is device)
+    return row
+
+
+def test_two_ranks_throughput_pools_to_the_job_and_reaches_mlflow(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rank 0 (fake GPU, peak memory) counts items and tokens, rank 1 (CPU) items only: the
+    pooled items/s is the sum of each rank's own `Row.rate`, tokens/s rank 0's, MFU their mean,
+    the peak memory rank 0's largest; MLflow gets them pooled and per rank."""
+    pytest.importorskip("torch", reason="the CUDA-event clock (peak memory) imports torch")
+    run_id = f"work-{uuid.uuid4().hex[:8]}"
+    cfg = config(tmp_path, mlflow_tracking_uri=mlflow_server.uri)
+    monkeypatch.setenv("MAELTRACE_RUN_ID", run_id)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with CollectServer(cfg) as server:
+        monkeypatch.setenv("RANK", "1")
+        cpu_rank = run_work_timer(
+            server.url, "http/protobuf", tmp_path / "r1", items=16, sleep_s=0.005
+        )
+        monkeypatch.setenv("RANK", "0")
+        gpu = FakeCudaDevice()
+        gpu_rank = run_work_timer(
+            server.url, "http/json", tmp_path / "r0", items=32, tokens=320, gpu=gpu
+        )
+        assert server.collector.wait_idle(60)
+        summary = get_json(f"{server.url}/runs/{run_id}")
+
+    rows = {"rank0": row_of(gpu_rank, "batch"), "rank1": row_of(cpu_rank, "batch")}
+    rates: dict[str, float] = {}
+    for label, row in rows.items():
+        rate = row.rate("items")
+        assert rate is not None and rate > 0
+        rates[label] = rate
+    for label, row in rows.items():
+        stats = summary["processes"][label]["stats"]["batch"]["cpu"]
+        # The process's own figures, exactly as its summary has them.
+        assert {f: stats[f] for f in WORK_FIELDS if f in stats} == pytest.approx(
+            row.work_values(FLOPS), rel=1e-15
+        )
+    assert summary["processes"]["rank0"]["stats"]["batch"]["cpu"]["tokens"] == 4 * 320
+    assert "tokens" not in summary["processes"]["rank1"]["stats"]["batch"]["cpu"]
+
+    pooled = summary["cross_rank"]["batch"]["cpu"]["pooled"]
+    assert pooled["items"] == 4 * 32 + 4 * 16
+    assert pooled["items_per_s"] == pytest.approx(rates["rank0"] + rates["rank1"], rel=1e-12)
+    assert pooled["tokens"] == 4 * 320  # rank 1 counts no tokens: the sum is rank 0's
+    assert pooled["tokens_per_s"] == pytest.approx(rows["rank0"].rate("tokens"), rel=1e-15)
+    assert pooled["mfu"] == pytest.approx((rates["rank0"] + rates["rank1"]) / 1e6 / 2, rel=1e-12)
+    assert "peak_memory_bytes" not in pooled  # memory is on the device row
+    device = summary["cross_rank"]["batch"]["gpu"]
+    assert device["processes"] == 1
+    assert device["pooled"]["peak_memory_bytes"] == 4 * MB
+    assert device["pooled"]["items_per_s"] == pytest.approx(
+        row_of(gpu_rank, "batch", device=True).rate("items"), rel=1e-15
+    )
+    # The epoch counts its batches' items: pooled as well.
+    assert summary["cross_rank"]["epoch"]["cpu"]["pooled"]["items"] == 4 * 32 + 4 * 16
+    assert "items_per_s" in summary["pooled_note"]
+
+    (logged,) = mlflow_runs(mlflow_server, cfg.mlflow_experiment or "", run_id)
+    metrics = logged.data.metrics
+    assert metrics["maeltrace/batch/all/items_per_s"] == pytest.approx(
+        pooled["items_per_s"], rel=1e-15
+    )
+    assert metrics["maeltrace/batch/all/items"] == 4 * 32 + 4 * 16
+    assert metrics["maeltrace/batch/all/tokens_per_s"] == pytest.approx(
+        pooled["tokens_per_s"], rel=1e-15
+    )
+    assert metrics["maeltrace/batch/all/mfu"] == pytest.approx(pooled["mfu"], rel=1e-15)
+    for label, rate in rates.items():
+        assert metrics[f"maeltrace/batch/all/{label}/items_per_s"] == pytest.approx(rate, rel=1e-15)
+    assert metrics["maeltrace/batch/all/rank0/tokens"] == 4 * 320
+    assert "maeltrace/batch/all/rank1/tokens_per_s" not in metrics
+    assert metrics["maeltrace/batch/gpu/all/peak_memory_bytes"] == 4 * MB
+    assert metrics["maeltrace/batch/gpu/all/rank0/peak_memory_bytes"] == 4 * MB
 
 
 class Gate:
@@ -568,6 +697,82 @@ def test_stats_attributes_parse_from_the_right() -> None:
         "x.cpu": {"gpu": stats},
         "jit": {"cpu.first_call": stats},
     }
+
+
+def test_work_attributes_are_kept_only_well_formed_and_beside_a_complete_entry() -> None:
+    stats = compute_stats([1, 2, 3]).to_dict()
+    good: dict[str, object] = {
+        "items": 96,
+        "tokens": 0,
+        "items_per_s": 3.5e6,
+        "tokens_per_s": 7,  # a whole rate sent as an int: taken as a float
+        "mfu": 0.25,
+        "peak_memory_bytes": MAX_BYTES,
+    }
+    found: dict[str, object] = {f"maeltrace.stats.ok.cpu.{f}": v for f, v in stats.items()}
+    found.update({f"maeltrace.stats.ok.cpu.{f}": v for f, v in good.items()})
+    bad: list[tuple[str, object]] = [
+        ("items", 1.0),  # counts are ints
+        ("items", -1),
+        ("tokens", True),
+        ("tokens", "12"),
+        ("peak_memory_bytes", MAX_BYTES + 1),
+        ("items_per_s", math.nan),
+        ("items_per_s", math.inf),
+        ("items_per_s", -0.5),
+        ("tokens_per_s", MAX_RATE * 2),
+        ("mfu", False),
+        ("mfu", -1e-9),
+    ]
+    for index, (field_name, value) in enumerate(bad):
+        found.update({f"maeltrace.stats.bad{index}.cpu.{f}": v for f, v in stats.items()})
+        found[f"maeltrace.stats.bad{index}.cpu.{field_name}"] = value
+    # Work figures alone make no entry; the work field name is not a clock either.
+    found["maeltrace.stats.alone.cpu.items_per_s"] = 5.0
+    found["maeltrace.stats.alone.items_per_s"] = 5.0
+    parsed = stats_from_attributes(found)
+    assert parsed.pop("ok") == {"cpu": {**stats, **good, "tokens_per_s": 7.0}}
+    assert isinstance(good["tokens_per_s"], int)
+    assert parsed == {f"bad{index}": {"cpu": stats} for index in range(len(bad))}
+
+
+def test_work_pools_as_a_job_and_survives_a_pending_file() -> None:
+    summaries = RunSummaries()
+    per_rank: list[dict[str, float | int]] = [
+        {"items": 10, "items_per_s": 100.0, "mfu": 0.2, "peak_memory_bytes": 5 * MB},
+        {"items": 30, "items_per_s": 250.0, "mfu": 0.4, "peak_memory_bytes": 7 * MB},
+        {},  # a rank counting nothing: pooled over those that count
+    ]
+    for rank, work in enumerate(per_rank):
+        summaries.add(run_span_request("job", rank=rank, world_size=3, work=work))
+    summary = summaries.get("job")
+    assert summary is not None
+    pooled = summary["cross_rank"]["batch"]["cpu"]["pooled"]
+    assert pooled["items"] == 40 and pooled["items_per_s"] == 350.0
+    assert pooled["mfu"] == pytest.approx(0.3) and pooled["peak_memory_bytes"] == 7 * MB
+    assert "tokens" not in pooled and "tokens_per_s" not in pooled
+    metrics = summary_metrics(summary)
+    assert metrics["maeltrace/batch/all/items_per_s"] == 350.0
+    assert metrics["maeltrace/batch/all/rank1/items_per_s"] == 250.0
+    assert metrics["maeltrace/batch/all/rank1/peak_memory_bytes"] == 7 * MB
+    assert [name for name in metrics if "/rank2/" in name] == ["maeltrace/batch/all/rank2/mean"]
+    # Kept through the JSON form a pending file holds.
+    restored = RunSummaries()
+    restored.restore(json.loads(json.dumps(summary)))
+    again = restored.get("job")
+    assert again is not None
+    assert again["processes"] == summary["processes"]
+    assert again["cross_rank"] == summary["cross_rank"]
+    # One process: every figure under the row, as Timer.log_mlflow_all(stats="all") names it.
+    single = RunSummaries()
+    single.add(run_span_request("one", work=per_rank[0]))
+    one = single.get("one")
+    assert one is not None
+    assert {
+        name: value
+        for name, value in summary_metrics(one).items()
+        if name.rsplit("/", 1)[1] in WORK_FIELDS
+    } == {f"maeltrace/batch/all/{f}": float(v) for f, v in per_rank[0].items()}
 
 
 def test_only_run_spans_make_statistics_and_restarted_ranks_replace() -> None:

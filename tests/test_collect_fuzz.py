@@ -28,10 +28,17 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from maeltrace import Timer, TimeType
 from maeltrace.collect._mlflow_out import summary_metrics
-from maeltrace.collect._summaries import FIELDS, RunSummaries
+from maeltrace.collect._summaries import (
+    FIELDS,
+    INT_WORK_FIELDS,
+    MAX_RATE,
+    WORK_FIELDS,
+    RunSummaries,
+)
 from maeltrace.collect.service import CollectConfig, CollectServer
 from maeltrace.otel._otlp_json import read_json_lines, traces_to_json_line
 from maeltrace.otel.spans import attributes
+from maeltrace.report import MAX_BYTES
 from maeltrace.stats import compute_stats
 
 HOST = "127.0.0.1"
@@ -347,6 +354,90 @@ def test_any_statistics_summarise_to_finite_json(
     assert summary is not None
     json.dumps(summary, allow_nan=False)
     assert all(math.isfinite(v) for v in summary_metrics(summary).values())
+
+
+work_values = st.one_of(
+    stat_values,
+    st.integers(0, 2**62),
+    st.floats(0, 1e28),
+    st.sampled_from([MAX_BYTES, MAX_BYTES + 1, MAX_RATE, MAX_RATE * 1.5, -0.0, 2**63 - 1]),
+)
+
+
+def well_formed(field_name: str, value: object) -> bool:
+    """What the service keeps of a work figure, told independently of its code."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if field_name in INT_WORK_FIELDS:
+        return isinstance(value, int) and 0 <= value <= MAX_BYTES
+    return math.isfinite(value) and 0 <= value <= MAX_RATE
+
+
+@FUZZ
+@given(
+    processes=st.lists(st.dictionaries(st.sampled_from(WORK_FIELDS), work_values), max_size=4),
+    world_size=st.one_of(st.none(), st.integers(1, 8)),
+)
+def test_any_work_figures_keep_the_valid_ones_and_pool_to_finite_json(
+    processes: list[dict[str, object]], world_size: int | None
+) -> None:
+    """Whatever throughput and memory figures a run span carries, the summary keeps exactly the
+    well-formed ones beside the statistics, pools them (sums, mean, max) without overflow, and
+    logs only finite metrics."""
+    summaries = RunSummaries()
+    stats = compute_stats([1_000, 3_000]).to_dict()
+    for rank, work in enumerate(processes):
+        resource: dict[str, object] = {"maeltrace.run_id": "work", "maeltrace.rank": rank}
+        if world_size is not None:
+            resource["maeltrace.world_size"] = world_size
+        request = ExportTraceServiceRequest()
+        resource_spans = request.resource_spans.add()
+        resource_spans.resource.attributes.extend(attributes(resource))
+        span = resource_spans.scope_spans.add().spans.add()
+        span.name = "run"
+        span.attributes.extend(
+            attributes(
+                {"maeltrace.run_id": "work"}
+                | {f"maeltrace.stats.k.cpu.{f}": v for f, v in stats.items()}
+                | {f"maeltrace.stats.k.cpu.{f}": v for f, v in work.items()}
+                # Work figures alone, with no statistics: no entry.
+                | {f"maeltrace.stats.alone.gpu.{f}": v for f, v in work.items()}
+            )
+        )
+        summaries.add(request)
+    summary = summaries.get("work")
+    if not processes:
+        assert summary is None
+        return
+    assert summary is not None
+    json.dumps(summary, allow_nan=False)
+    assert all(math.isfinite(v) for v in summary_metrics(summary).values())
+    kept: list[dict[str, float | int]] = []
+    for rank, work in enumerate(processes):
+        entry = summary["processes"][f"rank{rank}"]["stats"]["k"]["cpu"]
+        assert list(summary["processes"][f"rank{rank}"]["stats"]) == ["k"]
+        # Rates sent as ints are taken as floats.
+        valid: dict[str, float | int] = {}
+        for f, v in work.items():
+            if well_formed(f, v):
+                assert isinstance(v, int | float)
+                valid[f] = v if f in INT_WORK_FIELDS else float(v)
+        assert {f: v for f, v in entry.items() if f not in FIELDS} == valid
+        assert {f: type(entry[f]) for f in valid} == {
+            f: int if f in INT_WORK_FIELDS else float for f in valid
+        }
+        kept.append(valid)
+    pooled = summary["cross_rank"]["k"]["cpu"]["pooled"]
+    for field_name in WORK_FIELDS:
+        values = [work[field_name] for work in kept if field_name in work]
+        if not values:
+            assert field_name not in pooled
+        elif field_name == "peak_memory_bytes":
+            assert pooled[field_name] == max(values)
+        elif field_name == "mfu":
+            assert pooled[field_name] == pytest.approx(math.fsum(values) / len(values))
+        else:
+            assert pooled[field_name] == pytest.approx(math.fsum(values))
 
 
 # -- headers: sizes, content types, tokens -----------------------------------------------------

@@ -9,10 +9,15 @@ scheme of `maeltrace.sinks.base.metric_name`, so that the names are those of
 ``Timer.log_mlflow_all(stats="all")`` over every sample (the run span's statistics keep the
 warm-up, so the samples segment is always ``all``):
 
-- one process: ``<row>/all/<field>`` for every field of `maeltrace.sinks.base.STATS_FIELDS`;
+- one process: ``<row>/all/<field>`` for every field of `maeltrace.sinks.base.STATS_FIELDS`,
+  and for every throughput and memory figure the row has (`maeltrace.report.WORK_FIELDS`:
+  ``items``, ``tokens``, ``items_per_s``, ``tokens_per_s``, ``mfu``, ``peak_memory_bytes``);
 - several ranks (or a world size above 1): ``<row>/all/<field>`` for the pooled fields (count,
-  total, mean, min, max, stdev), ``<row>/all/<process>/mean`` per process (``rank0``,
-  ``rank1``, ...), ``<row>/all/slowest_rank`` and ``<row>/all/skew``,
+  total, mean, min, max, stdev, and the pooled work figures some process has: ``items_per_s``
+  and ``tokens_per_s`` the sum of the processes' rates, the job's aggregate throughput; see
+  `maeltrace.collect._summaries.WORK_POOLING`), ``<row>/all/<process>/mean`` per process
+  (``rank0``, ``rank1``, ...) and ``<row>/all/<process>/<field>`` for each work figure that
+  process has, ``<row>/all/slowest_rank`` and ``<row>/all/skew``,
 
 ``<row>`` being ``maeltrace/<key>[/gpu][/first_call]``.
 
@@ -37,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from maeltrace.environment import MLFLOW_EXPERIMENT_NAME, WANDB_PROJECT, env_str
 from maeltrace.errors import SinkError
+from maeltrace.report import WORK_FIELDS
 from maeltrace.sinks.base import (
     STATS_FIELDS,
     PendingFile,
@@ -67,7 +73,8 @@ DEFAULT_EXPERIMENT: Final = "maeltrace"
 """The MLflow experiment (and W&B project) when ``MLFLOW_EXPERIMENT_NAME`` is not set."""
 
 POOLED_FIELDS: Final = ("count", "total", "mean", "min", "max", "stdev")
-"""The fields logged for runs of several processes (see `summary_metrics`)."""
+"""The statistics logged pooled for runs of several processes (see `summary_metrics`); the
+pooled `WORK_FIELDS` follow where present."""
 
 MAX_METRICS_PER_BATCH: Final = 1000
 """MLflow's limit of metrics per ``log-batch`` request."""
@@ -116,19 +123,31 @@ def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     def put(name: str, value: float) -> None:
         out.setdefault(name, value)
 
+    processes = summary.get("processes", {})
     if _single_process(summary):
-        for process in summary.get("processes", {}).values():
+        for process in processes.values():
             for key, clocks in process["stats"].items():
                 for clock, stats in clocks.items():
-                    for field_name in STATS_FIELDS:
-                        put(clock_metric_name(key, clock, field_name), float(stats[field_name]))
+                    for field_name in (*STATS_FIELDS, *WORK_FIELDS):
+                        if field_name in stats:
+                            put(clock_metric_name(key, clock, field_name), float(stats[field_name]))
         return {name: value for name, value in out.items() if math.isfinite(value)}
     for key, clocks in summary.get("cross_rank", {}).items():
         for clock, entry in clocks.items():
-            for field_name in POOLED_FIELDS:
-                put(clock_metric_name(key, clock, field_name), float(entry["pooled"][field_name]))
+            pooled = entry["pooled"]
+            for field_name in (*POOLED_FIELDS, *WORK_FIELDS):
+                if field_name in pooled:
+                    put(clock_metric_name(key, clock, field_name), float(pooled[field_name]))
             for label, mean in entry["mean_by_process"].items():
-                put(clock_metric_name(key, clock, _process_segment(label), "mean"), float(mean))
+                segment = _process_segment(label)
+                put(clock_metric_name(key, clock, segment, "mean"), float(mean))
+                stats = processes.get(label, {}).get("stats", {}).get(key, {}).get(clock, {})
+                for field_name in WORK_FIELDS:
+                    if field_name in stats:
+                        put(
+                            clock_metric_name(key, clock, segment, field_name),
+                            float(stats[field_name]),
+                        )
             if entry.get("slowest_rank") is not None:
                 put(clock_metric_name(key, clock, "slowest_rank"), float(entry["slowest_rank"]))
             if entry.get("skew") is not None:

@@ -7,6 +7,11 @@ every region before any sampling of spans. Those are what the summaries hold; th
 only counted, since a sampled trace no longer holds every region and statistics over its spans
 would be biased.
 
+Beside them the run span carries, for rows that have them, the row's throughput and memory
+figures (`maeltrace.report.WORK_FIELDS`: ``items``, ``tokens``, ``items_per_s``,
+``tokens_per_s``, ``mfu``, ``peak_memory_bytes``, over every sample) under the same prefix; the
+summaries keep them next to the statistics of the same key and clock.
+
 Processes are told apart by their rank (``maeltrace.rank`` in the resource) where a launcher set
 one, else by host name and process id. A run span from a process seen before replaces that
 process's statistics (a restarted rank reports again).
@@ -15,7 +20,9 @@ Across ranks, `cross_rank` gives per key and clock each process's mean, the slow
 process, their skew (slowest mean over fastest mean), and the pooled count, total, mean, min, max
 and standard deviation, all exact functions of the per-process statistics. Pooled medians and
 percentiles are not given: they cannot be computed from per-process summaries, only from the
-samples themselves.
+samples themselves. The work figures pool as a job's figures do (see `WORK_POOLING`): counts
+and rates add up over the processes (the pooled items/s is the job's aggregate throughput, the
+ranks running side by side), MFU is the processes' mean, and the peak memory their largest.
 """
 
 from __future__ import annotations
@@ -31,11 +38,14 @@ from typing import Any, Final, Protocol
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from maeltrace.otel import semconv
+from maeltrace.report import MAX_BYTES, WORK_FIELDS
 
 __all__ = [
     "FIELDS",
     "NOT_POOLED",
     "POOLED_NOTE",
+    "WORK_FIELDS",
+    "WORK_POOLING",
     "ProcessSummary",
     "RunSummaries",
     "RunSummary",
@@ -50,17 +60,41 @@ MAX_SECONDS: Final = 1e12
 """Larger durations (30,000 years) are refused as input: no real region lasts that long, and the
 bound keeps every pooled value (squares of means times counts) far from float overflow."""
 
+INT_WORK_FIELDS: Final = ("items", "tokens", "peak_memory_bytes")
+"""The `WORK_FIELDS` that are whole numbers (counts, bytes): ints from 0 to `MAX_BYTES`."""
+
+MAX_RATE: Final = MAX_BYTES * 1e9
+"""Largest ``items_per_s``, ``tokens_per_s`` or ``mfu`` taken in: the largest count over a
+nanosecond. Larger (or negative, or non-finite) values are no real run's, and the bound keeps
+the pooled sums of any number of processes far from float overflow."""
+
+WORK_POOLING: Final = {
+    "items": "sum",
+    "tokens": "sum",
+    "items_per_s": "sum",
+    "tokens_per_s": "sum",
+    "mfu": "mean",
+    "peak_memory_bytes": "max",
+}
+"""How `cross_rank` pools each of `WORK_FIELDS` over the processes that have it: counts add up;
+rates add up too, since the ranks of a job work side by side, so the pooled items/s is the
+job's aggregate throughput (what runs of different sizes are compared by); MFU is the mean,
+each rank's being over its own device's peak; the peak memory is the largest of any process."""
+
 NOT_POOLED: Final = ("median", "p90", "p95", "p99")
 """Fields that `cross_rank` leaves out: order statistics do not pool from summaries."""
 
 POOLED_NOTE: Final = (
     "pooled count, total, mean, min, max and stdev are exact functions of each process's "
     "statistics; median and percentiles (p90, p95, p99) cannot be computed from per-process "
-    "summaries, so they are given per process only"
+    "summaries, so they are given per process only; items, tokens, items_per_s and "
+    "tokens_per_s are summed over the processes (the job's aggregate throughput), mfu is their "
+    "mean and peak_memory_bytes their largest"
 )
 
 Stats = dict[str, float | int]
-"""One key's statistics on one clock: `FIELDS` to values (seconds; ``count`` an int)."""
+"""One key's statistics on one clock: `FIELDS` to values (seconds; ``count`` an int), and those
+of `WORK_FIELDS` the row has (`INT_WORK_FIELDS` ints)."""
 
 KeyStats = dict[str, dict[str, Stats]]
 """Statistics of a process: key -> clock (``cpu``, ``gpu``, ``cpu.first_call``, ...) -> stats."""
@@ -109,7 +143,7 @@ def _split_stats_name(name: str) -> tuple[str, str, str] | None:
     before ``first_call``), so keys may hold dots themselves.
     """
     head, _, field_name = name.rpartition(".")
-    if field_name not in FIELDS or not head:
+    if (field_name not in FIELDS and field_name not in WORK_FIELDS) or not head:
         return None
     head, _, clock = head.rpartition(".")
     first_call = False
@@ -121,12 +155,24 @@ def _split_stats_name(name: str) -> tuple[str, str, str] | None:
     return head, f"{clock}.{semconv.FIRST_CALL}" if first_call else clock, field_name
 
 
+def _work_value(field_name: str, value: object) -> float | int | None:
+    """One of `WORK_FIELDS` as taken in, or None if malformed: `INT_WORK_FIELDS` ints from 0 to
+    `MAX_BYTES`, the rates and MFU finite numbers from 0 to `MAX_RATE` (as floats)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if field_name in INT_WORK_FIELDS:
+        return value if isinstance(value, int) and 0 <= value <= MAX_BYTES else None
+    return float(value) if 0 <= value <= MAX_RATE else None  # NaN fails this too
+
+
 def stats_from_attributes(attributes: Mapping[str, object]) -> KeyStats:
     """The statistics a run span carries, from its attributes.
 
     Only complete entries are kept: a key and clock with every one of `FIELDS`, each a finite
-    number of at most `MAX_SECONDS` in size (``count`` a non-negative int). Anything else under
-    the prefix is ignored rather than refused, as the attributes come from the network.
+    number of at most `MAX_SECONDS` in size (``count`` a non-negative int). Such an entry also
+    keeps the `WORK_FIELDS` given for it that are well formed (see `_work_value`); work fields
+    alone make no entry. Anything else under the prefix is ignored rather than refused, as the
+    attributes come from the network.
 
     Args:
         attributes: the span's attributes as plain values.
@@ -143,6 +189,11 @@ def stats_from_attributes(attributes: Mapping[str, object]) -> KeyStats:
         if parts is None:
             continue
         key, clock, field_name = parts
+        if field_name in WORK_FIELDS:
+            work = _work_value(field_name, value)
+            if work is not None:
+                found.setdefault(key, {}).setdefault(clock, {})[field_name] = work
+            continue
         if field_name == "count":
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 continue
@@ -158,7 +209,8 @@ def stats_from_attributes(attributes: Mapping[str, object]) -> KeyStats:
     for key, clocks in found.items():
         for clock, stats in clocks.items():
             if all(f in stats for f in FIELDS):
-                complete.setdefault(key, {})[clock] = {f: stats[f] for f in FIELDS}
+                fields = (*FIELDS, *(f for f in WORK_FIELDS if f in stats))
+                complete.setdefault(key, {})[clock] = {f: stats[f] for f in fields}
     return complete
 
 
@@ -176,7 +228,8 @@ class ProcessSummary:
         pid: ``process.pid`` of its resource.
         device_clock: the device clock its GPU rows were measured on, if any.
         end_unix_nano: when its run span ended (wall clock, ns since the epoch).
-        stats: its exact statistics, key -> clock -> field -> value.
+        stats: its exact statistics, key -> clock -> field -> value, with the row's
+            `WORK_FIELDS` where it has them.
     """
 
     label: str
@@ -478,7 +531,9 @@ def cross_rank(run: RunSummary) -> dict[str, dict[str, dict[str, Any]]]:
     ``slowest_mean``, ``fastest_mean``, ``skew`` (slowest mean over fastest mean; None when the
     fastest mean is not positive or the ratio overflows) and ``pooled`` (count, total, mean,
     min, max, stdev over all the processes' samples; median and percentiles are not pooled, see
-    `POOLED_NOTE`).
+    `POOLED_NOTE`; and those of `WORK_FIELDS` some process has, pooled over the processes that
+    have them as `WORK_POOLING` says: ``items_per_s`` is the sum of the processes' rates, the
+    job's aggregate throughput).
 
     Args:
         run: the run.
@@ -521,6 +576,25 @@ def cross_rank(run: RunSummary) -> dict[str, dict[str, dict[str, Any]]]:
                     "min": min(float(s["min"]) for s in entries),
                     "max": max(float(s["max"]) for s in entries),
                     "stdev": _pooled_stdev(entries, count, mean),
+                    **_pooled_work(entries),
                 },
             }
+    return out
+
+
+def _pooled_work(entries: list[Stats]) -> dict[str, float | int]:
+    """The `WORK_FIELDS` pooled over the entries that have them, as `WORK_POOLING` says."""
+    out: dict[str, float | int] = {}
+    for field_name in WORK_FIELDS:
+        values = [s[field_name] for s in entries if field_name in s]
+        if not values:
+            continue
+        how = WORK_POOLING[field_name]
+        if field_name in INT_WORK_FIELDS:
+            ints = [int(v) for v in values]
+            out[field_name] = max(ints) if how == "max" else sum(ints)
+        elif how == "mean":
+            out[field_name] = math.fsum(values) / len(values)
+        else:
+            out[field_name] = math.fsum(values)
     return out
