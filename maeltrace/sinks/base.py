@@ -34,8 +34,8 @@ So ``tmr.log_mlflow_all()`` logs ``maeltrace/batch/steady/mean`` where the warm-
 samples of ``batch``, else ``maeltrace/batch/all/mean``: a value is never steady-state under one
 call and all-sample under the next with the same name. The summary service (``maeltrace
 collect``) logs over every sample: ``maeltrace/<key>[/gpu][/first_call]/all/<field>``, and for
-runs of several processes ``.../all/rank0/mean``, ``.../all/slowest_rank`` and ``.../all/skew``
-(see `maeltrace.collect._mlflow_out`). The trainers' loggers get
+runs of several processes ``.../all/rank0/mean``, ``.../all/slowest_rank`` and ``.../all/skew``,
+and the work fields (``items_per_s``...) pooled and per rank (see `maeltrace.collect._mlflow_out`). The trainers' loggers get
 ``maeltrace/<key>[/gpu]/epoch/{mean,count}``
 (`maeltrace.integrations._epoch_logs.EpochLog`).
 
