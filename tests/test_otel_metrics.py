@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -90,6 +92,36 @@ class TestThroughTheUsersMeterProvider:
         tmr.flush()
         assert _points(reader)[("batch", "cpu")].count == 5
         tmr.close()
+
+    def test_a_loop_that_outruns_the_paced_histogram_loses_points_not_regions(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from maeltrace.errors import ExportWarning
+        from maeltrace.otel import _session, metrics
+
+        # A histogram thread that rests ten thousand times as long as it records (instead of
+        # fifty), and room for 300 waiting regions: the epochs pile up behind it.
+        monkeypatch.setattr(metrics, "SHARE", 1e-4)
+        monkeypatch.setattr(metrics, "SLICE", 16)
+        monkeypatch.setattr(_session, "MAX_UNMEASURED", 300)
+        reader = InMemoryMetricReader()
+        tmr = Timer(
+            export=True, output_dir=tmp_path, meter_provider=MeterProvider(metric_readers=[reader])
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _train(tmr, epochs=20, batches=50)
+            began = time.monotonic()
+            tmr.close()
+        assert time.monotonic() - began < 10  # close stops the rests (unstopped: minutes)
+        behind = [w for w in caught if issubclass(w.category, ExportWarning)]
+        assert ["fell behind the loop" in str(w.message) for w in behind] == [True]
+        assert tmr._export is not None
+        dropped = tmr._export.metrics_dropped
+        assert dropped > 0
+        recorded = sum(p.count for (_, clock), p in _points(reader).items() if clock == "cpu")
+        assert recorded + dropped == len(tmr.records())  # every region counted once
+        assert tmr.get_time_stats("batch").count == 20 * 50  # the statistics keep them all
 
     def test_failed_regions_are_left_out_as_in_the_statistics(self, tmp_path: Path) -> None:
         reader = InMemoryMetricReader()

@@ -29,7 +29,17 @@ if TYPE_CHECKING:
     from maeltrace.otel.metrics import RegionMetrics
     from maeltrace.otel.spans import TraceBudget
 
-__all__ = ["ExportSession", "LiveState", "check_exporter", "check_max_request_bytes"]
+__all__ = [
+    "MAX_UNMEASURED",
+    "ExportSession",
+    "LiveState",
+    "check_exporter",
+    "check_max_request_bytes",
+]
+
+MAX_UNMEASURED = 250_000
+"""The most regions waiting for the histogram's paced thread (about 100 bytes each); beyond, the
+oldest epochs' are left out of the metric (`ExportSession.metrics_dropped`)."""
 
 Logs = Sequence[tuple[tuple[int | None, int | None, str], bytes]]
 """The recorder's per-thread logs: (thread ident, native id, name) and the packed regions."""
@@ -154,6 +164,9 @@ class ExportSession:
         None)."""
         self._metrics_tried = False
         self._unmeasured: collections.deque[Records] = collections.deque()
+        self._metrics_hurry = threading.Event()  # set: the histogram records without resting
+        self.metrics_dropped = 0
+        """Regions left out of the histogram because it fell `MAX_UNMEASURED` behind."""
         self._metrics_lock = threading.Lock()
         self._metrics_thread: threading.Thread | None = None
         self._metrics_wake = threading.Event()
@@ -296,7 +309,7 @@ class ExportSession:
             self._metrics_wake.wait()
             self._metrics_wake.clear()
             try:
-                self.record_metrics()
+                self.record_metrics(hurry=self._metrics_hurry)
             except Exception as exc:  # never into training; once
                 if not warned:
                     warned = True
@@ -316,7 +329,7 @@ class ExportSession:
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(wait_s, 0.0))
 
-    def record_metrics(self) -> None:
+    def record_metrics(self, hurry: threading.Event | None = None) -> None:
         """Records the histogram's points of the regions read since (on the histogram's
         thread, after the epoch's spans are stored: an epoch's end never waits for it; or on
         the thread of a `flush` or `close`, which wait for it)."""
@@ -332,7 +345,7 @@ class ExportSession:
             while self._unmeasured:
                 records = self._unmeasured.popleft()
                 if self.metrics is not None:
-                    self.metrics.record(records)
+                    self.metrics.record(records, hurry)
 
     def read_new(self) -> tuple[Records, dict[int, str], str | None]:
         """The regions closed since the last call (on the export thread), their failures and
@@ -360,7 +373,31 @@ class ExportSession:
         )
         if self.metrics is not None or not self._metrics_tried:
             self._unmeasured.append(records)
+            self._bound_unmeasured()
         return records, state.failures, state.device_clock
+
+    def _bound_unmeasured(self) -> None:
+        """Drops the oldest epochs' regions the histogram has not recorded beyond
+        `MAX_UNMEASURED` (a loop of short regions outruns its paced thread): one
+        `ExportWarning` and a count (`metrics_dropped`); spans and statistics keep them."""
+        waiting = sum(len(r) for r in self._unmeasured)
+        dropped = 0
+        while waiting > MAX_UNMEASURED and len(self._unmeasured) > 1:
+            try:
+                oldest = self._unmeasured.popleft()
+            except IndexError:  # the histogram's thread took it meanwhile
+                break
+            waiting -= len(oldest)
+            dropped += len(oldest)
+        if dropped:
+            if not self.metrics_dropped:
+                warn_safely(
+                    f"maeltrace: the {semconv.REGION_DURATION} metric fell behind the loop: "
+                    f"{dropped} regions (and later ones, counted in metrics_dropped) were left "
+                    "out of it; spans and statistics keep every region",
+                    ExportWarning,
+                )
+            self.metrics_dropped += dropped
 
     def on_root_open(self, seq: int) -> None:
         """Notes the user's active OpenTelemetry span, if any, as the parent of root region
@@ -380,7 +417,11 @@ class ExportSession:
         if pipeline is not None:
             pipeline.request(wait_s=wait_s, stored_s=stored_s)
             if wait_s is not None:  # a flush: the histogram holds every region after it
-                self.record_metrics()
+                self._metrics_hurry.set()
+                try:
+                    self.record_metrics()
+                finally:
+                    self._metrics_hurry.clear()
 
     def close(
         self,
@@ -418,6 +459,7 @@ class ExportSession:
         )
         # The histogram shares the bound: a close never waits longer than ``wait_s`` in all.
         left_s = max(0.0, wait_s - (time.monotonic() - began))
+        self._metrics_hurry.set()
         self._stop_metrics(left_s)
         self.record_metrics()
         if self.metrics is not None:
@@ -430,6 +472,7 @@ class ExportSession:
         self.metrics = None
         self._metrics_thread = None  # gone with the fork, and so may the lock's holder be
         self._metrics_lock = threading.Lock()
+        self._metrics_hurry = threading.Event()
 
     def outbox_path(self) -> Path | None:
         """The outbox file, once opened."""

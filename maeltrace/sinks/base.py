@@ -35,9 +35,9 @@ samples of ``batch``, else ``maeltrace/batch/all/mean``: a value is never steady
 call and all-sample under the next with the same name. The summary service (``maeltrace
 collect``) logs over every sample: ``maeltrace/<key>[/gpu][/first_call]/all/<field>``, and for
 runs of several processes ``.../all/rank0/mean``, ``.../all/slowest_rank`` and ``.../all/skew``,
-and the work fields (``items_per_s``...) pooled and per rank (see `maeltrace.collect._mlflow_out`). The trainers' loggers get
-``maeltrace/<key>[/gpu]/epoch/{mean,count}``
-(`maeltrace.integrations._epoch_logs.EpochLog`).
+and the work fields (``items_per_s``...) pooled and per rank (see
+`maeltrace.collect._mlflow_out`). The trainers' loggers get
+``maeltrace/<key>[/gpu]/epoch/{mean,count}`` (`maeltrace.integrations._epoch_logs.EpochLog`).
 
 ``names="deep500"`` (the Deep500 shims) gives the exact names of Deep500's timers instead, with
 no namespace and no samples segment: ``<prefix><KEY>`` with the key's enum name (``BATCH``;
