@@ -617,6 +617,19 @@ Recorder_set_root_hook(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* This thread's open region of key_id, or NULL (also where the thread recorded nothing). */
+static const OpenRegion *
+find_open(Recorder *self, int64_t key_id)
+{
+    ThreadState *st = PyThread_tss_get(self->tss);
+    for (Py_ssize_t i = st != NULL ? st->n_open - 1 : -1; i >= 0; i--) {
+        if (st->open[i].key_id == key_id) {
+            return &st->open[i];
+        }
+    }
+    return NULL;
+}
+
 static PyObject *
 Recorder_is_open(Recorder *self, PyObject *arg)
 {
@@ -624,13 +637,7 @@ Recorder_is_open(Recorder *self, PyObject *arg)
     if (parse_id(arg, &key_id) < 0) {
         return NULL;
     }
-    ThreadState *st = PyThread_tss_get(self->tss);
-    for (Py_ssize_t i = st != NULL ? st->n_open - 1 : -1; i >= 0; i--) {
-        if (st->open[i].key_id == key_id) {
-            Py_RETURN_TRUE;
-        }
-    }
-    Py_RETURN_FALSE;
+    return PyBool_FromLong(find_open(self, key_id) != NULL);
 }
 
 static PyObject *
@@ -640,13 +647,8 @@ Recorder_open_seq(Recorder *self, PyObject *arg)
     if (parse_id(arg, &key_id) < 0) {
         return NULL;
     }
-    ThreadState *st = PyThread_tss_get(self->tss);
-    for (Py_ssize_t i = st != NULL ? st->n_open - 1 : -1; i >= 0; i--) {
-        if (st->open[i].key_id == key_id) {
-            return PyLong_FromLongLong(st->open[i].seq);
-        }
-    }
-    return PyLong_FromLong(-1);
+    const OpenRegion *found = find_open(self, key_id);
+    return PyLong_FromLongLong(found != NULL ? found->seq : -1);
 }
 
 static PyObject *

@@ -8,7 +8,6 @@ tested directly.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import http.client
 import json
@@ -18,7 +17,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -52,6 +50,7 @@ from maeltrace.otel.spans import attributes
 from maeltrace.report import MAX_BYTES, Row
 from maeltrace.sinks.base import STATS_FIELDS
 from maeltrace.stats import compute_stats
+from tests.services.gate import Gate
 from tests.services.mlflow_server import MlflowServer
 
 mlflow = pytest.importorskip("mlflow")
@@ -419,66 +418,6 @@ def test_two_ranks_throughput_pools_to_the_job_and_reaches_mlflow(
     assert "maeltrace/batch/all/rank1/tokens_per_s" not in metrics
     assert metrics["maeltrace/batch/gpu/all/peak_memory_bytes"] == 4 * MB
     assert metrics["maeltrace/batch/gpu/all/rank0/peak_memory_bytes"] == 4 * MB
-
-
-class Gate:
-    """A loopback TCP forwarder to a server that can be shut: while shut, every connection is
-    closed at once (clients see the server as down, kept-alive connections included); while
-    open, bytes flow both ways."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self._open = False
-        self._live: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listener = socket.create_server((HOST, 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def set_open(self, value: bool) -> None:
-        with self._lock:
-            self._open = value
-            if not value:
-                for sock in self._live:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-                self._live.clear()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            with self._lock:
-                if not self._open:
-                    client.close()
-                    continue
-                upstream = socket.create_connection((HOST, self.target_port))
-                self._live += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-            source.close()  # each socket is the source of one pump: closed once
-
-    def close(self) -> None:
-        self.set_open(False)
-        self._listener.close()
 
 
 def test_mlflow_down_then_up_keeps_the_summary_and_sends_it_later(

@@ -314,6 +314,18 @@ stat_values = st.one_of(
 )
 
 
+def _run_span(resource: dict[str, object], stats: dict[str, object]) -> ExportTraceServiceRequest:
+    """A request holding one process's run span: its resource, and the run id and ``stats``
+    as the span's attributes."""
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(attributes(resource))
+    span = resource_spans.scope_spans.add().spans.add()
+    span.name = "run"
+    span.attributes.extend(attributes({"maeltrace.run_id": resource["maeltrace.run_id"]} | stats))
+    return request
+
+
 @FUZZ
 @given(
     processes=st.lists(
@@ -338,18 +350,9 @@ def test_any_statistics_summarise_to_finite_json(
             resource["maeltrace.rank"] = rank
         if world_size is not None:
             resource["maeltrace.world_size"] = world_size
-        request = ExportTraceServiceRequest()
-        resource_spans = request.resource_spans.add()
-        resource_spans.resource.attributes.extend(attributes(resource))
-        span = resource_spans.scope_spans.add().spans.add()
-        span.name = "run"
-        span.attributes.extend(
-            attributes(
-                {"maeltrace.run_id": "extreme"}
-                | {f"maeltrace.stats.k.cpu.{f}": v for f, v in fields.items()}
-            )
+        summaries.add(
+            _run_span(resource, {f"maeltrace.stats.k.cpu.{f}": v for f, v in fields.items()})
         )
-        summaries.add(request)
     summary = summaries.get("extreme")
     assert summary is not None
     json.dumps(summary, allow_nan=False)
@@ -390,21 +393,15 @@ def test_any_work_figures_keep_the_valid_ones_and_pool_to_finite_json(
         resource: dict[str, object] = {"maeltrace.run_id": "work", "maeltrace.rank": rank}
         if world_size is not None:
             resource["maeltrace.world_size"] = world_size
-        request = ExportTraceServiceRequest()
-        resource_spans = request.resource_spans.add()
-        resource_spans.resource.attributes.extend(attributes(resource))
-        span = resource_spans.scope_spans.add().spans.add()
-        span.name = "run"
-        span.attributes.extend(
-            attributes(
-                {"maeltrace.run_id": "work"}
-                | {f"maeltrace.stats.k.cpu.{f}": v for f, v in stats.items()}
+        summaries.add(
+            _run_span(
+                resource,
+                {f"maeltrace.stats.k.cpu.{f}": v for f, v in stats.items()}
                 | {f"maeltrace.stats.k.cpu.{f}": v for f, v in work.items()}
                 # Work figures alone, with no statistics: no entry.
-                | {f"maeltrace.stats.alone.gpu.{f}": v for f, v in work.items()}
+                | {f"maeltrace.stats.alone.gpu.{f}": v for f, v in work.items()},
             )
         )
-        summaries.add(request)
     summary = summaries.get("work")
     if not processes:
         assert summary is None

@@ -20,10 +20,12 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 
 from maeltrace import Timer, TimeType
 from maeltrace._version import __version__
+from maeltrace.errors import ExportWarning
 from maeltrace.otel import semconv
 from maeltrace.otel.metrics import DURATION_BUCKETS_S
 from tests.fakes.cuda import fake_gpu_clock
 from tests.services.collector import CollectorService
+from tests.services.jaeger import JaegerService
 
 BOTH_RECORDERS = True
 
@@ -362,3 +364,46 @@ def test_own_metrics_to_a_closed_port_are_one_warning_and_a_count(
     ]
     assert escaped == [], [(r.name, r.getMessage()) for r in escaped]
     assert closing_s < 2.0 + 1.0
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_a_traces_only_endpoint_stops_the_own_metrics_with_one_info_line(
+    jaeger: JaegerService,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    protocol: str,
+) -> None:
+    """Straight to Jaeger, which has no metrics service (HTTP 404, gRPC UNIMPLEMENTED): the
+    spans arrive, no warning, one INFO line on ``maeltrace``, and no export after the first."""
+    import logging
+    import uuid
+
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")  # ms: an export every epoch
+    service = f"traces-only-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", service)
+    endpoint = (
+        jaeger.otlp_grpc_endpoint
+        if protocol == "grpc"
+        else jaeger.otlp_http_endpoint + "/v1/traces"
+    )
+    caplog.set_level(logging.INFO, logger="maeltrace")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tmr = Timer(export=True, output_dir=tmp_path, endpoint=endpoint, protocol=protocol)
+        for _ in range(4):
+            with tmr.region(TimeType.EPOCH):
+                for _ in range(3):
+                    with tmr.region(TimeType.BATCH):
+                        time.sleep(0.05)
+        assert tmr._export is not None
+        metrics = tmr._export.metrics
+        tmr.close(timeout_s=10.0)
+    assert metrics is not None
+    assert metrics.no_metrics, (metrics.errors, [str(w.message) for w in caught])
+    assert metrics.errors == 0
+    assert not [w for w in caught if issubclass(w.category, ExportWarning)]
+    lines = [r for r in caplog.records if "takes no metrics" in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.INFO]
+    spans = jaeger.wait_for_spans(service, 4 * 4 + 1)
+    assert sum(len(t["spans"]) for t in spans) == 4 * 4 + 1  # epochs, batches and the run

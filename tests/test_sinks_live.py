@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -22,6 +21,7 @@ from maeltrace.records import STATUS_OK
 from maeltrace.sinks import SinkWarning
 from maeltrace.sinks.live import QUEUE_EPOCHS, parse_backends
 from tests.fakes.cuda import fake_gpu_clock
+from tests.services.gate import Gate
 from tests.services.jaeger import free_port
 from tests.services.mlflow_server import MlflowServer
 
@@ -290,8 +290,9 @@ class TestMlflow:
     def test_epochs_kept_while_the_server_was_down_are_sent_when_it_is_up(
         self, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        port = free_port()  # nothing listens yet: the tracking server is down
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        assert mlflow_server.port is not None
+        gate = Gate(mlflow_server.port)  # shut: the tracking server is down
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", gate.url)
         down, up = 2, 2
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -305,11 +306,14 @@ class TestMlflow:
             while live.failures < down and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert live.failures == down
-            with _Forwarder(port, mlflow_server.port):  # the server comes up at that address
+            gate.set_open(True)  # the server comes up
+            try:
                 for epoch in range(down, down + up):
                     with tmr.region(TimeType.EPOCH), tmr.region(TimeType.BATCH):
                         time.sleep(0.001 * (epoch + 1))
                 tmr.close()
+            finally:
+                gate.close()
         assert len([w for w in caught if issubclass(w.category, SinkWarning)]) == 1
         assert live.resent == down
         client = self.mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
@@ -323,47 +327,6 @@ class TestMlflow:
         assert [v for _, v in sorted(got)] == pytest.approx(epoch_means(tmr), rel=1e-9)
         pending = tmr.output_dir / "pending-mlflow.jsonl"
         assert not pending.exists() or not pending.read_text().strip()
-
-
-class _Forwarder:
-    """A loopback port that forwards each connection to another port: a server that comes up
-    at an address where nothing listened before."""
-
-    def __init__(self, port: int, target: int | None) -> None:
-        assert target is not None
-        self._target = target
-        self._listener = socket.create_server(("127.0.0.1", port))
-        self._stop = threading.Event()
-
-    def __enter__(self) -> _Forwarder:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self._target))
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                with contextlib.suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
 
 
 def test_wandb_offline_gets_one_row_per_epoch_in_order(

@@ -4,6 +4,7 @@ point per region), the items and tokens counters and the peak-memory gauge."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -160,6 +161,8 @@ class RegionMetrics:
         self.points = 0
         """Data points recorded."""
         self.errors = 0
+        self.no_metrics = False
+        """The endpoint takes no metrics; the own export stopped (`endpoint_takes_none`)."""
         """Batches of regions that could not be recorded, failed exports of maeltrace's own
         provider, and failed shutdowns."""
         self._warned = False
@@ -257,8 +260,26 @@ class RegionMetrics:
 
     def export_failed(self, cause: str) -> None:
         """Counts one failed export of maeltrace's own provider (called on the SDK's export
-        thread) and warns about the first."""
-        self._count(f"the metrics were not sent: {cause.rstrip('. ')}")
+        thread) and warns about the first; an endpoint that takes no metrics at all is
+        `endpoint_takes_none` instead."""
+        if NO_METRICS.search(cause):
+            self.endpoint_takes_none(cause)
+        else:
+            self._count(f"the metrics were not sent: {cause.rstrip('. ')}")
+
+    def endpoint_takes_none(self, cause: str) -> None:
+        """The endpoint answered that it takes no metrics (a traces-only backend such as Jaeger:
+        HTTP 404, gRPC UNIMPLEMENTED): not a failure of the run, so one line on the
+        ``maeltrace`` logger at INFO, no warning; the own export stops (`no_metrics`)."""
+        if not self.no_metrics:
+            self.no_metrics = True
+            logging.getLogger("maeltrace").info(
+                "maeltrace: the OTLP endpoint takes no metrics (%s); %s is not exported. Set "
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT to a Collector's, or "
+                "OTEL_METRICS_EXPORTER=none",
+                cause.rstrip(". "),
+                semconv.REGION_DURATION,
+            )
 
     def _count(self, what: str) -> None:
         self.errors += 1
@@ -280,6 +301,11 @@ def _metrics_endpoint(config: ExportConfig) -> str | None:
     return base + "/v1/metrics" if sep else None
 
 
+NO_METRICS = re.compile(r"code: (?:404\b|StatusCode\.UNIMPLEMENTED)")
+"""The OTLP exporters' words for an endpoint without a metrics service: HTTP 404, gRPC
+UNIMPLEMENTED."""
+
+
 def _counted(exporter_class: Any) -> Any:
     """``exporter_class`` (an official OTLP metric exporter) whose exports turn the SDK's log
     records of a failure into one call of its ``failed(cause)`` each (`sdk_logs_counted`)."""
@@ -289,7 +315,12 @@ def _counted(exporter_class: Any) -> Any:
         failed: Callable[[str], None] = staticmethod(lambda cause: None)
         """Set to `RegionMetrics.export_failed` once the provider's recorder exists."""
 
+        takes_none = False
+        """The endpoint said it takes no metrics: later exports are dropped unsent."""
+
         def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
+            if self.takes_none:
+                return MetricExportResult.SUCCESS
             causes: list[str] = []
 
             def logged(exc: BaseException | None, message: str | None) -> None:
@@ -302,7 +333,9 @@ def _counted(exporter_class: Any) -> Any:
                 except Exception as exc:  # never into the SDK's log, nor training
                     logged(exc, None)
             if result != MetricExportResult.SUCCESS or causes:
-                self.failed(causes[0] if causes else "the exporter reported a failure")
+                cause = causes[0] if causes else "the exporter reported a failure"
+                self.takes_none = bool(NO_METRICS.search(cause))
+                self.failed(cause)
             return result
 
     return CountedMetricExporter

@@ -7,7 +7,7 @@ import queue
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -94,6 +94,16 @@ def epoch_values(rows: Mapping[tuple[Key, bool], Sequence[float]]) -> dict[str, 
     return values
 
 
+def _epoch_regions(records: Records, trace: int) -> Iterator[int]:
+    """The rows of one trace's (an epoch's) completed regions, compiling calls left out, as the
+    statistics leave them."""
+    for i, (ordinal, status, flags) in enumerate(
+        zip(records.trace, records.status, records.device_flags, strict=True)
+    ):
+        if ordinal == trace and status == STATUS_OK and not flags & FLAG_COMPILED:
+            yield i
+
+
 def epoch_work(records: Records, trace: int) -> dict[str, float]:
     """One trace's (an epoch's) throughput and peak memory per key, for the live series:
     ``maeltrace/<key>/epoch/{items,tokens}_per_s`` (counted work over the summed CPU durations
@@ -104,18 +114,13 @@ def epoch_work(records: Records, trace: int) -> dict[str, float]:
         return {}
     totals: dict[int, list[int]] = {}  # key id -> [items, tokens, ns of items, ns of tokens]
     peaks: dict[int, int] = {}
-    for seq, key_id, start, end, status, ordinal, flags in zip(
-        records.seq,
-        records.key_id,
-        records.start_ns,
-        records.end_ns,
-        records.status,
-        records.trace,
-        records.device_flags,
-        strict=True,
-    ):
-        if ordinal != trace or status != STATUS_OK or flags & FLAG_COMPILED:
-            continue
+    for i in _epoch_regions(records, trace):
+        seq, key_id, start, end = (
+            records.seq[i],
+            records.key_id[i],
+            records.start_ns[i],
+            records.end_ns[i],
+        )
         count = work.get(seq)
         if count is not None:
             total = totals.setdefault(key_id, [0, 0, 0, 0])
@@ -143,19 +148,9 @@ def epoch_rows(records: Records, trace: int) -> dict[tuple[Key, bool], list[floa
     calls and failed regions are left out, as the statistics leave them."""
     cpu: dict[int, list[float]] = {}
     gpu: dict[int, list[float]] = {}
-    for key_id, start, end, status, ordinal, device, flags in zip(
-        records.key_id,
-        records.start_ns,
-        records.end_ns,
-        records.status,
-        records.trace,
-        records.device_ns,
-        records.device_flags,
-        strict=True,
-    ):
-        if ordinal != trace or status != STATUS_OK or flags & FLAG_COMPILED:
-            continue
-        cpu.setdefault(key_id, []).append((end - start) / 1e9)
+    for i in _epoch_regions(records, trace):
+        key_id, device = records.key_id[i], records.device_ns[i]
+        cpu.setdefault(key_id, []).append((records.end_ns[i] - records.start_ns[i]) / 1e9)
         if device != NO_DEVICE_TIME:
             gpu.setdefault(key_id, []).append(device / 1e9)
     rows: dict[tuple[Key, bool], list[float]] = {}
