@@ -309,7 +309,7 @@ def test_otel_metrics_exporter_none_turns_the_own_export_off(
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
-def test_own_metrics_to_a_closed_port_are_one_warning_and_a_count(
+def test_own_metrics_to_a_closed_port_are_at_most_one_warning_and_a_count(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -354,8 +354,17 @@ def test_own_metrics_to_a_closed_port_are_one_warning_and_a_count(
         for w in caught
         if issubclass(w.category, ExportWarning) and "metrics were not sent" in str(w.message)
     ]
-    assert len(about_metrics) == 1, [str(w.message) for w in caught]
-    assert "later failures are only counted" in str(about_metrics[0].message)
+    about_spans = [
+        w
+        for w in caught
+        if issubclass(w.category, ExportWarning) and "spans wait in" in str(w.message)
+    ]
+    # One warning per endpoint where possible: the metrics' own once the spans' has not told
+    # of the endpoint yet (the two threads fail in either order), else only counted.
+    assert len(about_spans) == 1, [str(w.message) for w in caught]
+    assert len(about_metrics) <= 1, [str(w.message) for w in caught]
+    if about_metrics:
+        assert "later failures are only counted" in str(about_metrics[0].message)
     # Debug records stay: a user who turned them on asked for them.
     escaped = [
         r

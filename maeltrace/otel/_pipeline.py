@@ -512,6 +512,12 @@ class SpanPipeline:
 
     # -- faults ----------------------------------------------------------------------------
 
+    def warned_about_sending(self) -> bool:
+        """Whether spans could not be sent and the user was told (the endpoint is down or
+        refuses): maeltrace's own metrics to the same endpoint then only count their
+        failures."""
+        return bool(self._warned & {"send", "refused"})
+
     def _warn(self, cause: str, message: str) -> None:
         """One `ExportWarning` per cause; later ones are only counted."""
         if cause in self._warned:

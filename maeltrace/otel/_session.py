@@ -280,6 +280,9 @@ class ExportSession:
 
         try:
             self.metrics = region_metrics(self._meter_provider, self._config, resource_attributes)
+            pipeline = self._pipeline
+            if self.metrics is not None and self.metrics.owned and pipeline is not None:
+                self.metrics.endpoint_warned = pipeline.warned_about_sending
         except Exception as exc:  # never into training
             warn_safely(
                 f"maeltrace: cannot set up the {semconv.REGION_DURATION} metric: "

@@ -162,6 +162,9 @@ class RegionMetrics:
         """Data points recorded."""
         self.errors = 0
         self.no_metrics = False
+        self.endpoint_warned: Callable[[], bool] = lambda: False
+        """Whether the spans' export already warned that the endpoint is down: an own export's
+        failures to the same endpoint are then only counted (one warning per endpoint)."""
         """The endpoint takes no metrics; the own export stopped (`endpoint_takes_none`)."""
         """Batches of regions that could not be recorded, failed exports of maeltrace's own
         provider, and failed shutdowns."""
@@ -264,6 +267,8 @@ class RegionMetrics:
         `endpoint_takes_none` instead."""
         if NO_METRICS.search(cause):
             self.endpoint_takes_none(cause)
+        elif self.endpoint_warned():
+            self.errors += 1
         else:
             self._count(f"the metrics were not sent: {cause.rstrip('. ')}")
 
