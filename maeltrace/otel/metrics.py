@@ -161,13 +161,13 @@ class RegionMetrics:
         self.points = 0
         """Data points recorded."""
         self.errors = 0
+        """Batches of regions that could not be recorded, failed exports of maeltrace's own
+        provider, and failed shutdowns."""
         self.no_metrics = False
+        """The endpoint takes no metrics; the own export stopped (`endpoint_takes_none`)."""
         self.endpoint_warned: Callable[[], bool] = lambda: False
         """Whether the spans' export already warned that the endpoint is down: an own export's
         failures to the same endpoint are then only counted (one warning per endpoint)."""
-        """The endpoint takes no metrics; the own export stopped (`endpoint_takes_none`)."""
-        """Batches of regions that could not be recorded, failed exports of maeltrace's own
-        provider, and failed shutdowns."""
         self._warned = False
 
     def _labels(self, key: str, clock: str) -> dict[str, str]:
